@@ -1,0 +1,27 @@
+"""Resolve a ``--data`` argument to a :class:`TaskData`.
+
+- ``arith`` / ``arith:test``: the embedded task's held-out split; ``arith:train``: its training stream.
+- ``math500``, ``amc23``, ``aime24``, ``aime25``, ``OlympiadBench``: the bundled math benchmarks.
+- anything else: a file or folder path (JSONL / parquet / Hugging Face ``datasets`` folder).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from laser_rl.tasks.base import TaskData
+
+
+def load_task_data(spec: str, **options: Any) -> TaskData:
+    name, _, split = spec.partition(":")
+    if name == "arith":
+        from laser_rl.tasks.arith import load_arith
+
+        return load_arith(split or "test", **options)
+    from laser_rl.tasks.math import BENCHMARKS, load_benchmark
+
+    if name.lower() in {b.lower() for b in BENCHMARKS}:
+        return load_benchmark(name, **options)
+    from laser_rl.tasks.files import load_file_data
+
+    return load_file_data(spec, **options)
