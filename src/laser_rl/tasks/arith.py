@@ -1,0 +1,334 @@
+"""The embedded task: chain arithmetic with a short chain of thought and an exact verifier.
+
+Prompt ``63-15+43+75=``, response ``63-15=48;48+43=91;91+75=166;#166`` followed by EOS. The task
+exists so that the whole LaSeR pipeline runs for real without a GPU or a model hub: a tiny model can
+learn it to an imperfect accuracy (room for RL), and the verifier is exact.
+
+Generation is seeded and reproducible:
+
+- the **test split** is ``test_size`` distinct prompts drawn from ``random.Random("arith-test:<seed>")``
+  (``seed`` = the task's seed, saved in ``task.json``), so a model folder rebuilds the same split;
+- the **training stream** ``stream(seed, start)`` yields problem ``i`` from its own RNG seeded by
+  ``(seed, i)``, so training can resume at any data position in O(1), and it **rejects every prompt of
+  the test split**: training and test prompts are disjoint by construction.
+
+Answers: the integer after the last ``#``, strictly canonical (see :class:`ArithVerifier`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from laser_rl.errors import LaserError
+from laser_rl.tasks.base import Problem, TaskData
+
+TASK_NAME = "arith"
+TASK_FILENAME = "task.json"
+_FORMAT_VERSION = 1
+#: Operators the character tokenizer can write. ``*`` etc. would need a bigger alphabet.
+SUPPORTED_OPS = "+-"
+#: Keeps numbers (and so sequences) short enough for a tiny model and a 64-token budget by default.
+MAX_VALUE_LIMIT = 10**6
+MAX_OPERANDS_LIMIT = 32
+# Draw attempts per problem before concluding the settings leave too few distinct prompts.
+_MAX_ATTEMPTS = 1000
+
+_PROMPT_RE = re.compile(r"(\d+)((?:[+-]\d+)+)=")
+_TERM_RE = re.compile(r"([+-])(\d+)")
+_CANONICAL_INT_RE = re.compile(r"-?(?:0|[1-9][0-9]*)")
+
+
+@dataclass(frozen=True)
+class ArithConfig:
+    """Difficulty and split settings of the arithmetic task (all saved in ``task.json``)."""
+
+    min_operands: int = 3
+    max_operands: int = 5
+    min_value: int = 10  # operands are drawn uniformly from [min_value, max_value]
+    max_value: int = 99
+    ops: str = "+-"
+    # Write a '-' as '+' when subtracting would make the running total negative, so every number
+    # in a chain stays non-negative (fewer symbols to learn, same difficulty otherwise).
+    no_negative: bool = True
+    test_size: int = 1000
+    seed: int = 0  # seeds the held-out test split
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``LaserError`` naming the first invalid field."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "ops":
+                if not isinstance(v, str):
+                    raise LaserError(f"arith task: ops must be a string, got {v!r}")
+            elif f.name == "no_negative":
+                if not isinstance(v, bool):
+                    raise LaserError(f"arith task: no_negative must be true or false, got {v!r}")
+            elif not isinstance(v, int) or isinstance(v, bool):
+                raise LaserError(f"arith task: {f.name} must be an integer, got {v!r}")
+        if not 2 <= self.min_operands <= MAX_OPERANDS_LIMIT:
+            raise LaserError(
+                f"arith task: min_operands must be between 2 and {MAX_OPERANDS_LIMIT}, got {self.min_operands}"
+            )
+        if not self.min_operands <= self.max_operands <= MAX_OPERANDS_LIMIT:
+            raise LaserError(
+                f"arith task: max_operands must be between min_operands ({self.min_operands}) and "
+                f"{MAX_OPERANDS_LIMIT}, got {self.max_operands}"
+            )
+        if self.min_value < 0:
+            raise LaserError(f"arith task: min_value must be >= 0, got {self.min_value}")
+        if not self.min_value <= self.max_value <= MAX_VALUE_LIMIT:
+            raise LaserError(
+                f"arith task: max_value must be between min_value ({self.min_value}) and {MAX_VALUE_LIMIT}, "
+                f"got {self.max_value}"
+            )
+        if not self.ops or any(c not in SUPPORTED_OPS for c in self.ops) or len(set(self.ops)) != len(self.ops):
+            raise LaserError(
+                f"arith task: ops must be distinct characters from {SUPPORTED_OPS!r}, got {self.ops!r}"
+            )
+        if self.test_size < 0:
+            raise LaserError(f"arith task: test_size must be >= 0, got {self.test_size}")
+        if self.seed < 0:
+            raise LaserError(f"arith task: seed must be >= 0, got {self.seed}")
+        # The test split and the training stream must both have room: require at least ten times
+        # more possible prompts than test prompts (an upper bound; the no_negative rule merges some).
+        space = self.prompt_space_upper_bound()
+        if space < 10 * max(self.test_size, 1):
+            raise LaserError(
+                f"arith task: at most {space} distinct prompts with min/max_operands={self.min_operands}/"
+                f"{self.max_operands}, min/max_value={self.min_value}/{self.max_value}, ops={self.ops!r}; "
+                f"need at least 10 x test_size ({self.test_size}): widen the ranges or lower test_size"
+            )
+
+    def prompt_space_upper_bound(self) -> int:
+        """An upper bound on the number of distinct prompts (values^n · ops^(n−1), summed over n)."""
+        v = self.max_value - self.min_value + 1
+        k = len(self.ops)
+        return sum(v**n * k ** (n - 1) for n in range(self.min_operands, self.max_operands + 1))
+
+    def max_prompt_tokens(self) -> int:
+        """Longest possible prompt in characters (= tokens of the character tokenizer)."""
+        return self.max_operands * len(str(self.max_value)) + self.max_operands  # ops and '='
+
+    def max_response_tokens(self) -> int:
+        """Longest possible response in characters, plus one for EOS: a safe ``max_new_tokens``."""
+        total = len(str(self.max_operands * self.max_value)) + (0 if self.no_negative else 1)
+        value = len(str(self.max_value))
+        step = total + 1 + value + 1 + total + 1  # "a-b=c;"
+        return (self.max_operands - 1) * step + 1 + total + 1  # steps, '#', answer, EOS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialisable description (``task.json``), enough to rebuild the same task and test split."""
+        return {"name": TASK_NAME, "version": _FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "arith task") -> ArithConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming ``where``."""
+        data = dict(data)
+        name = data.pop("name", TASK_NAME)
+        if name != TASK_NAME:
+            raise LaserError(f"{where}: task name is {name!r}, expected {TASK_NAME!r}")
+        version = data.pop("version", _FORMAT_VERSION)
+        if version != _FORMAT_VERSION:
+            raise LaserError(f"{where}: unsupported task format version {version!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LaserError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        try:
+            return cls(**data)
+        except LaserError as e:
+            raise LaserError(f"{where}: {str(e).removeprefix('arith task: ')}") from None
+
+
+# ----------------------------------------------------------------------------------------- problems
+
+
+def _draw(cfg: ArithConfig, rng: random.Random) -> Problem:
+    n = rng.randint(cfg.min_operands, cfg.max_operands)
+    values = [rng.randint(cfg.min_value, cfg.max_value) for _ in range(n)]
+    total = values[0]
+    text = [str(total)]
+    for v in values[1:]:
+        op = rng.choice(cfg.ops)
+        if op == "-" and cfg.no_negative and total - v < 0:
+            op = "+"
+        total = total + v if op == "+" else total - v
+        text.append(f"{op}{v}")
+    return Problem(problem="".join(text) + "=", answer=str(total), meta={"n_operands": n})
+
+
+@functools.lru_cache(maxsize=8)
+def _test_split(cfg: ArithConfig) -> tuple[tuple[Problem, ...], frozenset[str]]:
+    rng = random.Random(f"arith-test:{cfg.seed}")
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(problems) < cfg.test_size:
+        attempts += 1
+        if attempts > _MAX_ATTEMPTS * max(cfg.test_size, 1):
+            raise LaserError(f"arith task: could not draw {cfg.test_size} distinct test prompts; widen the ranges")
+        p = _draw(cfg, rng)
+        if p.problem not in seen:
+            seen.add(p.problem)
+            problems.append(p)
+    return tuple(problems), frozenset(seen)
+
+
+def held_out_problems(cfg: ArithConfig) -> list[Problem]:
+    """The fixed held-out split: ``cfg.test_size`` distinct problems determined by ``cfg`` alone."""
+    return list(_test_split(cfg)[0])
+
+
+def train_problem(cfg: ArithConfig, seed: int, index: int) -> Problem:
+    """Problem number ``index`` of the training stream ``seed``: never a test-split prompt."""
+    test = _test_split(cfg)[1]
+    for attempt in range(_MAX_ATTEMPTS):
+        p = _draw(cfg, random.Random(f"arith-train:{seed}:{index}:{attempt}"))
+        if p.problem not in test:
+            return p
+    raise LaserError("arith task: the training stream finds only test prompts; widen the ranges")
+
+
+def train_stream(cfg: ArithConfig, seed: int, start: int = 0) -> Iterator[Problem]:
+    """Endless training problems from position ``start`` (resumable: position i is fixed by (seed, i))."""
+    if start < 0:
+        raise LaserError(f"arith task: stream start must be >= 0, got {start}")
+    _test_split(cfg)  # build (and validate) the split before the first draw
+    index = start
+    while True:
+        yield train_problem(cfg, seed, index)
+        index += 1
+
+
+def solution(prompt: str) -> str:
+    """The reference chain of thought for a prompt (without EOS): the SFT target.
+
+    ``solution("63-15+43+75=") == "63-15=48;48+43=91;91+75=166;#166"``. The prompt's operators are
+    used as written (the no-negative flip already happened when the prompt was generated).
+    """
+    m = _PROMPT_RE.fullmatch(prompt)
+    if m is None:
+        raise LaserError(f"arith task: not a chain-arithmetic prompt: {prompt!r}")
+    total = int(m.group(1))
+    steps = []
+    for op, v in _TERM_RE.findall(m.group(2)):
+        new = total + int(v) if op == "+" else total - int(v)
+        steps.append(f"{total}{op}{v}={new};")
+        total = new
+    return "".join(steps) + f"#{total}"
+
+
+# ----------------------------------------------------------------------------------------- verifier
+
+
+def canonical_int(text: str) -> str | None:
+    """``text`` if it is a canonically written integer (``0``, ``166``, ``-48``), else ``None``.
+
+    Strict on purpose: the task teaches one way to write a number, so ``007``, ``+7``, ``-0``,
+    ``1,000``, ``7.0`` or ``7 `` with inner junk are not answers. Leading/trailing whitespace is
+    ignored (decoders of other tokenizers may add it).
+    """
+    s = text.strip()
+    if _CANONICAL_INT_RE.fullmatch(s) is None or s == "-0":
+        return None
+    return s
+
+
+class ArithVerifier:
+    """Exact verifier: the answer is the canonical integer after the **last** ``#``.
+
+    - no ``#`` → no answer (reward 0);
+    - several ``#`` → only the text after the last one counts (``#12#34`` answers 34);
+    - the text after it must be a canonical integer and nothing else: ``#007`` (leading zeros),
+      ``#12;``, ``#1a``, ``#`` → no answer (reward 0). Leading zeros are rejected rather than
+      compared as integers because the model is trained to write canonical numbers, and an exact
+      string rule keeps voting groups unambiguous;
+    - negative answers (``#-5``) are accepted (the task produces them when ``no_negative`` is off).
+
+    Decode responses with ``skip_special_tokens=True``: a trailing ``<eos>`` text is not stripped.
+    """
+
+    def extract_answer(self, response: str) -> str | None:
+        head, sep, tail = response.rpartition("#")
+        if not sep:
+            return None
+        return canonical_int(tail)
+
+    def reward(self, response: str, answer: str) -> float:
+        got = self.extract_answer(response)
+        return 1.0 if got is not None and self.same_answer(got, answer) else 0.0
+
+    def same_answer(self, a: str, b: str) -> bool:
+        ca, cb = canonical_int(a), canonical_int(b)
+        return ca is not None and ca == cb
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def save_task(folder: str | Path, cfg: ArithConfig) -> None:
+    """Write ``task.json`` into ``folder`` (a model folder) so later commands rebuild the same task."""
+    from laser_rl.io import write_json_atomic
+
+    write_json_atomic(Path(folder) / TASK_FILENAME, cfg.to_dict())
+
+
+def load_task_config(folder: str | Path) -> ArithConfig | None:
+    """The task saved in a model folder's ``task.json``; ``None`` when the folder has none."""
+    path = Path(folder) / TASK_FILENAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LaserError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise LaserError(f"{path}: expected a JSON object")
+    return ArithConfig.from_dict(data, where=str(path))
+
+
+def load_arith(split: str = "test", **options: Any) -> TaskData:
+    """The registry entry point: ``arith`` / ``arith:test`` → the test split, ``arith:train`` → the stream.
+
+    Options: ``config`` (an :class:`ArithConfig` or its dict), ``model_dir`` (a model folder whose
+    ``task.json`` defines the task; ignored when it has none) and/or any ``ArithConfig`` field
+    (overrides). Precedence: explicit fields > ``config`` > ``model_dir`` > defaults.
+    """
+    base: dict[str, Any] = {}
+    model_dir = options.pop("model_dir", None)
+    if model_dir is not None:
+        saved = load_task_config(model_dir)
+        if saved is not None:
+            base = asdict(saved)
+    config = options.pop("config", None)
+    if isinstance(config, ArithConfig):
+        base = asdict(config)
+    elif isinstance(config, Mapping):
+        base = asdict(ArithConfig.from_dict(config))
+    elif config is not None:
+        raise LaserError(f"arith task: config must be an ArithConfig or a dict, got {type(config).__name__}")
+    known = {f.name for f in fields(ArithConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise LaserError(f"arith task: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    cfg = ArithConfig(**{**base, **options})
+    verifier = ArithVerifier()
+    if split in ("", "test"):
+        return TaskData(name=f"{TASK_NAME}:test", verifier=verifier, prompt_style="raw", problems=held_out_problems(cfg))
+    if split == "train":
+
+        def stream(seed: int, start: int = 0) -> Iterator[Problem]:
+            return train_stream(cfg, seed, start)
+
+        return TaskData(name=f"{TASK_NAME}:train", verifier=verifier, prompt_style="raw", stream=stream)
+    raise LaserError(f"unknown split {split!r} of task {TASK_NAME!r} (use {TASK_NAME}:test or {TASK_NAME}:train)")
