@@ -404,3 +404,10 @@ def test_policy_loss_normalizer_and_bad_input():
         L.policy_loss(lp, lp, adv, mask, aggregation="sum")
     with pytest.raises(ValueError, match="advantages"):
         L.policy_loss(lp, lp, adv[:3], mask)
+
+
+def test_class_balance_weights_with_global_counts():
+    # this process holds 1 correct + 1 incorrect, but the whole batch has 1 correct and 3 incorrect
+    rewards = torch.tensor([1.0, 0.0])
+    w = L.class_balance_weights(rewards, torch.tensor([True, True]), class_counts=(torch.tensor(1.0), torch.tensor(3.0)))
+    assert w.tolist() == pytest.approx([4 / 2, 4 / 6])

@@ -202,12 +202,17 @@ def correct_target_logprob(c_ref: float, beta_v: float) -> float:
 
 
 def class_balance_weights(
-    rewards: Tensor, finished: Tensor, class_balanced: bool = True, correct_threshold: float = 0.5
+    rewards: Tensor,
+    finished: Tensor,
+    class_balanced: bool = True,
+    correct_threshold: float = 0.5,
+    class_counts: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Per-row MSE weights ``[B]`` (Eq. 14): w_c = N/(2N_c) for correct, w_i = N/(2N_i) for incorrect.
 
     Counts run over the finished rows of the whole batch; a missing class gets weight 0; truncated
-    rows get 0. ``class_balanced=False`` gives weight 1 to every finished row.
+    rows get 0. ``class_balanced=False`` gives weight 1 to every finished row. When the batch is
+    spread over several processes, pass the global (N_c, N_i) as ``class_counts``.
     """
     _check_1d("rewards", rewards)
     _check_1d("finished", finished, rewards.shape[0])
@@ -216,8 +221,10 @@ def class_balance_weights(
         return fin.to(rewards.dtype)
     correct = (rewards > correct_threshold) & fin
     incorrect = ~(rewards > correct_threshold) & fin
-    n_c = correct.sum().to(rewards.dtype)
-    n_i = incorrect.sum().to(rewards.dtype)
+    if class_counts is None:
+        n_c, n_i = correct.sum().to(rewards.dtype), incorrect.sum().to(rewards.dtype)
+    else:
+        n_c, n_i = (torch.as_tensor(c, dtype=rewards.dtype, device=rewards.device) for c in class_counts)
     n = n_c + n_i
     w_c = torch.where(n_c > 0, n / (2 * n_c.clamp(min=1)), torch.zeros_like(n))
     w_i = torch.where(n_i > 0, n / (2 * n_i.clamp(min=1)), torch.zeros_like(n))

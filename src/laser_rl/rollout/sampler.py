@@ -1,0 +1,388 @@
+"""Batched KV-cache sampling that reads LaSeR's self-reward score inside the decoding loop.
+
+Why a sampler of our own instead of ``model.generate``: LaSeR's score is
+``lp_z = log π(z | x, y, EOS)``, the log-probability of a special token z *after* the stop token.
+A row that emits its stop token at step t is fed that token at step t+1 anyway (it is the "current
+token" of the next decode step), so the logits of that step give lp_z for free. The row is then
+frozen. The batch therefore pays at most one extra decode step for the score (only when a row
+finishes at the very last step), instead of the separate teacher-forced forward pass that the
+reference code runs.
+
+Other design points:
+- Prompts are left-padded, with an explicit attention mask and position ids computed from it, so a
+  row's result does not depend on how much padding its batch needed.
+- Finished rows are dropped from the batch and from the KV cache once enough of them accumulate,
+  so they stop costing compute.
+- Random numbers are drawn once per (step, original row) before decoding (inverse-CDF sampling), so
+  a row's sampled tokens do not depend on when other rows finish or on batch compaction: the same
+  seed gives the same tokens with and without the score.
+- z and ``suppress_ids`` are never sampled (their logits are masked to -inf); the score and the
+  recorded log-probs use the unmasked logits, exactly what a training forward pass recomputes.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from laser_rl.errors import LaserError
+
+# Drop finished rows from the batch (and the KV cache) once at least this fraction of the current
+# batch is finished. Compaction costs about one KV-cache copy, which DynamicCache pays every step
+# anyway (it grows by concatenation), so a small threshold is cheap.
+COMPACT_FRACTION = 0.125
+
+
+@dataclass
+class SamplingConfig:
+    """How to sample: temperature 0 means greedy; top_k 0 and top_p 1 mean no filtering."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise LaserError(f"sampling temperature must be a finite number >= 0, got {t!r}")
+        p = self.top_p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 < p <= 1.0):
+            raise LaserError(f"sampling top_p must be in (0, 1], got {p!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise LaserError(f"sampling top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        n = self.max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise LaserError(f"sampling max_new_tokens must be an integer >= 1, got {n!r}")
+
+
+@dataclass
+class Rollout:
+    """The sampled responses of one batch, right-padded, plus what LaSeR needs per row.
+
+    response_ids[B, T]   long, right-padded with pad_id
+    response_mask[B, T]  bool, the generated tokens up to and including the stop token
+    logprobs[B, T]       float32, log_softmax(logits / temperature) at the sampled token (before
+                         top-k/top-p filtering and id suppression; untempered for temperature 0),
+                         0 where masked
+    finished[B]          bool, the row emitted a stop token
+    truncated[B]         bool, the row hit max_new_tokens without a stop token
+    lp_z[B]              float32, log_softmax(untempered float32 logits after feeding the stop
+                         token)[z]; NaN where not finished or when no z was given
+    """
+
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    finished: torch.Tensor
+    truncated: torch.Tensor
+    lp_z: torch.Tensor
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Number of generated tokens per row (including the stop token)."""
+        return self.response_mask.sum(dim=1)
+
+    def responses(self) -> list[list[int]]:
+        """The generated ids per row, including the stop token of finished rows."""
+        ids = self.response_ids.cpu().tolist()
+        return [row[:n] for row, n in zip(ids, self.lengths.cpu().tolist())]
+
+
+# ----------------------------------------------------------------------------------------------
+# Input validation and model introspection shared with the scorer.
+
+
+def vocab_size(model: torch.nn.Module) -> int:
+    """Ids a model accepts: the rows of its input embedding (falls back to config.vocab_size)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and getattr(emb, "weight", None) is not None:
+        return int(emb.weight.shape[0])
+    return int(model.config.get_text_config().vocab_size)
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    """The model's maximum number of positions from its config, or None when it declares none."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model without parameters
+        return torch.device("cpu")
+
+
+def check_token_id(value: object, vocab: int, name: str) -> int:
+    """An id argument must be an int in [0, vocab); say which argument is wrong otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LaserError(f"{name} must be an integer token id, got {value!r}")
+    if not 0 <= value < vocab:
+        raise LaserError(f"{name}={value} is not in the model's vocabulary (0..{vocab - 1})")
+    return value
+
+
+def check_token_ids(values: Iterable[int], vocab: int, name: str) -> frozenset[int]:
+    if isinstance(values, int):
+        raise LaserError(f"{name} must be a collection of token ids, got the single integer {values}")
+    return frozenset(check_token_id(v, vocab, f"{name} entry") for v in values)
+
+
+def as_id_rows(rows: Sequence[Sequence[int]], name: str) -> list[list[int]]:
+    """Convert prompts/responses (lists, tuples or 1-D tensors of ints) to lists of ints."""
+    if isinstance(rows, torch.Tensor):
+        if rows.dim() != 2:
+            raise LaserError(f"{name} as a tensor must be 2-D [rows, tokens], got shape {tuple(rows.shape)}")
+        return rows.tolist()
+    out: list[list[int]] = []
+    for i, row in enumerate(rows):
+        if isinstance(row, torch.Tensor):
+            if row.dim() != 1:
+                raise LaserError(f"{name} row {i}: expected a 1-D tensor of ids, got shape {tuple(row.shape)}")
+            out.append(row.tolist())
+            continue
+        if isinstance(row, (str, bytes)):
+            raise LaserError(f"{name} row {i}: expected token ids, got text (tokenise it first)")
+        try:
+            out.append([operator.index(v) for v in row])
+        except TypeError:
+            raise LaserError(f"{name} row {i}: expected a sequence of integer token ids") from None
+    return out
+
+
+def check_ids_in_vocab(ids: list[int], vocab: int, where: str) -> None:
+    """Raise naming ``where`` (e.g. "prompt row 3") if an id is outside [0, vocab)."""
+    if ids and (min(ids) < 0 or max(ids) >= vocab):
+        value = next(v for v in ids if not 0 <= v < vocab)
+        raise LaserError(f"{where}: token id {value} is not in the model's vocabulary (0..{vocab - 1})")
+
+
+def left_pad(rows: list[list[int]], pad_id: int, extra: int, device: torch.device) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    """Left-pad rows into ids[B, P]; mask[B, P + extra] (True on real tokens and on the ``extra``
+    columns reserved for generation); lengths[B]."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    width = int(lengths.max())
+    flat = torch.tensor([v for r in rows for v in r], dtype=torch.long)
+    valid = torch.arange(width).unsqueeze(0) >= (width - lengths).unsqueeze(1)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    ids[valid] = flat  # row-major order of `valid` matches the concatenated rows
+    mask = torch.ones((len(rows), width + extra), dtype=torch.bool)
+    mask[:, :width] = valid
+    return ids.to(device), mask.to(device), lengths.to(device)
+
+
+def supports_logits_to_keep(model: torch.nn.Module) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling.
+
+
+def _select_tokens(
+    logits: torch.Tensor,
+    ban: torch.Tensor | None,
+    uniforms: torch.Tensor | None,
+    cfg: SamplingConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row from float32 ``logits`` [b, V] (modified in place).
+
+    Returns (tokens[b], logprobs[b]); logprobs = log_softmax(logits / T)[token] computed on the
+    unfiltered, unsuppressed logits (untempered for T = 0). Sampling is inverse-CDF with one
+    pre-drawn uniform in (0, 1] per row, so it never picks a zero-probability (masked) token.
+    """
+    scaled = logits if cfg.temperature in (0, 1) else logits.div_(cfg.temperature)
+    lse = torch.logsumexp(scaled, dim=-1, keepdim=True)
+    if ban is not None:
+        scaled.index_fill_(1, ban, float("-inf"))
+    if uniforms is None:  # greedy
+        tok = scaled.argmax(dim=-1, keepdim=True)
+    else:
+        if cfg.top_k > 0 or cfg.top_p < 1.0:
+            k = min(cfg.top_k, scaled.shape[-1]) if cfg.top_k > 0 else scaled.shape[-1]
+            if k < scaled.shape[-1]:
+                vals, idx = scaled.topk(k, dim=-1)  # sorted, descending
+            else:
+                vals, idx = scaled.sort(dim=-1, descending=True)
+            probs = (vals - vals[:, :1]).exp_()
+            if cfg.top_p < 1.0:
+                cum = probs.cumsum(dim=-1)
+                keep = (cum - probs) < cfg.top_p * cum[:, -1:]  # the top token is always kept
+                probs = probs * keep
+        else:
+            idx = None
+            probs = (scaled - scaled.amax(dim=-1, keepdim=True)).exp_()
+        cdf = probs.cumsum(dim=-1)
+        j = torch.searchsorted(cdf, uniforms.unsqueeze(1) * cdf[:, -1:]).clamp_(max=cdf.shape[-1] - 1)
+        tok = j if idx is None else idx.gather(-1, j)
+    logprob = scaled.gather(-1, tok) - lse
+    return tok.squeeze(1), logprob.squeeze(1)
+
+
+def sample(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    stop_ids: Iterable[int],
+    config: SamplingConfig,
+    z_id: int | None = None,
+    suppress_ids: Iterable[int] = (),
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample one response per prompt with a KV cache and read lp_z one step after each stop token.
+
+    ``prompts`` are token-id lists of any lengths (left-padded here). A row stops at the first id
+    in ``stop_ids`` (an empty set: every row runs ``max_new_tokens``). ``z_id`` and
+    ``suppress_ids`` are never sampled. With ``z_id`` given, a row that emits its stop token is
+    fed that token once more (the next step's input, computed for the other rows anyway) and
+    ``lp_z = log_softmax(float32 logits)[z_id]`` is read from that forward; then the row is frozen.
+    """
+    from transformers import DynamicCache
+
+    cfg = config
+    if not isinstance(cfg, SamplingConfig):
+        raise LaserError(f"config must be a SamplingConfig, got {type(cfg).__name__}")
+    vocab = vocab_size(model)
+    pad_id = check_token_id(pad_id, vocab, "pad_id")
+    stops = check_token_ids(stop_ids, vocab, "stop_ids")
+    banned = set(check_token_ids(suppress_ids, vocab, "suppress_ids"))
+    if z_id is not None:
+        z_id = check_token_id(z_id, vocab, "z_id")
+        if z_id in stops:
+            raise LaserError(f"z_id={z_id} is also a stop id: the self-reward token must differ from EOS")
+        banned.add(z_id)
+    if banned & stops:
+        raise LaserError(f"suppress_ids/z_id overlap stop_ids {sorted(banned & stops)}: rows could never stop")
+    if len(banned) >= vocab:
+        raise LaserError("suppress_ids cover the whole vocabulary: nothing can be sampled")
+
+    rows = as_id_rows(prompts, "prompt")
+    if not rows:
+        raise LaserError("prompts is empty: nothing to sample")
+    T = cfg.max_new_tokens
+    ctx = context_length(model)
+    for i, r in enumerate(rows):
+        if not r:
+            raise LaserError(f"prompt row {i} is empty")
+        check_ids_in_vocab(r, vocab, f"prompt row {i}")
+        if ctx is not None and len(r) + T > ctx:
+            what = "is longer than" if len(r) > ctx else f"plus max_new_tokens={T} exceeds"
+            raise LaserError(f"prompt row {i} ({len(r)} tokens) {what} the model's context of {ctx} positions")
+
+    device = model_device(model)
+    ids, mask_buf, lengths = left_pad(rows, pad_id, T + 1, device)
+    B, P = ids.shape
+
+    # One uniform in (0, 1] per (step, original row), drawn up front: sampling is then independent
+    # of batch composition and compaction.
+    uniforms = None
+    if cfg.temperature > 0:
+        gdev = generator.device if generator is not None else device
+        uniforms = (1.0 - torch.rand((T, B), generator=generator, device=gdev)).to(device)
+
+    out_ids = torch.full((B, T), pad_id, dtype=torch.long, device=device)
+    out_lp = torch.zeros((B, T), dtype=torch.float32, device=device)
+    out_mask = torch.zeros((B, T), dtype=torch.bool, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    lp_z = torch.full((B,), float("nan"), dtype=torch.float32, device=device)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            cache = DynamicCache(config=model.config)
+            positions = (mask_buf[:, :P].long().cumsum(dim=1) - 1).clamp_(min=0)
+            kwargs = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+            out = model(
+                input_ids=ids, attention_mask=mask_buf[:, :P], position_ids=positions,
+                past_key_values=cache, use_cache=True, **kwargs,
+            )
+            logits = out.logits[:, -1]
+            cache = out.past_key_values
+            V = logits.shape[-1]
+            if z_id is not None and z_id >= V:
+                raise LaserError(f"z_id={z_id} is beyond the model's {V} output logits")
+            ban = torch.tensor(sorted(banned), dtype=torch.long, device=device) if banned else None
+            stop_lut = torch.zeros(V + 1, dtype=torch.bool, device=device)  # +1: tolerate V < vocab
+            if stops:
+                stop_lut[torch.tensor(sorted(stops), dtype=torch.long, device=device).clamp_(max=V)] = True
+            stop_lut[V] = False
+
+            alive = torch.arange(B, device=device)  # original row index of each batch row
+            gen = torch.ones(B, dtype=torch.bool, device=device)  # still generating
+            pending = torch.zeros(B, dtype=torch.bool, device=device)  # fed its stop token this step
+            has_pending = False
+            last_pos = lengths.unsqueeze(1) - 1
+            cur_len = P
+            t = 0
+            while True:
+                lg = logits.float()
+                if has_pending:  # these rows were just fed their stop token: read the score
+                    sel = pending.nonzero().squeeze(1)
+                    rows_lg = lg.index_select(0, sel)
+                    lp_z[alive.index_select(0, sel)] = rows_lg[:, z_id] - torch.logsumexp(rows_lg, dim=-1)
+                    pending = torch.zeros_like(pending)
+                if t == T:
+                    break
+                u = None if uniforms is None else uniforms[t].index_select(0, alive)
+                tok, lp = _select_tokens(lg, ban, u, cfg)
+                hit = stop_lut[tok] & gen
+                out_ids[alive, t] = torch.where(gen, tok, pad_id)
+                out_lp[alive, t] = torch.where(gen, lp, 0.0)
+                out_mask[alive, t] = gen
+                finished[alive] |= hit
+                gen = gen & ~hit
+                if z_id is not None:
+                    pending = hit
+                t += 1
+                n_gen, n_pending = torch.stack([gen.sum(), pending.sum()]).tolist()
+                has_pending = n_pending > 0
+                if not has_pending and (n_gen == 0 or t == T):
+                    break
+                b = alive.numel()
+                keep = None
+                if t == T:  # only the rows awaiting their score need the extra step
+                    keep = pending
+                elif b - (n_gen + n_pending) >= max(1, math.ceil(b * COMPACT_FRACTION)):
+                    keep = gen | pending
+                if keep is not None:
+                    idx = keep.nonzero().squeeze(1)
+                    cache.batch_select_indices(idx)
+                    alive, gen, pending = alive[idx], gen[idx], pending[idx]
+                    tok, last_pos, mask_buf = tok[idx], last_pos[idx], mask_buf[idx]
+                last_pos = last_pos + 1
+                cur_len += 1
+                out = model(
+                    input_ids=tok.unsqueeze(1), attention_mask=mask_buf[:, :cur_len], position_ids=last_pos,
+                    past_key_values=cache, use_cache=True,
+                )
+                logits = out.logits[:, -1]
+                cache = out.past_key_values
+    finally:
+        model.train(was_training)
+
+    return Rollout(
+        response_ids=out_ids,
+        response_mask=out_mask,
+        logprobs=out_lp,
+        finished=finished,
+        truncated=~finished,
+        lp_z=lp_z,
+    )

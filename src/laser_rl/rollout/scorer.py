@@ -1,0 +1,109 @@
+"""Teacher-forced self-reward scoring of existing (prompt ids, response ids) pairs.
+
+For responses generated elsewhere (another engine, an older run), the score input
+``lp_z = log_softmax(logits at the EOS position)[z]`` needs one forward pass over
+prompt + response (+ EOS). It takes token ids, never text: re-tokenising decoded text (as the
+reference evaluation does) can change the ids and therefore the score.
+
+Every sequence in a batch is left-padded so that its EOS lands on the last position; the model
+then only has to compute logits at that one position (``logits_to_keep=1``), in float32, instead of
+materialising [batch, length, vocab] logits. Going through the model's own head keeps any logit
+scaling or soft-capping it applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from laser_rl.errors import LaserError
+from laser_rl.rollout.sampler import (
+    as_id_rows,
+    check_ids_in_vocab,
+    check_token_id,
+    check_token_ids,
+    context_length,
+    left_pad,
+    model_device,
+    supports_logits_to_keep,
+    vocab_size,
+)
+
+
+def score_responses(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    *,
+    z_id: int,
+    pad_id: int,
+    stop_ids: Iterable[int],
+    eos_id: int,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Return lp_z[N] (float32, on the model's device) for N (prompt, response) id pairs.
+
+    A response is cut after its first stop id (the sampler stops there too); a response with no
+    stop id gets ``eos_id`` appended, so every response is scored after an EOS token.
+    """
+    vocab = vocab_size(model)
+    z_id = check_token_id(z_id, vocab, "z_id")
+    pad_id = check_token_id(pad_id, vocab, "pad_id")
+    eos_id = check_token_id(eos_id, vocab, "eos_id")
+    stops = check_token_ids(stop_ids, vocab, "stop_ids")
+    if eos_id not in stops:
+        raise LaserError(f"eos_id={eos_id} must be one of stop_ids {sorted(stops)}")
+    if z_id in stops:
+        raise LaserError(f"z_id={z_id} is also a stop id: the self-reward token must differ from EOS")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise LaserError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    p_rows = as_id_rows(prompts, "prompt")
+    r_rows = as_id_rows(responses, "response")
+    if len(p_rows) != len(r_rows):
+        raise LaserError(f"got {len(p_rows)} prompts but {len(r_rows)} responses")
+
+    ctx = context_length(model)
+    seqs: list[list[int]] = []
+    for i, (p, r) in enumerate(zip(p_rows, r_rows)):
+        if not p:
+            raise LaserError(f"prompt row {i} is empty")
+        check_ids_in_vocab(p, vocab, f"prompt row {i}")
+        check_ids_in_vocab(r, vocab, f"response row {i}")
+        cut = next((j for j, v in enumerate(r) if v in stops), None)
+        resp = r[: cut + 1] if cut is not None else [*r, eos_id]
+        seq = p + resp
+        if ctx is not None and len(seq) > ctx:
+            raise LaserError(
+                f"row {i}: prompt + response + EOS is {len(seq)} tokens, longer than the model's "
+                f"context of {ctx} positions"
+            )
+        seqs.append(seq)
+
+    device = model_device(model)
+    n = len(seqs)
+    out = torch.full((n,), float("nan"), dtype=torch.float32, device=device)
+    if n == 0:
+        return out
+    # Longest first, so each batch holds similar lengths and little padding.
+    order = sorted(range(n), key=lambda i: -len(seqs[i]))
+    keep_kwargs = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                chunk = order[start : start + batch_size]
+                ids, mask, _ = left_pad([seqs[i] for i in chunk], pad_id, 0, device)
+                positions = (mask.long().cumsum(dim=1) - 1).clamp_(min=0)
+                logits = model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **keep_kwargs
+                ).logits[:, -1].float()
+                if z_id >= logits.shape[-1]:
+                    raise LaserError(f"z_id={z_id} is beyond the model's {logits.shape[-1]} output logits")
+                lp = logits[:, z_id] - torch.logsumexp(logits, dim=-1)
+                out[torch.tensor(chunk, device=device)] = lp
+    finally:
+        model.train(was_training)
+    return out

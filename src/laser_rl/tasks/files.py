@@ -1,0 +1,229 @@
+"""Math problems from files: JSONL, JSON, parquet, Hugging Face ``datasets`` folders and hub names.
+
+Accepted ``--data`` specs:
+
+- ``train.jsonl`` / ``train.json`` / ``train.parquet``: one problem per record;
+- a folder written by ``Dataset.save_to_disk`` (or ``DatasetDict``; pick a split with
+  ``folder:split``, default ``train``), or a folder of ``*.jsonl`` / ``*.parquet`` files;
+- ``hf:owner/name[:split]`` or a bare ``owner/name`` that is not a local path:
+  ``datasets.load_dataset`` (needs the network).
+
+Columns: ``problem`` and ``answer`` by default (``problem_key`` / ``answer_key`` rename them).
+The reference pipeline's layout (verl parquet: ``prompt`` = chat messages, answer in
+``reward_model.ground_truth``) is recognised when the problem column is absent: the problem is the
+last user message, with the spec §4 instruction suffix removed — the prompt builder adds it back, so
+keeping it would double it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from laser_rl.errors import LaserError
+from laser_rl.io import read_jsonl
+from laser_rl.tasks.base import Problem, TaskData
+
+#: Spec §4's instruction (kept equal to ``laser_rl.integrations.hf.SPEC_INSTRUCTION``, not imported
+#: so that loading data does not import the model stack).
+_INSTRUCTION = " Please reason step by step, and put your final answer within \\boxed{}."
+_OPTIONS = ("split", "limit", "instruction", "verifier", "name")
+_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def _records_from_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(where, record)`` pairs; ``where`` is ``file:line`` (JSONL) or ``file:row N``."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records = read_jsonl(path)
+        # read_jsonl skips blank lines: recover line numbers for messages about individual records.
+        lines = [i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        return [(f"{path}:{n}", r) for n, r in zip(lines, records)]
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise LaserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise LaserError(f"{path}: expected a JSON list of objects (or use .jsonl)")
+        return [(f"{path}: record {i}", r) for i, r in enumerate(data)]
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise LaserError(f"{path}: reading parquet needs pyarrow (pip install 'laser-rl[data]')") from None
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow raises its own error types
+            raise LaserError(f"{path}: cannot read parquet ({e})") from None
+        return [(f"{path}: row {i}", r) for i, r in enumerate(rows)]
+    raise LaserError(f"{path}: unsupported data file type {suffix!r} (use {', '.join(_DATA_SUFFIXES)})")
+
+
+def _pick_split(dataset: Any, split: str | None, where: str) -> Any:
+    from datasets import DatasetDict
+
+    if not isinstance(dataset, DatasetDict):
+        if split is not None and split != "train":
+            raise LaserError(f"{where}: a single dataset, no splits (asked for split {split!r})")
+        return dataset
+    names = list(dataset.keys())
+    if split is None:
+        split = "train" if "train" in names else (names[0] if len(names) == 1 else None)
+    if split not in names:
+        raise LaserError(f"{where}: split {split!r} not found; splits present: {', '.join(names)}")
+    return dataset[split]
+
+
+def _records_from_dataset(dataset: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"{where}: row {i}", r) for i, r in enumerate(dataset.to_list())]
+
+
+def _is_datasets_folder(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in ("dataset_dict.json", "state.json", "dataset_info.json"))
+
+
+def _load_records(spec: str, split: str | None) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    """Resolve the spec to ``(display name, records)``."""
+    path = Path(spec).expanduser()
+    if not path.exists() and ":" in spec and not spec.startswith("hf:"):
+        head, _, tail = spec.rpartition(":")
+        if Path(head).expanduser().exists():  # "folder:split"
+            path, split = Path(head).expanduser(), tail
+    if path.is_file():
+        return path.name, _records_from_file(path)
+    if path.is_dir():
+        if _is_datasets_folder(path):
+            try:
+                from datasets import load_from_disk
+            except ImportError:
+                raise LaserError(f"{path}: reading a datasets folder needs `datasets` (pip install 'laser-rl[data]')") from None
+            try:
+                dataset = load_from_disk(str(path))
+            except Exception as e:  # datasets raises several unrelated types
+                raise LaserError(f"{path}: cannot load the datasets folder ({e})") from None
+            return path.name, _records_from_dataset(_pick_split(dataset, split, str(path)), str(path))
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in _DATA_SUFFIXES and p.is_file())
+        if split is not None:
+            files = [p for p in files if split in p.name]
+        if not files:
+            raise LaserError(f"{path}: no data files ({', '.join(_DATA_SUFFIXES)}) and not a datasets folder")
+        return path.name, [rec for f in files for rec in _records_from_file(f)]
+    name = spec[3:] if spec.startswith("hf:") else spec
+    if not spec.startswith("hf:") and (spec.count("/") != 1 or spec.startswith((".", "/", "~"))):
+        raise LaserError(f"--data {spec}: no such file or folder (and not a benchmark name or hub dataset id)")
+    name, _, hub_split = name.partition(":")
+    try:
+        import datasets
+    except ImportError:
+        raise LaserError(f"--data {spec}: loading a hub dataset needs `datasets`") from None
+    try:
+        dataset = datasets.load_dataset(name, split=hub_split or split or "train")
+    except Exception as e:  # offline, unknown name, ...
+        raise LaserError(f"--data {spec}: not a local file/folder, and loading hub dataset {name!r} failed ({e})") from None
+    return name.replace("/", "_"), _records_from_dataset(dataset, f"hub dataset {name}")
+
+
+def _strip_instruction(text: str, instruction: str) -> str:
+    for suffix in (instruction, instruction.strip()):
+        if suffix and text.rstrip().endswith(suffix):
+            return text.rstrip()[: -len(suffix)].rstrip()
+    return text
+
+
+def _user_content(messages: Any, where: str) -> str:
+    if isinstance(messages, str):
+        return messages
+    if isinstance(messages, dict):
+        messages = [messages]
+    if not isinstance(messages, (list, tuple)):
+        raise LaserError(f"{where}: field 'prompt' must be a list of chat messages, got {type(messages).__name__}")
+    users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not users or not isinstance(users[-1], str):
+        raise LaserError(f"{where}: field 'prompt' has no user message")
+    return users[-1]
+
+
+def _answer_text(value: Any, where: str, field: str) -> str:
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if value is None or isinstance(value, (dict, list, tuple)):
+        raise LaserError(f"{where}: field {field!r} must be a string or number, got {value!r}")
+    text = str(value).strip()
+    if not text:
+        raise LaserError(f"{where}: field {field!r} is empty")
+    return text
+
+
+def _columns(records: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for _, r in records:
+        seen.update(dict.fromkeys(r))
+    return list(seen)
+
+
+def load_file_data(
+    spec: str, *, problem_key: str = "problem", answer_key: str = "answer", **options: Any
+) -> TaskData:
+    """Load math problems from a file, folder or hub dataset (module docstring) as a finite split.
+
+    Options: ``split`` (datasets folder / hub split), ``limit`` (first N problems), ``instruction``
+    (the suffix stripped from reference-layout prompts), ``verifier`` (default: the math verifier),
+    ``name``. A missing column → ``LaserError`` naming the file and column and listing those present.
+    """
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise LaserError(f"--data {spec}: unknown option(s) {', '.join(unknown)} (known: {', '.join(_OPTIONS)})")
+    instruction = options.get("instruction", _INSTRUCTION)
+    limit = options.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise LaserError(f"--data {spec}: limit must be a positive integer, got {limit!r}")
+
+    name, records = _load_records(spec, options.get("split"))
+    if not records:
+        raise LaserError(f"--data {spec}: no records")
+    columns = _columns(records[:1000])
+    reference_layout = (
+        problem_key not in columns and "prompt" in columns and "reward_model" in columns and answer_key == "answer"
+    )
+    if not reference_layout:
+        for key in (problem_key, answer_key):
+            if key not in columns:
+                raise LaserError(
+                    f"{spec}: no {key!r} column; columns present: {', '.join(columns)}"
+                    + (" (set problem_key/answer_key to use other names)" if columns else "")
+                )
+
+    problems: list[Problem] = []
+    for where, rec in records if limit is None else records[:limit]:
+        if reference_layout:
+            problem = _strip_instruction(_user_content(rec.get("prompt"), where), instruction)
+            reward_model = rec.get("reward_model")
+            if not isinstance(reward_model, dict) or "ground_truth" not in reward_model:
+                raise LaserError(f"{where}: field 'reward_model.ground_truth' is missing")
+            answer = _answer_text(reward_model["ground_truth"], where, "reward_model.ground_truth")
+            meta = {k: rec[k] for k in ("data_source", "ability", "extra_info") if rec.get(k) is not None}
+        else:
+            for key in (problem_key, answer_key):
+                if key not in rec:
+                    raise LaserError(f"{where}: missing field {key!r}")
+            problem = rec[problem_key]
+            if not isinstance(problem, str) or not problem.strip():
+                raise LaserError(f"{where}: field {problem_key!r} must be a non-empty string")
+            answer = _answer_text(rec[answer_key], where, answer_key)
+            meta = {
+                k: v for k, v in rec.items()
+                if k not in (problem_key, answer_key) and isinstance(v, (str, int, float, bool))
+                and not (isinstance(v, str) and len(v) > 200)  # keep ids/levels, not solutions
+            }
+        meta["source"] = where
+        problems.append(Problem(problem=problem, answer=answer, meta=meta))
+
+    verifier = options.get("verifier")
+    if verifier is None:
+        from laser_rl.rewards.math_verifier import MathVerifier
+
+        verifier = MathVerifier()
+    return TaskData(name=options.get("name") or name, verifier=verifier, prompt_style="chat", problems=problems)

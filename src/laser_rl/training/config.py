@@ -1,0 +1,887 @@
+"""The ``laser train`` configuration: nested dataclasses, loaded from YAML plus ``key=value`` overrides.
+
+Why a hand-rolled loader instead of ``yaml.safe_load`` + ``**kwargs``: a training run is expensive, so
+a typo or a wrong type must fail *before* any model is loaded, with a message naming the file, the
+line, the key and the closest valid key. The schema is the dataclasses below; every field carries its
+help text in ``metadata["help"]`` (shown by ``config_to_yaml(..., comments=True)`` and
+``config_fields()``).
+
+YAML is read with YAML 1.2 scalar rules (PyYAML defaults to YAML 1.1):
+
+- booleans are only ``true``/``false`` (``yes``/``no``/``on``/``off`` stay strings, so a boolean or
+  integer field never silently accepts ``yes``);
+- ``1e-6`` is a float (YAML 1.1 needs ``1.0e-6``), ``010`` is ten (not octal eight), ``1:30`` is a
+  string (not sexagesimal 90), dates stay strings.
+
+Types are checked strictly: an integer is promoted to a float where a float is expected, nothing
+else is converted (``"abc"`` for a float, ``3.5`` for an integer, ``5`` for a string, ``true`` for a
+number are all errors).
+
+Public API: :func:`load_config`, :func:`config_from_yaml`, :func:`config_from_dict`,
+:func:`config_to_dict`, :func:`config_to_yaml`, :func:`parse_train_argv`, :func:`config_fields`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import re
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from laser_rl.errors import LaserError
+
+__all__ = [
+    "AGGREGATIONS",
+    "DataConfig",
+    "GuardConfig",
+    "LaserConfig",
+    "LoggingConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RolloutConfig",
+    "TrainConfig",
+    "TrainLoopConfig",
+    "config_fields",
+    "config_from_dict",
+    "config_from_yaml",
+    "config_to_dict",
+    "config_to_yaml",
+    "load_config",
+    "parse_train_argv",
+]
+
+DEFAULT_INSTRUCTION = " Please reason step by step, and put your final answer within \\boxed{}."
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+
+
+def _f(default: Any, doc: str) -> Any:
+    """A dataclass field with help text; list defaults are copied per instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": doc})
+    return field(default=default, metadata={"help": doc})
+
+
+def _section(cls: type, doc: str) -> Any:
+    return field(default_factory=cls, metadata={"help": doc})
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+
+@dataclass
+class ModelConfig:
+    """The policy model to train."""
+
+    path: str = _f("", "Model folder or Hugging Face hub id of the policy to train (required).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "auto", "Weights/compute dtype: auto = bfloat16 on CUDA, float32 on CPU."
+    )
+    trust_remote_code: bool = _f(False, "Passed to from_pretrained: allow custom modelling code from the hub.")
+    gradient_checkpointing: bool = _f(
+        False, "Recompute activations in the backward pass (less memory, ~30% slower)."
+    )
+    attn_implementation: str | None = _f(
+        None, "Attention kernel passed to from_pretrained ('sdpa', 'eager', 'flash_attention_2'); null = default."
+    )
+
+    def resolved_dtype(self, device_type: str) -> str:
+        """The concrete dtype name for a device type ('cuda', 'cpu', ...): resolves ``auto``."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if device_type == "cuda" else "float32"
+
+
+@dataclass
+class TrainLoopConfig:
+    """Loop control: how long to train, when to save, evaluate and log."""
+
+    steps: int = _f(100, "Number of RL steps (one rollout batch each).")
+    seed: int = _f(0, "Random seed for data order, sampling and initialisation; same seed = same run.")
+    save_every: int = _f(0, "Save a checkpoint every N steps (0 = never; the last step is always saved).")
+    eval_every: int = _f(
+        0, "Evaluate on data.eval every N steps (0 = never); when > 0 also before step 1 (the baseline)."
+    )
+    keep_checkpoints: int = _f(2, "Keep only the newest N step checkpoints (0 = keep all).")
+    log_every: int = _f(1, "Print a progress line every N steps (metrics.jsonl gets every step).")
+
+
+@dataclass
+class DataConfig:
+    """Training and evaluation data, and how prompts are built."""
+
+    train: str = _f(
+        "", "Training data (required): 'arith:train', a benchmark name, or a JSONL/parquet file or folder."
+    )
+    eval: str | None = _f(None, "Held-out data for periodic evaluation (e.g. 'arith', 'math500'); null = none.")
+    eval_limit: int = _f(0, "Evaluate on the first N held-out problems (0 = all).")
+    eval_n: int = _f(1, "Samples per evaluation problem (accuracy = mean@n).")
+    prompts_per_step: int = _f(32, "Prompts per RL step (each gets rollout.n responses).")
+    max_prompt_length: int = _f(1024, "Prompt limit in tokens after templating; longer prompts are skipped.")
+    problem_key: str = _f("problem", "Column/field holding the question in a JSONL/parquet file.")
+    answer_key: str = _f("answer", "Column/field holding the ground-truth answer in a JSONL/parquet file.")
+    prompt_style: Literal["auto", "raw", "chat"] = _f(
+        "auto", "auto = the task's own style; raw = problem text as is; chat = chat template + instruction."
+    )
+    instruction: str = _f(DEFAULT_INSTRUCTION, "Text appended to the problem in the chat prompt style (spec §4).")
+    shuffle: bool = _f(True, "Shuffle the training problems (seeded by train.seed) each epoch.")
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling of the K responses per prompt."""
+
+    n: int = _f(8, "Responses per prompt (the GRPO group size K).")
+    temperature: float = _f(1.0, "Sampling temperature (0 = greedy).")
+    top_p: float = _f(1.0, "Nucleus sampling: keep the smallest token set with this much probability (1 = off).")
+    top_k: int = _f(0, "Sample among the k most likely tokens only (0 = off).")
+    max_new_tokens: int = _f(1024, "Response length limit; longer responses are truncated (no self-reward).")
+    batch_size: int = _f(0, "Sequences generated together (0 = the whole step's prompts × n at once).")
+    stop_tokens: list[str] = _f([], "Extra stop tokens besides the tokenizer's EOS (token strings).")
+    engine: Literal["hf", "vllm"] = _f("hf", "Generation engine: hf (transformers, built in) or vllm.")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = _f(1e-6, "Peak learning rate of AdamW.")
+    weight_decay: float = _f(0.01, "AdamW decoupled weight decay.")
+    betas: list[float] = _f([0.9, 0.999], "AdamW (beta1, beta2).")
+    eps: float = _f(1e-8, "AdamW epsilon.")
+    lr_scheduler: Literal["constant", "cosine", "linear"] = _f(
+        "constant", "Schedule after the warm-up: constant, cosine or linear decay to min_lr_ratio × lr."
+    )
+    warmup_steps: int = _f(0, "Linear learning-rate warm-up over this many optimiser steps.")
+    max_grad_norm: float = _f(1.0, "Clip the global gradient norm to this value (0 = no clipping).")
+    min_lr_ratio: float = _f(0.0, "Final learning rate of the cosine/linear decay, as a fraction of lr.")
+
+
+@dataclass
+class LossConfig:
+    """The PPO-clip policy loss and how a rollout batch is split into optimiser steps."""
+
+    clip_low: float = _f(0.2, "PPO clip: ratio lower bound 1 − clip_low.")
+    clip_high: float = _f(0.2, "PPO clip: ratio upper bound 1 + clip_high.")
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = _f(
+        "token-mean", "How per-token losses are averaged: over all tokens, or per sequence then over sequences."
+    )
+    kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (0 = off: no reference model is loaded).")
+    ppo_epochs: int = _f(1, "Passes over each rollout batch.")
+    mini_batches: int = _f(1, "Optimiser steps per rollout batch per epoch (the batch is split into this many).")
+    micro_batch_size: int = _f(
+        0, "Sequences per forward/backward (gradient accumulation within a mini-batch; 0 = whole mini-batch)."
+    )
+    logit_chunk_size: int = _f(
+        0, "Tokens per chunk when computing log-probs from logits, bounding float32 logit memory (0 = auto)."
+    )
+
+
+@dataclass
+class LaserConfig:
+    """LaSeR: the last-token self-reward (spec §2–3). enabled=false trains plain GRPO."""
+
+    enabled: bool = _f(True, "false = plain GRPO baseline (z, beta_v and c_ref are still used to score evals).")
+    token: int | str = _f(
+        "auto",
+        "Self-reward token z: a token string, a token id, or auto (the token in the model folder's laser.json).",
+    )
+    beta_v: float | Literal["auto"] = _f(
+        0.1, "Score scale β_v in r_s = β_v·(log π(z|x,y,EOS) − c_ref); auto = 1/(target_logprob − c_ref)."
+    )
+    target_logprob: float = _f(
+        -4.0, "Only for beta_v auto: log π(z) a correct response should reach (c_ref + 1/β_v)."
+    )
+    alpha: float = _f(0.1, "Weight α of the self-reward MSE loss.")
+    tau: float = _f(0.1, "Advantage integration weight τ: A' = (1 − τ)·A + τ·S.")
+    filter_threshold: float = _f(
+        0.1, "Integrate a group's self-reward advantage only when the std of its clamped scores exceeds this."
+    )
+    class_balanced: bool = _f(True, "Class-balanced MSE (Eq. 14): weight correct and incorrect responses equally.")
+    c_ref: float | Literal["auto"] = _f(
+        "auto", "Reference constant c_ref (a log-prob < 0), or auto = measure it on the initial model before step 1."
+    )
+    c_ref_samples: int = _f(256, "Only for c_ref auto: responses sampled from the initial model to measure c_ref.")
+    reference: Literal["constant", "model"] = _f(
+        "constant", "constant: r_s uses c_ref; model: r_s uses log π_ref(z) of the frozen initial model."
+    )
+    reasoning_warmup_steps: int = _f(0, "Plain GRPO while step ≤ this (spec §3: 200 for base models).")
+    self_reward_warmup_steps: int = _f(
+        200, "Then MSE on, advantage integration off for this many steps (spec §3: 200)."
+    )
+    correct_threshold: float = _f(
+        0.5, "A response counts as correct (MSE class, TPR/TNR) when its verifier reward ≥ this."
+    )
+
+    def resolve_beta_v(self, c_ref: float) -> float:
+        """β_v for a measured/configured c_ref: ``auto`` puts a correct response's target at target_logprob."""
+        if self.beta_v != "auto":
+            return float(self.beta_v)
+        if not self.target_logprob > c_ref:
+            raise LaserError(
+                f"laser.beta_v=auto needs laser.target_logprob ({self.target_logprob}) > c_ref ({c_ref})"
+            )
+        return 1.0 / (self.target_logprob - c_ref)
+
+
+@dataclass
+class GuardConfig:
+    """Stop a run that collapses (spec notes: large α/β_v can collapse to empty responses)."""
+
+    collapse_ratio: float = _f(
+        0.5, "Stop when eval accuracy < ratio × the initial eval accuracy (needs train.eval_every; 0 = off)."
+    )
+    length_collapse_ratio: float = _f(
+        0.5, "Stop when the mean response length < ratio × that of the first step (0 = off)."
+    )
+    collapse_patience: int = _f(
+        2, "Consecutive failed checks (evaluations for accuracy, steps for length) before stopping."
+    )
+    nan_check: bool = _f(True, "Stop with an error on a NaN/inf loss or gradient, keeping the last good checkpoint.")
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go besides output_dir/metrics.jsonl."""
+
+    tensorboard: bool = _f(True, "Write TensorBoard event files to output_dir/tensorboard.")
+    wandb_project: str | None = _f(None, "Weights & Biases project to log to (null = off; needs wandb).")
+    wandb_run_name: str | None = _f(None, "W&B run name (null = the output_dir folder name).")
+    progress: Literal["tqdm", "none"] = _f("tqdm", "Console progress bar: tqdm or none (log lines only).")
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``laser train`` needs. Load with :func:`load_config`."""
+
+    output_dir: str = _f("", "Run folder (required): checkpoints, metrics.jsonl, TensorBoard, resolved config.")
+    model: ModelConfig = _section(ModelConfig, "The policy model.")
+    train: TrainLoopConfig = _section(TrainLoopConfig, "Loop control.")
+    data: DataConfig = _section(DataConfig, "Training/evaluation data and prompts.")
+    rollout: RolloutConfig = _section(RolloutConfig, "Sampling.")
+    optim: OptimConfig = _section(OptimConfig, "AdamW and learning-rate schedule.")
+    loss: LossConfig = _section(LossConfig, "Policy loss and batch splitting.")
+    laser: LaserConfig = _section(LaserConfig, "LaSeR self-reward (spec §2–3).")
+    guard: GuardConfig = _section(GuardConfig, "Collapse and NaN guard.")
+    logging: LoggingConfig = _section(LoggingConfig, "Metric sinks and console output.")
+
+    @property
+    def rollouts_per_step(self) -> int:
+        """Responses per RL step: prompts_per_step × n."""
+        return self.data.prompts_per_step * self.rollout.n
+
+
+# -------------------------------------------------------------------------------------- YAML dialect
+
+
+_BOOL_RE = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_INT_RE = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT_RE = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_T_BOOL = "tag:yaml.org,2002:bool"
+_T_INT = "tag:yaml.org,2002:int"
+_T_FLOAT = "tag:yaml.org,2002:float"
+_T_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema booleans/numbers and no timestamps."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag not in (_T_BOOL, _T_INT, _T_FLOAT, _T_TIMESTAMP)]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+# int before float: both match "12", the first registered wins.
+_Loader.add_implicit_resolver(_T_BOOL, _BOOL_RE, list("tTfF"))
+_Loader.add_implicit_resolver(_T_INT, _INT_RE, list("-+0123456789"))
+_Loader.add_implicit_resolver(_T_FLOAT, _FLOAT_RE, list("-+0123456789."))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    text = loader.construct_scalar(node)
+    sign, body = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+    if body.startswith("0o"):
+        return sign * int(body[2:], 8)
+    if body.startswith("0x"):
+        return sign * int(body[2:], 16)
+    return sign * int(body, 10)
+
+
+_Loader.add_constructor(_T_INT, _construct_int)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes any string that either YAML 1.1 or our 1.2 dialect would read as a non-string."""
+
+
+for _tag, _rx, _first in ((_T_BOOL, _BOOL_RE, "tTfF"), (_T_INT, _INT_RE, "-+0123456789"),
+                          (_T_FLOAT, _FLOAT_RE, "-+0123456789.")):
+    _Dumper.add_implicit_resolver(_tag, _rx, list(_first))
+
+
+def _yaml_scalar(value: Any) -> str:
+    """One value as a single line of YAML (flow style for lists)."""
+    text = yaml.dump(value, Dumper=_Dumper, default_flow_style=True, width=1 << 30, allow_unicode=True)
+    text = text.removesuffix("\n...\n").rstrip("\n")
+    if "\n" in text:  # a string with line breaks: JSON double-quoted strings are valid YAML
+        return json.dumps(value, ensure_ascii=False)
+    return text
+
+
+def _yaml_error(source: str, e: yaml.YAMLError) -> LaserError:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    problem = getattr(e, "problem", None) or str(e)
+    context = getattr(e, "context", None)
+    detail = f"{context}, {problem}" if context else problem
+    return LaserError(f"{where}: invalid YAML: {detail}")
+
+
+def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Parse a YAML document into a dict plus the line of every dotted key (duplicate keys are errors)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        raise _yaml_error(source, e) from None
+    finally:
+        loader.dispose()
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise LaserError(f"{source}: the config must be a mapping of keys to values, got {_kind(data)}")
+    lines: dict[str, int] = {}
+    _record_lines(node, "", lines, source)
+    return data, lines
+
+
+def _record_lines(node: yaml.Node, prefix: str, lines: dict[str, int], source: str) -> None:
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise LaserError(f"{source}:{line}: duplicate key '{prefix}{key}' (first set on line {seen[key]})")
+        seen[key] = line
+        lines[prefix + key] = line
+        _record_lines(value_node, f"{prefix}{key}.", lines, source)
+
+
+# ---------------------------------------------------------------------------------- type checking
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return f"a list {_yaml_scalar(value)}" if len(repr(value)) < 80 else "a list"
+    name = {int: "integer", float: "number", str: "string"}.get(type(value), type(value).__name__)
+    return f"{name} {value!r}"
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        args = get_args(tp)
+        return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if origin is list:
+        (item,) = get_args(tp)
+        return f"a list of {_describe(item).removeprefix('a ').removeprefix('an ')}s"
+    return {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
+            type(None): "null"}.get(tp, str(tp))
+
+
+class _TypeMismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return ``value`` as type ``tp`` (int → float promotion only) or raise ``_TypeMismatch``."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if isinstance(value, str) and value in get_args(tp):
+            return value
+        raise _TypeMismatch
+    if origin in (Union, types.UnionType):
+        for member in get_args(tp):
+            try:
+                return _coerce(value, member)
+            except _TypeMismatch:
+                continue
+        raise _TypeMismatch
+    if origin is list:
+        (item,) = get_args(tp)
+        if not isinstance(value, list):
+            raise _TypeMismatch
+        return [_coerce(v, item) for v in value]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _TypeMismatch
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _TypeMismatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _TypeMismatch
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise _TypeMismatch
+            return float(value)
+        raise _TypeMismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _TypeMismatch
+    raise TypeError(f"unsupported config type {tp!r}")  # a schema bug, not user input
+
+
+def _literal_choices(tp: Any) -> list[str]:
+    if get_origin(tp) is Literal:
+        return [str(a) for a in get_args(tp)]
+    if get_origin(tp) in (Union, types.UnionType):
+        return [c for a in get_args(tp) for c in _literal_choices(a)]
+    return []
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _walk_schema(cls: type = TrainConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """(dotted key, field, type) for every section and leaf, depth first."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        yield prefix + f.name, f, tp
+        if dataclasses.is_dataclass(tp):
+            yield from _walk_schema(tp, f"{prefix}{f.name}.")
+
+
+def _schema_keys() -> dict[str, Any]:
+    return {key: tp for key, _, tp in _walk_schema()}
+
+
+def _suggest(key: str) -> str:
+    """' (did you mean 'x.y'?)' for an unknown dotted key, or ''."""
+    keys = list(_schema_keys())
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k != key]
+    if same_leaf:
+        return f" (did you mean {same_leaf[0]}?)"
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not close:
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in keys}
+        near = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)
+        close = [by_leaf[near[0]]] if near else []
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+# ----------------------------------------------------------------------------------------- building
+
+
+Locator = Callable[[str], str]
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, where: Locator) -> Any:
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key)
+        dotted = prefix + key
+        if key not in names:
+            raise LaserError(f"{where(dotted)}: unknown key '{dotted}'{_suggest(dotted)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise LaserError(f"{where(dotted)}: '{dotted}' is a section: expected a mapping, got {_kind(value)}")
+            kwargs[key] = _build(tp, value, dotted + ".", where)
+            continue
+        try:
+            kwargs[key] = _coerce(value, tp)
+        except _TypeMismatch:
+            msg = f"{where(dotted)}: {dotted}: expected {_describe(tp)}, got {_kind(value)}"
+            if isinstance(value, float) and not math.isfinite(value):
+                msg += " (must be finite)"
+            choices = _literal_choices(tp)
+            if isinstance(value, str) and choices:
+                near = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+                if near:
+                    msg += f" (did you mean {near[0]!r}?)"
+            raise LaserError(msg) from None
+    return cls(**kwargs)
+
+
+def _validate(cfg: TrainConfig, where: Locator) -> None:
+    """Semantic checks a type cannot express; each error names the key and where it was set."""
+
+    def check(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            value = cfg
+            for part in key.split("."):
+                value = getattr(value, part)
+            raise LaserError(f"{where(key)}: {key} {rule}, got {_yaml_scalar(value)}")
+
+    def required(key: str, value: str, hint: str) -> None:
+        if not value.strip():
+            raise LaserError(f"{where(key)}: {key} is required ({hint})")
+
+    required("output_dir", cfg.output_dir, "the run folder, e.g. output_dir=runs/my-run")
+    required("model.path", cfg.model.path, "a model folder or hub id, e.g. model.path=runs/demo/base")
+    required("data.train", cfg.data.train, "e.g. data.train=arith:train or a JSONL/parquet file")
+
+    t = cfg.train
+    check(t.steps >= 1, "train.steps", "must be ≥ 1")
+    check(t.seed >= 0, "train.seed", "must be ≥ 0")
+    check(t.save_every >= 0, "train.save_every", "must be ≥ 0 (0 = never)")
+    check(t.eval_every >= 0, "train.eval_every", "must be ≥ 0 (0 = never)")
+    check(t.keep_checkpoints >= 0, "train.keep_checkpoints", "must be ≥ 0 (0 = keep all)")
+    check(t.log_every >= 1, "train.log_every", "must be ≥ 1")
+
+    d = cfg.data
+    check(d.eval is None or bool(d.eval.strip()), "data.eval", "must be a data spec or null")
+    check(d.eval_limit >= 0, "data.eval_limit", "must be ≥ 0 (0 = all)")
+    check(d.eval_n >= 1, "data.eval_n", "must be ≥ 1")
+    check(d.prompts_per_step >= 1, "data.prompts_per_step", "must be ≥ 1")
+    check(d.max_prompt_length >= 1, "data.max_prompt_length", "must be ≥ 1")
+    check(bool(d.problem_key), "data.problem_key", "must not be empty")
+    check(bool(d.answer_key), "data.answer_key", "must not be empty")
+    check(t.eval_every == 0 or d.eval is not None, "train.eval_every", "needs data.eval to be set (or use 0)")
+
+    r = cfg.rollout
+    check(r.n >= 1, "rollout.n", "must be ≥ 1")
+    check(r.temperature >= 0, "rollout.temperature", "must be ≥ 0")
+    check(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    check(r.top_k >= 0, "rollout.top_k", "must be ≥ 0 (0 = off)")
+    check(r.max_new_tokens >= 1, "rollout.max_new_tokens", "must be ≥ 1")
+    check(r.batch_size >= 0, "rollout.batch_size", "must be ≥ 0 (0 = all at once)")
+    check(all(s for s in r.stop_tokens), "rollout.stop_tokens", "must not contain empty strings")
+
+    o = cfg.optim
+    check(o.lr > 0, "optim.lr", "must be > 0")
+    check(o.weight_decay >= 0, "optim.weight_decay", "must be ≥ 0")
+    check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "must be two numbers in [0, 1)")
+    check(o.eps > 0, "optim.eps", "must be > 0")
+    check(o.warmup_steps >= 0, "optim.warmup_steps", "must be ≥ 0")
+    check(o.max_grad_norm >= 0, "optim.max_grad_norm", "must be ≥ 0 (0 = no clipping)")
+    check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+
+    lo = cfg.loss
+    check(0 <= lo.clip_low < 1, "loss.clip_low", "must be in [0, 1)")
+    check(lo.clip_high >= 0, "loss.clip_high", "must be ≥ 0")
+    check(lo.kl_coef >= 0, "loss.kl_coef", "must be ≥ 0")
+    check(lo.ppo_epochs >= 1, "loss.ppo_epochs", "must be ≥ 1")
+    check(lo.mini_batches >= 1, "loss.mini_batches", "must be ≥ 1")
+    check(
+        lo.mini_batches <= cfg.rollouts_per_step,
+        "loss.mini_batches",
+        f"must be ≤ data.prompts_per_step × rollout.n = {cfg.rollouts_per_step}",
+    )
+    check(lo.micro_batch_size >= 0, "loss.micro_batch_size", "must be ≥ 0 (0 = whole mini-batch)")
+    check(lo.logit_chunk_size >= 0, "loss.logit_chunk_size", "must be ≥ 0 (0 = auto)")
+
+    la = cfg.laser
+    if isinstance(la.token, int):
+        check(la.token >= 0, "laser.token", "must be a token id ≥ 0, a token string or auto")
+    else:
+        check(bool(la.token), "laser.token", "must be a token id ≥ 0, a token string or auto")
+    if la.beta_v != "auto":
+        check(la.beta_v > 0, "laser.beta_v", "must be > 0 or auto")
+    check(la.target_logprob < 0, "laser.target_logprob", "must be < 0 (a log-probability)")
+    check(la.alpha >= 0, "laser.alpha", "must be ≥ 0")
+    check(0 <= la.tau <= 1, "laser.tau", "must be in [0, 1]")
+    check(la.filter_threshold >= 0, "laser.filter_threshold", "must be ≥ 0")
+    if la.c_ref != "auto":
+        check(la.c_ref < 0, "laser.c_ref", "must be < 0 (a log-probability) or auto")
+        if la.beta_v == "auto":
+            check(
+                la.target_logprob > la.c_ref,
+                "laser.target_logprob",
+                f"must be > laser.c_ref ({la.c_ref}) for beta_v auto",
+            )
+        else:
+            check(
+                la.c_ref + 1 / la.beta_v < 0,
+                "laser.beta_v",
+                f"puts the correct-response target c_ref + 1/beta_v at ≥ 0 (impossible for a log-prob; "
+                f"c_ref = {la.c_ref}); use a larger beta_v or auto",
+            )
+    check(la.c_ref_samples >= 1, "laser.c_ref_samples", "must be ≥ 1")
+    check(la.reasoning_warmup_steps >= 0, "laser.reasoning_warmup_steps", "must be ≥ 0")
+    check(la.self_reward_warmup_steps >= 0, "laser.self_reward_warmup_steps", "must be ≥ 0")
+
+    g = cfg.guard
+    check(0 <= g.collapse_ratio <= 1, "guard.collapse_ratio", "must be in [0, 1] (0 = off)")
+    check(0 <= g.length_collapse_ratio <= 1, "guard.length_collapse_ratio", "must be in [0, 1] (0 = off)")
+    check(g.collapse_patience >= 1, "guard.collapse_patience", "must be ≥ 1")
+
+    lg = cfg.logging
+    check(lg.wandb_project is None or bool(lg.wandb_project.strip()), "logging.wandb_project", "must not be empty")
+
+
+def _make(data: dict[str, Any], where: Locator) -> TrainConfig:
+    cfg = _build(TrainConfig, data, "", where)
+    _validate(cfg, where)
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any], source: str = "<dict>") -> TrainConfig:
+    """Build and validate a config from a nested dict (missing keys take their defaults).
+
+    ``source`` names where the dict came from in error messages (a file, a checkpoint, ...).
+    """
+    if not isinstance(d, dict):
+        raise LaserError(f"{source}: the config must be a mapping, got {_kind(d)}")
+    return _make(d, lambda key: source)
+
+
+def config_from_yaml(text: str, source: str = "<string>") -> TrainConfig:
+    """Parse and validate a config from YAML text; errors name ``source`` and the line."""
+    data, lines = _parse_yaml(text, source)
+    return _make(data, _file_locator(source, lines))
+
+
+def _file_locator(source: str, lines: dict[str, int]) -> Locator:
+    def where(key: str) -> str:
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):  # a default inside a section set in the file: use the section's line
+            line = lines.get(".".join(parts[:n]))
+            if line is not None:
+                return f"{source}:{line}"
+        return source
+
+    return where
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as a nested dict of plain values (lists copied)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_to_yaml(cfg: TrainConfig, *, comments: bool = True, header: str | None = None) -> str:
+    """The config as YAML that :func:`load_config` reads back to an equal config.
+
+    With ``comments`` every key is preceded by its help text; ``header`` (may span lines) goes on top.
+    """
+    out: list[str] = []
+    if header:
+        out += [f"# {line}".rstrip() for line in header.splitlines()]
+        out.append("")
+
+    def emit(obj: Any, indent: str) -> None:
+        hints = _hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                if out and out[-1] != "":
+                    out.append("")
+                if comments:
+                    out.append(f"{indent}# {f.metadata['help']}")
+                out.append(f"{indent}{f.name}:")
+                emit(value, indent + "  ")
+                continue
+            if comments:
+                out.append(f"{indent}# {f.metadata['help']}")
+            out.append(f"{indent}{f.name}: {_yaml_scalar(value)}")
+
+    emit(cfg, "")
+    return "\n".join(out) + "\n"
+
+
+def config_fields() -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type description, default, help) for every leaf key, in schema order (for docs)."""
+    defaults = _flatten(config_to_dict(TrainConfig()))
+    return [
+        (key, _describe(tp), defaults[key], f.metadata["help"])
+        for key, f, tp in _walk_schema()
+        if not dataclasses.is_dataclass(tp)
+    ]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[prefix + k] = v
+    return flat
+
+
+# ---------------------------------------------------------------------------------------- overrides
+
+
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_NULLS = {"", "~", "null", "Null", "NULL"}
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, eq, raw = text.partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise LaserError(f"override '{text}': expected key=value (e.g. train.steps=100)")
+    if not _KEY_RE.match(key):
+        raise LaserError(f"override '{text}': '{key}' is not a dotted key like laser.beta_v")
+    schema = _schema_keys()
+    if key not in schema:
+        raise LaserError(f"override '{text}': unknown key '{key}'{_suggest(key)}")
+    try:
+        value = yaml.load(raw, Loader=_Loader)  # _Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        detail = getattr(e, "problem", None) or str(e)
+        raise LaserError(f"override '{text}': invalid value ({detail}); quote it if it is a string") from None
+    if value is None and raw.strip() not in _NULLS:  # e.g. '#x' is a YAML comment: keep the text
+        value = raw
+    return key, value
+
+
+def _apply_override(data: dict[str, Any], key: str, value: Any, origins: dict[str, str], text: str) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    last = parts[-1]
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        _merge(node[last], value)
+    else:
+        node[last] = value
+    origins[key] = f"override '{text}'"
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Load ``path`` (YAML; ``None`` = defaults only), apply ``key=value`` overrides in order, validate.
+
+    Override values use the same YAML scalar rules as the file: ``laser.c_ref=auto``, ``optim.lr=1e-6``,
+    ``rollout.stop_tokens=[a,b]``, ``logging.wandb_project=null``. A later override of the same key wins.
+    Errors name the file and line, or the override, and suggest the closest valid key.
+    """
+    data: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.exists():
+            raise LaserError(f"{p}: config file not found")
+        if not p.is_file():
+            raise LaserError(f"{p}: not a file (expected a YAML config)")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise LaserError(f"{p}: cannot read config ({e})") from None
+        data, lines = _parse_yaml(text, source)
+    origins: dict[str, str] = {}
+    for text in overrides:
+        key, value = _parse_override(text)
+        _apply_override(data, key, value, origins, text)
+    file_where = _file_locator(source, lines)
+
+    def where(key: str) -> str:
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            origin = origins.get(".".join(parts[:n]))
+            if origin is not None:
+                return origin
+        return file_where(key)
+
+    return _make(data, where)
+
+
+# ------------------------------------------------------------------------------------ command line
+
+
+_FLAGS = {"--resume": "resume", "--print-config": "print_config"}
+_CONFIG_OPTS = ("--config", "-c")
+
+
+def parse_train_argv(argv: list[str]) -> tuple[str | None, list[str], dict[str, bool]]:
+    """Split ``laser train`` arguments given in any order into (config path, overrides, flags).
+
+    Accepts ``--config C`` / ``--config=C`` / ``-c C``, ``--resume``, ``--print-config`` and
+    ``key=value`` overrides; ``--`` makes every later token an override. ``flags`` has the keys
+    ``resume`` and ``print_config``. A stray token raises ``LaserError`` saying what was expected.
+    """
+    config: str | None = None
+    overrides: list[str] = []
+    flags = {name: False for name in _FLAGS.values()}
+    tokens = list(argv)
+    i = 0
+    only_overrides = False
+    while i < len(tokens):
+        tok = tokens[i]
+        i += 1
+        if not only_overrides and tok == "--":
+            only_overrides = True
+            continue
+        if not only_overrides and tok.startswith("-"):
+            opt, eq, val = tok.partition("=")
+            if opt in _CONFIG_OPTS:
+                if not eq:
+                    if i >= len(tokens) or tokens[i].startswith("-"):
+                        raise LaserError(f"argument {opt}: expected a config file path")
+                    val = tokens[i]
+                    i += 1
+                if config is not None:
+                    raise LaserError(f"argument {opt}: given twice ('{config}' and '{val}')")
+                if not val:
+                    raise LaserError(f"argument {opt}: expected a config file path")
+                config = val
+                continue
+            if opt in _FLAGS:
+                if eq:
+                    raise LaserError(f"argument {opt}: takes no value (got '{tok}')")
+                flags[_FLAGS[opt]] = True
+                continue
+            known = [*_CONFIG_OPTS[:1], *_FLAGS]
+            near = difflib.get_close_matches(opt, known, n=1, cutoff=0.5)
+            hint = f" (did you mean {near[0]}?)" if near else f" (expected one of {', '.join(known)} or key=value)"
+            raise LaserError(f"unknown option '{tok}'{hint}")
+        if "=" not in tok or tok.startswith("="):
+            raise LaserError(
+                f"unexpected argument '{tok}': overrides look like key=value (e.g. train.steps=100); "
+                "the config file goes after --config"
+            )
+        overrides.append(tok)
+    return config, overrides, flags

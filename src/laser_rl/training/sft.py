@@ -1,0 +1,382 @@
+"""Supervised training of the embedded tiny base model (``laser base``, ``laser demo``).
+
+The RL experiment needs an *imperfect* starting policy, like Qwen2.5-7B-Base in the paper: one
+that solves some problems at temperature 1 (so GRPO groups have signal) but far from all (so RL has
+room). Teacher forcing on generated solutions gets there quickly, and accuracy jumps sharply
+(a prototype went 3% → 42% between steps 400 and 800), so training stops on **measured accuracy**
+(first evaluation ≥ ``target_accuracy``), not after a fixed number of steps, with a step cap.
+
+Accuracy is always measured on training-stream problems the run never trains on (stream positions
+far beyond any training position), never on the test split. The reported accuracy and c_ref come from
+a fresh set of problems after stopping, so the stopping rule's selection does not inflate them.
+
+The saved folder is an ordinary Hugging Face model folder plus ``task.json`` (the task, hence the same
+test split) and ``laser.json`` (z, c_ref ± std, β_v derived from c_ref, the base accuracy, stop ids).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from laser_rl.errors import LaserError
+from laser_rl.tasks.arith import ArithConfig, ArithVerifier, save_task, solution, train_problem
+from laser_rl.tasks.base import Problem
+
+# Stream positions used for measurements: training reads positions [0, steps·batch), far below.
+EVAL_OFFSET = 10**9
+FINAL_OFFSET = 2 * 10**9
+#: The band where RL has room to improve (issue 3); a final accuracy outside it prints a warning.
+TARGET_BAND = (0.25, 0.60)
+
+
+@dataclass
+class SFTConfig:
+    """Hyperparameters of ``laser base`` (defaults: what the prototype measured on 2 CPU cores)."""
+
+    seed: int = 0
+    max_steps: int = 1500
+    target_accuracy: float = 0.35
+    lr: float = 2e-3
+    batch_size: int = 128
+    eval_every: int = 100
+    eval_problems: int = 256
+    final_problems: int = 512  # fresh problems for the reported accuracy and c_ref
+    target_logprob: float = -4.0  # β_v = 1 / (target_logprob − c_ref)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+
+    def validate(self) -> None:
+        """Raise ``LaserError`` naming the offending ``--flag``."""
+        checks: list[tuple[str, bool]] = [
+            ("--seed", isinstance(self.seed, int) and self.seed >= 0),
+            ("--max-steps", isinstance(self.max_steps, int) and self.max_steps >= 1),
+            ("--target-accuracy", 0.0 < self.target_accuracy <= 1.0),
+            ("--lr", math.isfinite(self.lr) and self.lr > 0),
+            ("--batch-size", isinstance(self.batch_size, int) and self.batch_size >= 1),
+            ("--eval-every", isinstance(self.eval_every, int) and self.eval_every >= 1),
+            ("--eval-problems", isinstance(self.eval_problems, int) and self.eval_problems >= 1),
+            ("--final-problems", isinstance(self.final_problems, int) and self.final_problems >= 1),
+            ("--target-logprob", math.isfinite(self.target_logprob) and self.target_logprob < 0),
+            ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0),
+            ("grad_clip", math.isfinite(self.grad_clip) and self.grad_clip > 0),
+        ]
+        for name, ok in checks:
+            if not ok:
+                value = getattr(self, name.lstrip("-").replace("-", "_"))
+                raise LaserError(f"{name}: invalid value {value!r}")
+
+
+def check_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
+    """Refuse to clobber: ``out_dir`` must not exist, be an empty folder, or ``overwrite`` must be set."""
+    out = Path(out_dir)
+    if out.exists():
+        if not out.is_dir():
+            raise LaserError(f"--out {out}: exists and is not a folder")
+        if any(out.iterdir()) and not overwrite:
+            raise LaserError(f"--out {out}: folder exists and is not empty (pass --overwrite to replace it)")
+    return out
+
+
+# ----------------------------------------------------------------------------------------- batches
+
+
+def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def sft_batch(tokenizer: Any, problems: Sequence[Problem]) -> tuple[Any, Any, Any]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``loss_mask`` for teacher forcing.
+
+    Sequence = prompt + solution + EOS; ``loss_mask[b, t]`` marks the positions whose *next* token is
+    a response token or EOS (the loss is on the response and EOS only, never on the prompt).
+    """
+    import torch
+
+    prompts = _encode(tokenizer, [p.problem for p in problems])
+    targets = _encode(tokenizer, [solution(p.problem) for p in problems])
+    eos = tokenizer.eos_token_id
+    seqs = [torch.tensor(p + t + [eos]) for p, t in zip(prompts, targets)]
+    input_ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=tokenizer.pad_token_id)
+    lengths = torch.tensor([len(s) for s in seqs])
+    prompt_len = torch.tensor([len(p) for p in prompts])
+    pos = torch.arange(input_ids.shape[1]).unsqueeze(0)
+    attention_mask = (pos < lengths.unsqueeze(1)).long()
+    # position t predicts token t+1; train on predictions of tokens prompt_len .. length-1
+    loss_mask = (pos >= prompt_len.unsqueeze(1) - 1) & (pos < lengths.unsqueeze(1) - 1)
+    return input_ids, attention_mask, loss_mask
+
+
+def sft_loss(model: Any, input_ids: Any, attention_mask: Any, loss_mask: Any) -> Any:
+    """Token-mean cross-entropy of the masked next-token predictions (float32 log-softmax)."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    logits = logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    mask = loss_mask[:, :-1]
+    return F.cross_entropy(logits[mask], targets[mask])
+
+
+# ----------------------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Measurement:
+    accuracy: float
+    lp_z: Any  # float32 tensor [N] of log π(z | x, y, EOS) for finished responses (empty if no z)
+    finished: float  # fraction of responses that ended with EOS
+
+
+def measure(
+    model: Any,
+    tokenizer: Any,
+    problems: Sequence[Problem],
+    *,
+    max_new_tokens: int,
+    z_id: int | None = None,
+    generator: Any = None,
+    batch_size: int = 512,
+) -> Measurement:
+    """Sample one response per problem at temperature 1, verify it, and read lp_z (if ``z_id``)."""
+    import torch
+
+    from laser_rl.rollout.sampler import SamplingConfig, sample
+
+    verifier = ArithVerifier()
+    eos = tokenizer.eos_token_id
+    suppress = tuple(i for i in {tokenizer.pad_token_id, z_id} if i is not None and i != eos)
+    config = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens)
+    rewards: list[float] = []
+    lp_z: list[Any] = []
+    finished = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(problems), batch_size):
+                chunk = problems[i : i + batch_size]
+                rollout = sample(
+                    model,
+                    _encode(tokenizer, [p.problem for p in chunk]),
+                    pad_id=tokenizer.pad_token_id,
+                    stop_ids=[eos],
+                    config=config,
+                    z_id=z_id,
+                    suppress_ids=suppress,
+                    generator=generator,
+                )
+                texts = tokenizer.batch_decode(rollout.responses(), skip_special_tokens=True)
+                rewards += [verifier.reward(t, p.answer) for t, p in zip(texts, chunk)]
+                finished += int(rollout.finished.sum())
+                if z_id is not None:
+                    lp_z.append(rollout.lp_z[rollout.finished].float())
+    finally:
+        model.train(was_training)
+    lp = torch.cat(lp_z) if lp_z else torch.empty(0)
+    n = max(len(problems), 1)
+    return Measurement(accuracy=sum(rewards) / n, lp_z=lp, finished=finished / n)
+
+
+def _beta_v_for(c_ref: float, target_logprob: float, warn: Callable[[str], None]) -> tuple[float, bool]:
+    """β_v from c_ref (core.laser.derive_beta_v); a fallback of 1.0 when c_ref is above the target."""
+    from laser_rl.core.laser import derive_beta_v
+
+    if c_ref < target_logprob - 0.5:
+        return derive_beta_v(c_ref, target_logprob), False
+    warn(
+        f"warning: c_ref = {c_ref:.2f} is not below the target log-prob {target_logprob} (the model is barely "
+        "trained), so no β_v keeps z improbable; saving the fallback β_v = 1.0"
+    )
+    return 1.0, True
+
+
+# ----------------------------------------------------------------------------------------- training
+
+
+def train_base_model(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    task: ArithConfig | None = None,
+    max_steps: int = 1500,
+    target_accuracy: float = 0.35,
+    lr: float = 2e-3,
+    batch_size: int = 128,
+    eval_every: int = 100,
+    eval_problems: int = 256,
+    final_problems: int = 512,
+    target_logprob: float = -4.0,
+    model_kwargs: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train the tiny base model by SFT until it reaches ``target_accuracy`` and save it to ``out_dir``.
+
+    Returns ``accuracy`` (fresh problems, T = 1), ``c_ref``, ``c_ref_std``, ``beta_v``, ``steps``,
+    ``seconds``, ``reached_target``, ``stop_accuracy`` (the evaluation that stopped training),
+    ``history`` (``[(step, accuracy, loss)]``) and ``out_dir``. ``out_dir`` is written atomically.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from laser_rl.io import atomic_path
+    from laser_rl.score_params import ScoreParams
+    from laser_rl.tasks.char_tokenizer import Z_TOKEN, build_char_tokenizer, z_token_id
+    from laser_rl.tasks.tiny_model import build_tiny_model
+
+    def say(msg: str) -> None:
+        if log is not None:
+            log(msg)
+        else:
+            print(msg, file=sys.stderr)
+
+    cfg = SFTConfig(
+        seed=seed,
+        max_steps=max_steps,
+        target_accuracy=target_accuracy,
+        lr=lr,
+        batch_size=batch_size,
+        eval_every=eval_every,
+        eval_problems=eval_problems,
+        final_problems=final_problems,
+        target_logprob=target_logprob,
+    )
+    cfg.validate()
+    task = task or ArithConfig()
+    task.validate()
+    out = check_output_dir(out_dir, overwrite)
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    tokenizer = build_char_tokenizer()
+    z_id = z_token_id(tokenizer, Z_TOKEN)
+    max_new_tokens = max(64, task.max_response_tokens())
+    max_position = max(256, 2 * (task.max_prompt_tokens() + max_new_tokens + 1))
+    model = build_tiny_model(tokenizer, seed=seed, max_position=max_position, **(model_kwargs or {}))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(seed + 1)
+
+    eval_set = [train_problem(task, seed, EVAL_OFFSET + i) for i in range(cfg.eval_problems)]
+    history: list[tuple[int, float, float]] = []
+    stop_accuracy: float | None = None
+    reached = False
+    step = 0
+    running_loss = float("nan")
+    bar = tqdm(total=cfg.max_steps, desc="laser base", disable=not progress, dynamic_ncols=True, leave=False)
+    try:
+        while step < cfg.max_steps:
+            problems = [train_problem(task, seed, step * cfg.batch_size + i) for i in range(cfg.batch_size)]
+            input_ids, attention_mask, loss_mask = sft_batch(tokenizer, problems)
+            loss = sft_loss(model, input_ids, attention_mask, loss_mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            value = float(loss.detach())
+            running_loss = value if math.isnan(running_loss) else 0.9 * running_loss + 0.1 * value
+            bar.update(1)
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                m = measure(model, tokenizer, eval_set, max_new_tokens=max_new_tokens, generator=generator)
+                history.append((step, m.accuracy, running_loss))
+                stop_accuracy = m.accuracy
+                bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{m.accuracy:.3f}")
+                if m.accuracy >= cfg.target_accuracy:
+                    reached = True
+                    break
+            elif step % 10 == 0:
+                bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{stop_accuracy:.3f}" if history else "-")
+    finally:
+        bar.close()
+    train_seconds = time.perf_counter() - t0
+    if not reached:
+        say(
+            f"warning: stopped at the step cap ({cfg.max_steps}) before reaching accuracy "
+            f"{cfg.target_accuracy} (last evaluation: {stop_accuracy:.3f})"
+        )
+
+    # Reported accuracy and c_ref: fresh problems, one T = 1 sample each, lp_z read in the sampling loop.
+    final_set = [train_problem(task, seed, FINAL_OFFSET + i) for i in range(cfg.final_problems)]
+    final = measure(model, tokenizer, final_set, max_new_tokens=max_new_tokens, z_id=z_id, generator=generator)
+    if final.lp_z.numel() >= 2:
+        c_ref = float(final.lp_z.mean())
+        c_ref_std = float(final.lp_z.std())
+        c_ref_n = int(final.lp_z.numel())
+    else:  # almost nothing finished: score the reference solutions teacher-forced instead
+        from laser_rl.rollout.scorer import score_responses
+
+        say("warning: too few sampled responses finished; measuring c_ref on the reference solutions")
+        lp = score_responses(
+            model,
+            _encode(tokenizer, [p.problem for p in final_set]),
+            _encode(tokenizer, [solution(p.problem) for p in final_set]),
+            z_id=z_id,
+            pad_id=tokenizer.pad_token_id,
+            stop_ids=[tokenizer.eos_token_id],
+            eos_id=tokenizer.eos_token_id,
+        ).float()
+        c_ref, c_ref_std, c_ref_n = float(lp.mean()), float(lp.std()), int(lp.numel())
+    beta_v, fallback = _beta_v_for(c_ref, cfg.target_logprob, say)
+    lo, hi = TARGET_BAND
+    if not lo <= final.accuracy <= hi:
+        say(f"warning: base accuracy {final.accuracy:.3f} is outside the band [{lo}, {hi}] where RL has room")
+
+    params = ScoreParams(
+        token=Z_TOKEN,
+        token_id=z_id,
+        beta_v=beta_v,
+        c_ref=c_ref,
+        c_ref_std=c_ref_std,
+        extra={
+            "base_accuracy": final.accuracy,
+            "base_accuracy_problems": len(final_set),
+            "base_finished": final.finished,
+            "stop_ids": [tokenizer.eos_token_id],
+            "max_new_tokens": max_new_tokens,
+            "c_ref_samples": c_ref_n,
+            "target_logprob": cfg.target_logprob,
+            "beta_v_fallback": fallback,
+            "sft_steps": step,
+            "sft_reached_target": reached,
+            "sft_stop_accuracy": stop_accuracy,
+            "sft_seed": seed,
+        },
+    )
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar for a 1 MB file
+    try:
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            save_task(tmp, task)
+            params.save(tmp)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+    return {
+        "accuracy": final.accuracy,
+        "c_ref": c_ref,
+        "c_ref_std": c_ref_std,
+        "beta_v": beta_v,
+        "steps": step,
+        "seconds": time.perf_counter() - t0,
+        "train_seconds": train_seconds,
+        "reached_target": reached,
+        "stop_accuracy": stop_accuracy,
+        "history": history,
+        "out_dir": str(out),
+    }
