@@ -1,6 +1,8 @@
 """The ``laser`` command. Each subcommand lives in its own module, imported only when used.
 
-A subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``.
+A subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``. A module that
+parses its own arguments (``laser train``: flags and ``key=value`` overrides in any order) also
+provides ``run_argv(argv) -> int``; argparse then only renders its ``--help``.
 """
 
 from __future__ import annotations
@@ -43,18 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv else None
     try:
+        if command in COMMANDS and not {"-h", "--help"} & set(argv[1:]):
+            module = importlib.import_module(COMMANDS[command][0])
+            if hasattr(module, "run_argv"):
+                return int(module.run_argv(argv[1:]) or 0)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
         return int(importlib.import_module(args._module).run(args) or 0)
     except LaserError as e:
-        print(f"laser {args.command}: error: {e}", file=sys.stderr)
+        print(f"laser {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"laser {args.command}: interrupted", file=sys.stderr)
+        print(f"laser {command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -39,7 +39,8 @@ def _records_from_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if suffix == ".jsonl":
         records = read_jsonl(path)
         # read_jsonl skips blank lines: recover line numbers for messages about individual records.
-        lines = [i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        with path.open(encoding="utf-8") as f:  # same line splitting as read_jsonl
+            lines = [i for i, line in enumerate(f, start=1) if line.strip()]
         return [(f"{path}:{n}", r) for n, r in zip(lines, records)]
     if suffix == ".json":
         try:

@@ -61,12 +61,18 @@ class TrainResult:
 
 @dataclass
 class _GuardState:
-    """Collapse guard: running means of reward and response length against those of the first steps."""
+    """Collapse guard bookkeeping (see ``_check_collapse``)."""
 
-    start_reward: list[float] = field(default_factory=list)
-    start_length: list[float] = field(default_factory=list)
+    start_reward: list[float] = field(default_factory=list)  # training reward of the first steps
+    start_length: float | None = None  # mean response length at the first step
     ema_reward: float | None = None
-    ema_length: float | None = None
+    eval_baseline: float | None = None  # the first evaluation's accuracy
+    bad_length: int = 0
+    bad_reward: int = 0
+    bad_eval: int = 0
+
+
+GUARD_WINDOW = 10  # steps averaged for the training-reward baseline and its running mean
 
 
 def _seed_for(seed: int, step: int, rank: int, salt: int) -> int:
@@ -422,7 +428,7 @@ class Trainer:
 
         cfg = self.cfg
         assert self.eval_data is not None and self.eval_data.problems is not None
-        problems = list(self.eval_data.problems[: cfg.data.eval_limit])
+        problems = list(self.eval_data.problems[: cfg.data.eval_limit or None])
         n = cfg.data.eval_n
         prompts = [p for p in self._prompts(problems) for _ in range(n)]
         gen = torch.Generator(device=self.acc.device).manual_seed(_seed_for(cfg.train.seed, 0, 0, 3))
@@ -509,27 +515,40 @@ class Trainer:
     # ------------------------------------------------------------------ collapse guard
 
     def _check_collapse(self, m: dict[str, Any]) -> None:
-        gc = self.cfg.guard
-        if not gc.enabled:
-            return
-        gs = self.guard
-        if len(gs.start_reward) < gc.window:
-            gs.start_reward.append(m["reward_mean"])
-            gs.start_length.append(m["response_length"])
-            return
-        a = 2.0 / (gc.window + 1)
-        gs.ema_reward = m["reward_mean"] if gs.ema_reward is None else (1 - a) * gs.ema_reward + a * m["reward_mean"]
-        gs.ema_length = m["response_length"] if gs.ema_length is None else (1 - a) * gs.ema_length + a * m["response_length"]
-        r0 = sum(gs.start_reward) / len(gs.start_reward)
-        l0 = sum(gs.start_length) / len(gs.start_length)
-        if r0 > 0 and gs.ema_reward < gc.collapse_ratio * r0:
-            raise LaserError(self._stop_message(
-                f"collapse guard: mean reward fell to {gs.ema_reward:.3f} (< {gc.collapse_ratio} × start {r0:.3f}) at step {self.step}"
-            ))
-        if l0 > 0 and gs.ema_length < gc.collapse_ratio * l0:
-            raise LaserError(self._stop_message(
-                f"collapse guard: mean response length fell to {gs.ema_length:.1f} (< {gc.collapse_ratio} × start {l0:.1f}) at step {self.step}"
-            ))
+        """Stop a run whose accuracy or response length falls far below where it started.
+
+        Accuracy: the evaluation accuracy against the first evaluation when evaluations run, and
+        always the running mean of the training reward against its mean over the first steps.
+        Length: the batch's mean response length against the first step's. A check must fail
+        ``guard.collapse_patience`` times in a row.
+        """
+        gc, gs = self.cfg.guard, self.guard
+        fails: list[str] = []
+        if gc.length_collapse_ratio > 0:
+            if gs.start_length is None:
+                gs.start_length = m["response_length"]
+            low = m["response_length"] < gc.length_collapse_ratio * gs.start_length
+            gs.bad_length = gs.bad_length + 1 if low else 0
+            if gs.bad_length >= gc.collapse_patience:
+                fails.append(f"mean response length {m['response_length']:.1f} < {gc.length_collapse_ratio} × start {gs.start_length:.1f}")
+        if gc.collapse_ratio > 0:
+            if len(gs.start_reward) < GUARD_WINDOW:
+                gs.start_reward.append(m["reward_mean"])
+            else:
+                a = 2.0 / (GUARD_WINDOW + 1)
+                gs.ema_reward = m["reward_mean"] if gs.ema_reward is None else (1 - a) * gs.ema_reward + a * m["reward_mean"]
+                r0 = sum(gs.start_reward) / len(gs.start_reward)
+                gs.bad_reward = gs.bad_reward + 1 if gs.ema_reward < gc.collapse_ratio * r0 else 0
+                if gs.bad_reward >= gc.collapse_patience:
+                    fails.append(f"training reward (running mean) {gs.ema_reward:.3f} < {gc.collapse_ratio} × start {r0:.3f}")
+            if "eval_accuracy" in m:
+                if gs.eval_baseline is None:
+                    gs.eval_baseline = m["eval_accuracy"]
+                gs.bad_eval = gs.bad_eval + 1 if m["eval_accuracy"] < gc.collapse_ratio * gs.eval_baseline else 0
+                if gs.bad_eval >= gc.collapse_patience:
+                    fails.append(f"eval accuracy {m['eval_accuracy']:.3f} < {gc.collapse_ratio} × first eval {gs.eval_baseline:.3f}")
+        if fails:
+            raise LaserError(self._stop_message(f"collapse guard at step {self.step}: " + "; ".join(fails)))
 
     # ------------------------------------------------------------------ the loop
 
