@@ -17,9 +17,12 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from laser_rl.errors import LaserError
+
+if TYPE_CHECKING:
+    from laser_rl.rollout import SamplingConfig
 
 
 @dataclass
@@ -66,13 +69,16 @@ def measure_self_reward_logprobs(
     seed: int = 0,
     style: str = "chat",
     min_finished: int | None = None,
+    config: SamplingConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Calibration, list[float]]:
     """Sample ``samples_per_problem`` responses for ``n`` prompts; return the summary and every lp_z.
 
     ``prompts``: token-id lists, or problem strings (built with the shared prompt builder in
-    ``style``). ``min_finished`` (default: 2 and at least 10 % of the responses) guards against
-    estimating c_ref from a handful of unusually short responses.
+    ``style``). ``config`` (a :class:`SamplingConfig`, e.g. the training rollout's) replaces
+    ``temperature`` / ``top_p`` / ``max_new_tokens``. ``min_finished`` (default: 2 and at least
+    10 % of the responses) guards against estimating c_ref from a handful of unusually short
+    responses.
     """
     import torch
 
@@ -90,7 +96,8 @@ def measure_self_reward_logprobs(
 
         chosen = build_prompts(tokenizer, chosen, style)  # type: ignore[arg-type]
     rows = [list(p) for p in chosen for _ in range(samples_per_problem)]
-    config = SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    if config is None:
+        config = SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     stops = [int(s) for s in stop_ids]
     # A pad token that is not a stop id would otherwise be a sampleable, meaningless token.
     suppress = [pad_id] if pad_id not in stops and pad_id != z_id else []
@@ -101,8 +108,14 @@ def measure_self_reward_logprobs(
     finished = 0
     for start in range(0, len(rows), batch_size):
         rollout = sample(
-            model, rows[start : start + batch_size], pad_id=pad_id, stop_ids=stops, config=config,
-            z_id=z_id, suppress_ids=suppress, generator=generator,
+            model,
+            rows[start : start + batch_size],
+            pad_id=pad_id,
+            stop_ids=stops,
+            config=config,
+            z_id=z_id,
+            suppress_ids=suppress,
+            generator=generator,
         )
         values.append(rollout.lp_z[rollout.finished].float().cpu())
         finished += int(rollout.finished.sum())
@@ -114,13 +127,15 @@ def measure_self_reward_logprobs(
     if finished < max(need, 1):
         raise LaserError(
             f"only {finished} of {total} sampled responses ended with a stop token within "
-            f"max_new_tokens={max_new_tokens} (need at least {need}): raise --max-new-tokens "
+            f"max_new_tokens={config.max_new_tokens} (need at least {need}): raise --max-new-tokens "
             "(truncated responses have no EOS, hence no self-reward score)"
         )
     if not torch.isfinite(lp).all():
         raise LaserError("non-finite log π(z | x, y, EOS) measured: check the model's dtype and weights")
     std = float(lp.std(correction=1)) if lp.numel() > 1 else 0.0
-    summary = Calibration(mean=float(lp.mean()), std=std, count=int(lp.numel()), total=total, truncated=total - finished)
+    summary = Calibration(
+        mean=float(lp.mean()), std=std, count=int(lp.numel()), total=total, truncated=total - finished
+    )
     return summary, lp.tolist()
 
 
@@ -141,6 +156,7 @@ def calibrate_c_ref(
     seed: int = 0,
     style: str = "chat",
     min_finished: int | None = None,
+    config: SamplingConfig | None = None,
 ) -> tuple[float, float, int]:
     """``(mean, std, count)`` of log π(z | x, y, EOS) over finished sampled responses: c_ref = mean.
 
@@ -148,8 +164,21 @@ def calibrate_c_ref(
     :func:`measure_self_reward_logprobs`).
     """
     summary, _ = measure_self_reward_logprobs(
-        model, tokenizer, prompts, z_id=z_id, stop_ids=stop_ids, pad_id=pad_id, n=n,
-        samples_per_problem=samples_per_problem, max_new_tokens=max_new_tokens, batch_size=batch_size,
-        temperature=temperature, top_p=top_p, seed=seed, style=style, min_finished=min_finished,
+        model,
+        tokenizer,
+        prompts,
+        z_id=z_id,
+        stop_ids=stop_ids,
+        pad_id=pad_id,
+        n=n,
+        samples_per_problem=samples_per_problem,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        style=style,
+        min_finished=min_finished,
+        config=config,
     )
     return summary.mean, summary.std, summary.count

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
     parser.add_argument("--batch-size", type=int, default=128, help="problems per SFT step")
-    parser.add_argument("--eval-every", type=int, default=100, help="steps between accuracy evaluations")
+    parser.add_argument("--eval-every", type=int, default=50, help="steps between accuracy evaluations")
     parser.add_argument(
         "--eval-problems", type=int, default=256, help="training-stream problems per evaluation (never test ones)"
     )
@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-value", type=int, default=99, help="largest operand")
     g.add_argument("--test-size", type=int, default=1000, help="size of the held-out test split")
     g.add_argument("--task-seed", type=int, default=0, help="seed of the held-out test split")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         final_problems=args.final_problems,
         target_logprob=args.target_logprob,
         overwrite=args.overwrite,
+        num_threads=args.threads,
         progress=not args.quiet,
     )
     print(

@@ -66,7 +66,9 @@ def check_model_folder(path: str | os.PathLike[str]) -> Path:
     """Raise ``LaserError`` listing what a local model folder lacks (config.json, weights, shards)."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise LaserError(f"model folder {folder} not found" if not folder.exists() else f"{folder} is not a folder")
+        raise LaserError(
+            f"model folder {folder} not found" if not folder.exists() else f"{folder} is not a folder"
+        )
     missing = []
     if not (folder / "config.json").is_file():
         missing.append("config.json")
@@ -100,8 +102,14 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 _DTYPES = {
-    "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16", "half": "float16",
-    "fp32": "float32", "float32": "float32", "float": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
 }
 
 
@@ -132,7 +140,9 @@ def load_model(
     """A causal LM from a local folder (offline) or a hub id, on ``device`` in ``dtype``, in eval mode.
 
     A local folder is checked first so that a missing ``config.json`` or weight file is reported
-    as such instead of as a hub lookup failure.
+    as such instead of as a hub lookup failure. On an accelerator the weights are loaded straight
+    onto ``device`` (``device_map``), so eight processes of a multi-GPU run do not each stage a
+    full copy in CPU memory first.
     """
     from transformers import AutoModelForCausalLM
 
@@ -140,9 +150,10 @@ def load_model(
     src = str(check_model_folder(path)) if local else os.fspath(path)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    placement = {"device_map": {"": dev}} if dev.type != "cpu" else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            src, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=local
+            src, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=local, **placement
         )
     except (OSError, ValueError, KeyError) as e:
         if local:
@@ -171,7 +182,9 @@ def load_tokenizer(path: str | os.PathLike[str], *, trust_remote_code: bool = Fa
                 f"tokenizer folder {folder} is missing a tokenizer: none of {', '.join(_TOKENIZER_FILES)}"
             )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, local_files_only=local)
+        tokenizer = AutoTokenizer.from_pretrained(
+            src, trust_remote_code=trust_remote_code, local_files_only=local
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
         where = f"tokenizer folder {src}" if local else f"{src} (no such folder; tried as a hub id)"
         raise LaserError(f"{where}: cannot load the tokenizer ({e})") from None
@@ -204,8 +217,11 @@ def _chat_template(tokenizer: Any) -> str | None:
 def _encode_plain(tokenizer: Any, text: str) -> list[int]:
     """Plain-text prompt ids with the tokenizer's usual BOS (if it adds one) but never a trailing EOS."""
     ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    if ids and tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id and not text.endswith(
-        tokenizer.eos_token
+    if (
+        ids
+        and tokenizer.eos_token_id is not None
+        and ids[-1] == tokenizer.eos_token_id
+        and not text.endswith(tokenizer.eos_token)
     ):
         ids.pop()
     return ids
@@ -267,14 +283,25 @@ def build_prompt(
 # stop ids
 
 
+def token_id_or_none(tokenizer: Any, token: str) -> int | None:
+    """The id of ``token`` as one vocabulary entry, or ``None`` (never silently the unk id).
+
+    Cheaper than ``get_vocab()``, which copies a 150k-entry dict on every call.
+    """
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        return None
+    return int(token_id)
+
+
 def _single_token_id(tokenizer: Any, token: str | int, what: str) -> int:
     if isinstance(token, int) and not isinstance(token, bool):
         if not 0 <= token < len(tokenizer):
             raise LaserError(f"{what}: token id {token} is outside the vocabulary (size {len(tokenizer)})")
         return token
-    vocab_id = tokenizer.get_vocab().get(token)
+    vocab_id = token_id_or_none(tokenizer, token)
     if vocab_id is not None:
-        return int(vocab_id)
+        return vocab_id
     ids = tokenizer.encode(token, add_special_tokens=False)
     if len(ids) != 1:
         raise LaserError(f"{what}: {token!r} is not a single token (it encodes to {len(ids)} tokens: {ids})")
@@ -292,7 +319,7 @@ def _template_end_of_turn(tokenizer: Any, template: str) -> int | None:
     cut = rendered.rfind(marker)
     if cut < 0:
         return None
-    rest = rendered[cut + len(marker):]
+    rest = rendered[cut + len(marker) :]
     ids = tokenizer.encode(rest, add_special_tokens=False) if rest else []
     added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {}) | set(tokenizer.all_special_ids)
     return int(ids[0]) if ids and ids[0] in added else None
@@ -327,7 +354,11 @@ def resolve_stop_ids(
     if tokenizer.eos_token_id is None:
         raise LaserError("the tokenizer defines no EOS token: responses could never end")
     stops: list[int] = [int(tokenizer.eos_token_id)]
-    vocab = tokenizer.get_vocab()
+    vocab = {
+        t: i
+        for t in (*END_OF_TURN_TOKENS, *END_OF_TEXT_TOKENS)
+        if (i := token_id_or_none(tokenizer, t)) is not None
+    }
     special = set(tokenizer.all_special_ids) | {
         i for i, t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items() if t.special
     }

@@ -136,15 +136,19 @@ def _tokenizer_json() -> Path:
         raise LaserError(f"{vocab_file}: converted {tok.get_vocab_size()} tokens, expected {n_ranks}")
     tok.normalizer = normalizers.NFC()  # Qwen2.5 normalises to NFC before splitting
     tok.add_tokens(
-        [AddedToken(t, special=s, normalized=False, single_word=False, lstrip=False, rstrip=False)
-         for t, s in QWEN25_ADDED_TOKENS]
+        [
+            AddedToken(t, special=s, normalized=False, single_word=False, lstrip=False, rstrip=False)
+            for t, s in QWEN25_ADDED_TOKENS
+        ]
     )
     with atomic_path(path) as tmp:
         tok.save(str(tmp))
     return path
 
 
-def build_qwen25_tokenizer(out_dir: str | os.PathLike[str] | None = None, *, instruct: bool = False) -> PreTrainedTokenizerFast:
+def build_qwen25_tokenizer(
+    out_dir: str | os.PathLike[str] | None = None, *, instruct: bool = False
+) -> PreTrainedTokenizerFast:
     """The Qwen2.5 tokenizer as a ``PreTrainedTokenizerFast``, optionally saved to ``out_dir``.
 
     ``instruct=False`` mirrors the base model (EOS = ``<|endoftext|>``, the paper's setting);
@@ -185,13 +189,22 @@ def tiny_qwen2_model(
     kv_heads: int = 1,
     intermediate: int | None = None,
     tie_word_embeddings: bool = True,
+    eos_logit: float | None = None,
     seed: int = 0,
 ) -> Qwen2ForCausalLM:
     """A random-initialised ``Qwen2ForCausalLM`` over ``tokenizer``'s vocabulary (float32, eval mode).
 
     With a 151k vocabulary the embedding and output layers dominate the cost, so keep ``hidden``
     tiny. Ids for EOS/pad/BOS come from the tokenizer, never from constants.
+
+    A random model samples EOS with probability ~1/151k per token, so none of its responses
+    finish and LaSeR has nothing to score. ``eos_logit`` (e.g. 10–12, against log 151k ≈ 11.9)
+    makes EOS that likely at every position: every input embedding gets a large constant first
+    component, so the final normalised state always points along it (≈ sqrt(hidden) there), and the
+    untied output row of EOS reads that component. The embeddings are then untied.
     """
+    import math
+
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -205,7 +218,7 @@ def tiny_qwen2_model(
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         max_position_embeddings=4096,
-        tie_word_embeddings=tie_word_embeddings,
+        tie_word_embeddings=tie_word_embeddings and eos_logit is None,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -213,22 +226,35 @@ def tiny_qwen2_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config)
+    if eos_logit is not None:
+        eos = tokenizer.eos_token_id
+        with torch.no_grad():
+            model.model.embed_tokens.weight[:, 0] = 20.0
+            model.lm_head.weight[eos] = 0.0
+            model.lm_head.weight[eos, 0] = eos_logit / math.sqrt(hidden)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.float().eval()
 
 
 def make_tiny_qwen2_folder(
-    out_dir: str | os.PathLike[str], *, instruct: bool = False, hidden: int = 16, layers: int = 1, seed: int = 0
+    out_dir: str | os.PathLike[str],
+    *,
+    instruct: bool = False,
+    hidden: int = 16,
+    layers: int = 1,
+    eos_logit: float | None = None,
+    seed: int = 0,
 ) -> Path:
     """Save a tiny random Qwen2 model plus the real Qwen2.5 tokenizer as an ordinary model folder.
 
     The folder loads with ``laser_rl.integrations.hf.load_model`` / ``load_tokenizer`` (or any
-    ``from_pretrained``) like a hub checkpoint: handy for end-to-end CLI tests.
+    ``from_pretrained``) like a hub checkpoint: handy for end-to-end CLI tests. Pass ``eos_logit``
+    (see :func:`tiny_qwen2_model`) when responses must finish within a few tokens.
     """
     out = Path(out_dir)
     tokenizer = build_qwen25_tokenizer(instruct=instruct)
-    model = tiny_qwen2_model(tokenizer, hidden=hidden, layers=layers, seed=seed)
+    model = tiny_qwen2_model(tokenizer, hidden=hidden, layers=layers, eos_logit=eos_logit, seed=seed)
     with atomic_path(out) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))

@@ -19,15 +19,33 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from laser_rl.errors import LaserError
+from laser_rl.integrations.hf import token_id_or_none
 
 #: Name fragments of special tokens that are safe choices for z, most preferred first.
 PREFERRED_FRAGMENTS: tuple[str, ...] = (
-    "reserved", "unused", "vision", "image", "video", "audio", "extra", "box", "quad", "object_ref",
+    "reserved",
+    "unused",
+    "vision",
+    "image",
+    "video",
+    "audio",
+    "extra",
+    "box",
+    "quad",
+    "object_ref",
 )
 #: The token added by ``add_if_missing`` when the tokenizer has no free special token.
 ADDED_TOKEN = "<|laser_z|>"
 
-_ROLE_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+_ROLE_ATTRIBUTES = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
 
 
 def parse_token_arg(value: str | int) -> str | int:
@@ -90,7 +108,9 @@ def _rendered_ids(tokenizer: Any) -> set[int]:
     return {int(i) for i in tokenizer.encode(text, add_special_tokens=False)}
 
 
-def _used_reason(token: str, token_id: int, template: str, rendered: set[int], samples: Sequence[str]) -> str | None:
+def _used_reason(
+    token: str, token_id: int, template: str, rendered: set[int], samples: Sequence[str]
+) -> str | None:
     if token and token in template:
         return "the chat template writes it"
     if token_id in rendered:
@@ -109,7 +129,9 @@ def validate_token_id(token_id: int, vocab_size: int, stop_ids: Iterable[int], p
     if isinstance(token_id, bool) or not isinstance(token_id, int):
         raise LaserError(f"self-reward token id must be an integer, got {token_id!r}")
     if not 0 <= token_id < vocab_size:
-        raise LaserError(f"self-reward token id {token_id} is outside the model's vocabulary (size {vocab_size})")
+        raise LaserError(
+            f"self-reward token id {token_id} is outside the model's vocabulary (size {vocab_size})"
+        )
     stops = {int(s) for s in stop_ids}
     if token_id in stops:
         raise LaserError(
@@ -154,7 +176,9 @@ def select_self_reward_token(
             if name is None or _used_reason(name, i, template, rendered, samples) is not None:
                 continue
             lower = name.lower()
-            rank = next((r for r, frag in enumerate(PREFERRED_FRAGMENTS) if frag in lower), len(PREFERRED_FRAGMENTS))
+            rank = next(
+                (r for r, frag in enumerate(PREFERRED_FRAGMENTS) if frag in lower), len(PREFERRED_FRAGMENTS)
+            )
             candidates.append((rank, i, name))
         if candidates:
             _, i, name = min(candidates)
@@ -171,13 +195,15 @@ def select_self_reward_token(
         raise LaserError(f"self-reward token must be 'auto', a token string or an id, got {token!r}")
     if isinstance(token, int):
         if not 0 <= token < len(tokenizer):
-            raise LaserError(f"self-reward token id {token} is outside the tokenizer's vocabulary (size {len(tokenizer)})")
+            raise LaserError(
+                f"self-reward token id {token} is outside the tokenizer's vocabulary (size {len(tokenizer)})"
+            )
         token_id = token
         name = tokenizer.convert_ids_to_tokens(token_id)
     else:
         if not token:
             raise LaserError("self-reward token: empty string")
-        vocab_id = tokenizer.get_vocab().get(token)
+        vocab_id = token_id_or_none(tokenizer, token)
         if vocab_id is None:
             ids = tokenizer.encode(token, add_special_tokens=False)
             if len(ids) != 1:
@@ -192,7 +218,9 @@ def select_self_reward_token(
         name = tokenizer.convert_ids_to_tokens(token_id)
 
     if token_id == tokenizer.eos_token_id:
-        raise LaserError(f"self-reward token {name!r} (id {token_id}) is the EOS token; z must follow EOS, not be it")
+        raise LaserError(
+            f"self-reward token {name!r} (id {token_id}) is the EOS token; z must follow EOS, not be it"
+        )
     if pad_id is not None and token_id == pad_id:
         raise LaserError(f"self-reward token {name!r} (id {token_id}) is the pad token")
     if token_id in stops:

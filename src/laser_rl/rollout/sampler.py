@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from laser_rl.errors import LaserError
 
@@ -147,7 +149,9 @@ def as_id_rows(rows: Sequence[Sequence[int]], name: str) -> list[list[int]]:
     for i, row in enumerate(rows):
         if isinstance(row, torch.Tensor):
             if row.dim() != 1:
-                raise LaserError(f"{name} row {i}: expected a 1-D tensor of ids, got shape {tuple(row.shape)}")
+                raise LaserError(
+                    f"{name} row {i}: expected a 1-D tensor of ids, got shape {tuple(row.shape)}"
+                )
             out.append(row.tolist())
             continue
         if isinstance(row, (str, bytes)):
@@ -166,9 +170,9 @@ def check_ids_in_vocab(ids: list[int], vocab: int, where: str) -> None:
         raise LaserError(f"{where}: token id {value} is not in the model's vocabulary (0..{vocab - 1})")
 
 
-def left_pad(rows: list[list[int]], pad_id: int, extra: int, device: torch.device) -> tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor
-]:
+def left_pad(
+    rows: list[list[int]], pad_id: int, extra: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-pad rows into ids[B, P]; mask[B, P + extra] (True on real tokens and on the ``extra``
     columns reserved for generation); lengths[B]."""
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
@@ -254,8 +258,6 @@ def sample(
     fed that token once more (the next step's input, computed for the other rows anyway) and
     ``lp_z = log_softmax(float32 logits)[z_id]`` is read from that forward; then the row is frozen.
     """
-    from transformers import DynamicCache
-
     cfg = config
     if not isinstance(cfg, SamplingConfig):
         raise LaserError(f"config must be a SamplingConfig, got {type(cfg).__name__}")
@@ -269,7 +271,9 @@ def sample(
             raise LaserError(f"z_id={z_id} is also a stop id: the self-reward token must differ from EOS")
         banned.add(z_id)
     if banned & stops:
-        raise LaserError(f"suppress_ids/z_id overlap stop_ids {sorted(banned & stops)}: rows could never stop")
+        raise LaserError(
+            f"suppress_ids/z_id overlap stop_ids {sorted(banned & stops)}: rows could never stop"
+        )
     if len(banned) >= vocab:
         raise LaserError("suppress_ids cover the whole vocabulary: nothing can be sampled")
 
@@ -284,105 +288,259 @@ def sample(
         check_ids_in_vocab(r, vocab, f"prompt row {i}")
         if ctx is not None and len(r) + T > ctx:
             what = "is longer than" if len(r) > ctx else f"plus max_new_tokens={T} exceeds"
-            raise LaserError(f"prompt row {i} ({len(r)} tokens) {what} the model's context of {ctx} positions")
+            raise LaserError(
+                f"prompt row {i} ({len(r)} tokens) {what} the model's context of {ctx} positions"
+            )
 
     device = model_device(model)
     ids, mask_buf, lengths = left_pad(rows, pad_id, T + 1, device)
     B, P = ids.shape
 
-    # One uniform in (0, 1] per (step, original row), drawn up front: sampling is then independent
-    # of batch composition and compaction.
-    uniforms = None
-    if cfg.temperature > 0:
-        gdev = generator.device if generator is not None else device
-        uniforms = (1.0 - torch.rand((T, B), generator=generator, device=gdev)).to(device)
-
-    out_ids = torch.full((B, T), pad_id, dtype=torch.long, device=device)
-    out_lp = torch.zeros((B, T), dtype=torch.float32, device=device)
-    out_mask = torch.zeros((B, T), dtype=torch.bool, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    lp_z = torch.full((B,), float("nan"), dtype=torch.float32, device=device)
-
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            cache = DynamicCache(config=model.config)
-            positions = (mask_buf[:, :P].long().cumsum(dim=1) - 1).clamp_(min=0)
-            kwargs = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
-            out = model(
-                input_ids=ids, attention_mask=mask_buf[:, :P], position_ids=positions,
-                past_key_values=cache, use_cache=True, **kwargs,
-            )
-            logits = out.logits[:, -1]
-            cache = out.past_key_values
-            V = logits.shape[-1]
-            if z_id is not None and z_id >= V:
-                raise LaserError(f"z_id={z_id} is beyond the model's {V} output logits")
-            ban = torch.tensor(sorted(banned), dtype=torch.long, device=device) if banned else None
-            stop_lut = torch.zeros(V + 1, dtype=torch.bool, device=device)  # +1: tolerate V < vocab
-            if stops:
-                stop_lut[torch.tensor(sorted(stops), dtype=torch.long, device=device).clamp_(max=V)] = True
-            stop_lut[V] = False
-
-            alive = torch.arange(B, device=device)  # original row index of each batch row
-            gen = torch.ones(B, dtype=torch.bool, device=device)  # still generating
-            pending = torch.zeros(B, dtype=torch.bool, device=device)  # fed its stop token this step
-            has_pending = False
-            last_pos = lengths.unsqueeze(1) - 1
-            cur_len = P
-            t = 0
-            while True:
-                lg = logits.float()
-                if has_pending:  # these rows were just fed their stop token: read the score
-                    sel = pending.nonzero().squeeze(1)
-                    rows_lg = lg.index_select(0, sel)
-                    lp_z[alive.index_select(0, sel)] = rows_lg[:, z_id] - torch.logsumexp(rows_lg, dim=-1)
-                    pending = torch.zeros_like(pending)
-                if t == T:
-                    break
-                u = None if uniforms is None else uniforms[t].index_select(0, alive)
-                tok, lp = _select_tokens(lg, ban, u, cfg)
-                hit = stop_lut[tok] & gen
-                out_ids[alive, t] = torch.where(gen, tok, pad_id)
-                out_lp[alive, t] = torch.where(gen, lp, 0.0)
-                out_mask[alive, t] = gen
-                finished[alive] |= hit
-                gen = gen & ~hit
-                if z_id is not None:
-                    pending = hit
-                t += 1
-                n_gen, n_pending = torch.stack([gen.sum(), pending.sum()]).tolist()
-                has_pending = n_pending > 0
-                if not has_pending and (n_gen == 0 or t == T):
-                    break
-                b = alive.numel()
-                keep = None
-                if t == T:  # only the rows awaiting their score need the extra step
-                    keep = pending
-                elif b - (n_gen + n_pending) >= max(1, math.ceil(b * COMPACT_FRACTION)):
-                    keep = gen | pending
-                if keep is not None:
-                    idx = keep.nonzero().squeeze(1)
-                    cache.batch_select_indices(idx)
-                    alive, gen, pending = alive[idx], gen[idx], pending[idx]
-                    tok, last_pos, mask_buf = tok[idx], last_pos[idx], mask_buf[idx]
-                last_pos = last_pos + 1
-                cur_len += 1
-                out = model(
-                    input_ids=tok.unsqueeze(1), attention_mask=mask_buf[:, :cur_len], position_ids=last_pos,
-                    past_key_values=cache, use_cache=True,
-                )
-                logits = out.logits[:, -1]
-                cache = out.past_key_values
+            steps, lp_z = _decode(model, ids, mask_buf, lengths, T, cfg, stops, banned, z_id, generator)
     finally:
         model.train(was_training)
 
+    # Everything after a row's first stop token is masked out (frozen rows that were still in the
+    # batch wrote throw-away tokens there).
+    tokens, logprobs = steps
+    is_stop = torch.isin(tokens, torch.tensor(sorted(stops), dtype=torch.long, device=device))
+    response_mask = (is_stop.long().cumsum(dim=1) - is_stop.long()) == 0
+    finished = is_stop.any(dim=1)
     return Rollout(
-        response_ids=out_ids,
-        response_mask=out_mask,
-        logprobs=out_lp,
+        response_ids=torch.where(response_mask, tokens, pad_id),
+        response_mask=response_mask,
+        logprobs=torch.where(response_mask, logprobs, 0.0),
         finished=finished,
         truncated=~finished,
         lp_z=lp_z,
     )
+
+
+def _lut(ids: frozenset[int] | set[int], size: int, device: torch.device) -> torch.Tensor:
+    """A boolean lookup table over token ids: lut[token] is True for the given ids."""
+    lut = torch.zeros(size, dtype=torch.bool, device=device)
+    if ids:
+        lut[torch.tensor(sorted(ids), dtype=torch.long, device=device)] = True
+    return lut
+
+
+def _mask_4d(model: torch.nn.Module, mask_2d: torch.Tensor) -> torch.Tensor | None:
+    """A ready 4-D [B, 1, 1, L] decode mask, when the model's attention accepts one.
+
+    With one query per row, the decode mask is just the padding mask; building it once and passing
+    views of it skips the model's per-step mask construction. Only for plain full-attention sdpa or
+    eager models (a 4-D mask is used as-is by every layer, which would be wrong for sliding-window
+    or hybrid layers); every other model gets the 2-D mask.
+    """
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    impl = getattr(cfg, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", None)
+    layer_types = getattr(cfg, "layer_types", None)
+    if layer_types is not None:
+        if any(t != "full_attention" for t in layer_types):
+            return None
+    elif getattr(cfg, "sliding_window", None) or getattr(cfg, "attention_chunk_size", None):
+        return None
+    if getattr(cfg, "model_type", "") not in _FOUR_D_MASK_MODELS:
+        return None
+    if impl == "sdpa":
+        return mask_2d[:, None, None, :]
+    if impl == "eager":
+        dtype = next(model.parameters()).dtype
+        neg = torch.finfo(dtype).min
+        return torch.zeros(mask_2d.shape, dtype=dtype, device=mask_2d.device).masked_fill_(~mask_2d, neg)[
+            :, None, None, :
+        ]
+    return None
+
+
+# Architectures whose decoder layers feed the 4-D mask straight to sdpa/eager attention (checked
+# against their transformers modelling code); others use the generic 2-D mask path.
+_FOUR_D_MASK_MODELS = frozenset(
+    {"llama", "qwen2", "qwen3", "mistral", "gemma", "phi3", "olmo", "olmo2", "granite"}
+)
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values are views of a preallocated [B, H, capacity, D] buffer."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        b, h, _, dk = key_states.shape
+        self.key_buf = key_states.new_empty((b, h, self.capacity, dk))
+        self.value_buf = value_states.new_empty(
+            (b, value_states.shape[1], self.capacity, value_states.shape[-1])
+        )
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start, end = self.length, self.length + key_states.shape[-2]
+        if end > self.capacity:  # cannot happen in sample(); keep the layer correct anyway
+            grow = end - self.capacity
+            self.key_buf = torch.nn.functional.pad(self.key_buf, (0, 0, 0, grow))
+            self.value_buf = torch.nn.functional.pad(self.value_buf, (0, 0, 0, grow))
+            self.capacity = end
+        self.key_buf[:, :, start:end].copy_(key_states)
+        self.value_buf[:, :, start:end].copy_(value_states)
+        self.length = end
+        self.keys, self.values = self.key_buf[:, :, :end], self.value_buf[:, :, :end]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self.key_buf, self.value_buf = self.key_buf[indices], self.value_buf[indices]
+            self.keys, self.values = self.key_buf[:, :, : self.length], self.value_buf[:, :, : self.length]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        if self.is_initialized:
+            self.length = self.keys.shape[-2]
+
+    def reset(self) -> None:
+        self.length = 0
+        super().reset()
+
+
+def _make_cache(model: torch.nn.Module, capacity: int) -> object:
+    """A ``DynamicCache`` for the model; plain full-attention layers get preallocated buffers.
+
+    ``DynamicLayer`` grows by ``torch.cat`` and so copies the whole cache at every step (about 10%
+    of a decode step on a 50M-parameter model). ``_PreallocatedLayer`` writes each step in place
+    into a buffer sized for prompt + max_new_tokens and hands attention views of it. Layers of any
+    other kind (sliding window, linear attention, shared KV) keep transformers' own class.
+    """
+    cache = DynamicCache(config=model.config)
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [_PreallocatedLayer(capacity) for _ in cache.layers]
+    return cache
+
+
+def _decode(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask_buf: torch.Tensor,
+    lengths: torch.Tensor,
+    T: int,
+    cfg: SamplingConfig,
+    stops: frozenset[int],
+    banned: set[int],
+    z_id: int | None,
+    generator: torch.Generator | None,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The decoding loop. Returns ((tokens[B, T], logprobs[B, T]) unmasked, lp_z[B]).
+
+    Per-step state lives in "batch order" (rows still in the batch); rows are flushed to the
+    original order whenever the batch is compacted and at the end, so a step only does plain
+    column writes.
+    """
+    device = ids.device
+    B, P = ids.shape
+    out_tok = torch.zeros((B, T), dtype=torch.long, device=device)
+    out_lp = torch.zeros((B, T), dtype=torch.float32, device=device)
+    lp_z = torch.full((B,), float("nan"), dtype=torch.float32, device=device)
+
+    # One uniform in (0, 1] per (original row, step), drawn up front: sampling is then independent
+    # of batch composition and compaction (the same seed gives the same tokens with or without z).
+    u_buf = None
+    if cfg.temperature > 0:
+        gdev = generator.device if generator is not None else device
+        u_buf = (1.0 - torch.rand((B, T), generator=generator, device=gdev)).to(device)
+
+    cache = _make_cache(model, P + T)
+    positions = (mask_buf[:, :P].long().cumsum(dim=1) - 1).clamp_(min=0)
+    kwargs = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+    out = model(
+        input_ids=ids,
+        attention_mask=mask_buf[:, :P],
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        **kwargs,
+    )
+    logits = out.logits[:, -1]
+    cache = out.past_key_values
+    V = logits.shape[-1]
+    if z_id is not None and z_id >= V:
+        raise LaserError(f"z_id={z_id} is beyond the model's {V} output logits")
+    ban = torch.tensor(sorted(banned), dtype=torch.long, device=device) if banned else None
+    stop_lut = _lut({s for s in stops if s < V}, V, device) if stops else None
+
+    mask4 = _mask_4d(model, mask_buf)
+    # Decode-step positions: row i's token at step t sits at position lengths[i] + t.
+    pos_buf = lengths.unsqueeze(1) + torch.arange(T, device=device)
+    buf_tok = torch.zeros((B, T), dtype=torch.long, device=device)
+    buf_lp = torch.zeros((B, T), dtype=torch.float32, device=device)
+    alive = torch.arange(B, device=device)  # original row of each batch row
+    gen = torch.ones(B, dtype=torch.bool, device=device)  # still generating
+    pending: torch.Tensor | None = None  # batch rows fed their stop token in this step
+    n_gen = B
+    t = 0
+    while True:
+        lg = logits.float()
+        if pending is not None:  # these rows were just fed their stop token: read the score
+            rows_lg = lg.index_select(0, pending)
+            lp_z[alive.index_select(0, pending)] = rows_lg[:, z_id] - torch.logsumexp(rows_lg, dim=-1)
+            pending = None
+        if t == T:
+            break
+        tok, lp = _select_tokens(lg, ban, None if u_buf is None else u_buf[:, t], cfg)
+        buf_tok[:, t] = tok
+        buf_lp[:, t] = lp
+        t += 1
+        n_hit = 0
+        if stop_lut is not None:
+            hit = stop_lut[tok] & gen
+            n_hit = int(hit.sum())
+            if n_hit:
+                gen ^= hit
+                n_gen -= n_hit
+                if z_id is not None:
+                    pending = hit.nonzero().squeeze(1)
+        if pending is None and (n_gen == 0 or t == T):
+            break
+        b = alive.numel()
+        n_alive = n_gen + (0 if pending is None else n_hit)
+        keep = None
+        if t == T:  # only the rows awaiting their score need the extra step
+            keep = pending
+        elif b - n_alive >= max(1, math.ceil(b * COMPACT_FRACTION)):
+            keep = (gen | hit).nonzero().squeeze(1) if pending is not None else gen.nonzero().squeeze(1)
+        if keep is not None:
+            out_tok[alive] = buf_tok
+            out_lp[alive] = buf_lp
+            if pending is not None:  # re-index the pending rows into the compacted batch
+                where = torch.full((b,), -1, dtype=torch.long, device=device)
+                where[keep] = torch.arange(keep.numel(), device=device)
+                pending = where[pending]
+            cache.batch_select_indices(keep)
+            alive, gen, tok = alive[keep], gen[keep], tok[keep]
+            buf_tok, buf_lp, pos_buf, mask_buf = buf_tok[keep], buf_lp[keep], pos_buf[keep], mask_buf[keep]
+            if u_buf is not None:
+                u_buf = u_buf[keep]
+            if mask4 is not None:
+                mask4 = mask4[keep]
+        cur_len = P + t
+        out = model(
+            input_ids=tok.unsqueeze(1),
+            attention_mask=mask_buf[:, :cur_len] if mask4 is None else mask4[..., :cur_len],
+            position_ids=pos_buf[:, t - 1 : t],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1]
+        cache = out.past_key_values
+    out_tok[alive] = buf_tok
+    out_lp[alive] = buf_lp
+    return (out_tok, out_lp), lp_z

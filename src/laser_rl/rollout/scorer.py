@@ -97,9 +97,17 @@ def score_responses(
                 chunk = order[start : start + batch_size]
                 ids, mask, _ = left_pad([seqs[i] for i in chunk], pad_id, 0, device)
                 positions = (mask.long().cumsum(dim=1) - 1).clamp_(min=0)
-                logits = model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **keep_kwargs
-                ).logits[:, -1].float()
+                logits = (
+                    model(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        position_ids=positions,
+                        use_cache=False,
+                        **keep_kwargs,
+                    )
+                    .logits[:, -1]
+                    .float()
+                )
                 if z_id >= logits.shape[-1]:
                     raise LaserError(f"z_id={z_id} is beyond the model's {logits.shape[-1]} output logits")
                 lp = logits[:, z_id] - torch.logsumexp(logits, dim=-1)

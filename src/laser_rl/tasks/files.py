@@ -18,7 +18,8 @@ keeping it would double it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,36 +31,91 @@ from laser_rl.tasks.base import Problem, TaskData
 #: so that loading data does not import the model stack).
 _INSTRUCTION = " Please reason step by step, and put your final answer within \\boxed{}."
 _OPTIONS = ("split", "limit", "instruction", "verifier", "name")
+#: Options the embedded task uses (the trainer/evaluator may pass them for any --data); ignored here.
+_IGNORED_OPTIONS = ("task_file", "model_dir")
 _DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
-def _records_from_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """``(where, record)`` pairs; ``where`` is ``file:line`` (JSONL) or ``file:row N``."""
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
+#: String columns worth keeping as problem metadata (ids, difficulty); other string columns (solutions)
+#: are not read at all from parquet/datasets, which keeps DeepMath-103K's R1 solutions out of memory.
+_META_COLUMNS = ("id", "unique_id", "level", "subject", "difficulty", "topic", "type", "source")
+_REFERENCE_META = ("data_source", "ability", "extra_info")
+
+
+@dataclass
+class _Table:
+    """One readable unit (a file, a dataset split): its column names and a reader for a column subset."""
+
+    where: str  # file or dataset name, for messages
+    columns: list[str]
+    numeric: set[str]  # columns of numeric/bool type (cheap metadata)
+    read: Callable[[list[str]], list[tuple[str, dict[str, Any]]]]  # -> (where, record) pairs
+
+
+def _json_table(path: Path) -> _Table:
+    if path.suffix.lower() == ".jsonl":
         records = read_jsonl(path)
         # read_jsonl skips blank lines: recover line numbers for messages about individual records.
         with path.open(encoding="utf-8") as f:  # same line splitting as read_jsonl
             lines = [i for i, line in enumerate(f, start=1) if line.strip()]
-        return [(f"{path}:{n}", r) for n, r in zip(lines, records)]
-    if suffix == ".json":
+        rows = [(f"{path}:{n}", r) for n, r in zip(lines, records)]
+    else:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise LaserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise LaserError(f"{path}: expected a JSON list of objects (or use .jsonl)")
-        return [(f"{path}: record {i}", r) for i, r in enumerate(data)]
-    if suffix == ".parquet":
+        rows = [(f"{path}: record {i}", r) for i, r in enumerate(data)]
+    columns = list(dict.fromkeys(k for _, r in rows for k in r))
+    return _Table(str(path), columns, set(columns), lambda _cols: rows)
+
+
+def _parquet_table(path: Path) -> _Table:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise LaserError(f"{path}: reading parquet needs pyarrow (pip install 'laser-rl[data]')") from None
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:  # pyarrow raises its own error types
+        raise LaserError(f"{path}: cannot read parquet ({e})") from None
+    numeric = {
+        f.name
+        for f in schema
+        if pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)
+    }
+
+    def read(cols: list[str]) -> list[tuple[str, dict[str, Any]]]:
         try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise LaserError(f"{path}: reading parquet needs pyarrow (pip install 'laser-rl[data]')") from None
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow raises its own error types
+            rows = pq.read_table(path, columns=cols).to_pylist()
+        except Exception as e:
             raise LaserError(f"{path}: cannot read parquet ({e})") from None
         return [(f"{path}: row {i}", r) for i, r in enumerate(rows)]
+
+    return _Table(str(path), list(schema.names), numeric, read)
+
+
+def _dataset_table(dataset: Any, where: str) -> _Table:
+    numeric = {
+        name
+        for name, feature in dataset.features.items()
+        if str(getattr(feature, "dtype", "")).startswith(("int", "uint", "float", "bool"))
+    }
+
+    def read(cols: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        return [(f"{where}: row {i}", r) for i, r in enumerate(dataset.select_columns(cols).to_list())]
+
+    return _Table(where, list(dataset.column_names), numeric, read)
+
+
+def _file_table(path: Path) -> _Table:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return _json_table(path)
+    if suffix == ".parquet":
+        return _parquet_table(path)
     raise LaserError(f"{path}: unsupported data file type {suffix!r} (use {', '.join(_DATA_SUFFIXES)})")
 
 
@@ -78,43 +134,43 @@ def _pick_split(dataset: Any, split: str | None, where: str) -> Any:
     return dataset[split]
 
 
-def _records_from_dataset(dataset: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(f"{where}: row {i}", r) for i, r in enumerate(dataset.to_list())]
-
-
 def _is_datasets_folder(folder: Path) -> bool:
     return any((folder / f).is_file() for f in ("dataset_dict.json", "state.json", "dataset_info.json"))
 
 
-def _load_records(spec: str, split: str | None) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
-    """Resolve the spec to ``(display name, records)``."""
+def _open_tables(spec: str, split: str | None) -> tuple[str, list[_Table]]:
+    """Resolve the spec to ``(display name, tables)``."""
     path = Path(spec).expanduser()
     if not path.exists() and ":" in spec and not spec.startswith("hf:"):
         head, _, tail = spec.rpartition(":")
         if Path(head).expanduser().exists():  # "folder:split"
             path, split = Path(head).expanduser(), tail
     if path.is_file():
-        return path.name, _records_from_file(path)
+        return path.name, [_file_table(path)]
     if path.is_dir():
         if _is_datasets_folder(path):
             try:
                 from datasets import load_from_disk
             except ImportError:
-                raise LaserError(f"{path}: reading a datasets folder needs `datasets` (pip install 'laser-rl[data]')") from None
+                raise LaserError(
+                    f"{path}: reading a datasets folder needs `datasets` (pip install 'laser-rl[data]')"
+                ) from None
             try:
                 dataset = load_from_disk(str(path))
             except Exception as e:  # datasets raises several unrelated types
                 raise LaserError(f"{path}: cannot load the datasets folder ({e})") from None
-            return path.name, _records_from_dataset(_pick_split(dataset, split, str(path)), str(path))
+            return path.name, [_dataset_table(_pick_split(dataset, split, str(path)), str(path))]
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in _DATA_SUFFIXES and p.is_file())
         if split is not None:
             files = [p for p in files if split in p.name]
         if not files:
             raise LaserError(f"{path}: no data files ({', '.join(_DATA_SUFFIXES)}) and not a datasets folder")
-        return path.name, [rec for f in files for rec in _records_from_file(f)]
+        return path.name, [_file_table(f) for f in files]
     name = spec[3:] if spec.startswith("hf:") else spec
     if not spec.startswith("hf:") and (spec.count("/") != 1 or spec.startswith((".", "/", "~"))):
-        raise LaserError(f"--data {spec}: no such file or folder (and not a benchmark name or hub dataset id)")
+        raise LaserError(
+            f"--data {spec}: no such file or folder (and not a benchmark name or hub dataset id)"
+        )
     name, _, hub_split = name.partition(":")
     try:
         import datasets
@@ -123,8 +179,10 @@ def _load_records(spec: str, split: str | None) -> tuple[str, list[tuple[str, di
     try:
         dataset = datasets.load_dataset(name, split=hub_split or split or "train")
     except Exception as e:  # offline, unknown name, ...
-        raise LaserError(f"--data {spec}: not a local file/folder, and loading hub dataset {name!r} failed ({e})") from None
-    return name.replace("/", "_"), _records_from_dataset(dataset, f"hub dataset {name}")
+        raise LaserError(
+            f"--data {spec}: not a local file/folder, and loading hub dataset {name!r} failed ({e})"
+        ) from None
+    return name.replace("/", "_"), [_dataset_table(dataset, f"hub dataset {name}")]
 
 
 def _strip_instruction(text: str, instruction: str) -> str:
@@ -140,7 +198,9 @@ def _user_content(messages: Any, where: str) -> str:
     if isinstance(messages, dict):
         messages = [messages]
     if not isinstance(messages, (list, tuple)):
-        raise LaserError(f"{where}: field 'prompt' must be a list of chat messages, got {type(messages).__name__}")
+        raise LaserError(
+            f"{where}: field 'prompt' must be a list of chat messages, got {type(messages).__name__}"
+        )
     users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
     if not users or not isinstance(users[-1], str):
         raise LaserError(f"{where}: field 'prompt' has no user message")
@@ -158,11 +218,54 @@ def _answer_text(value: Any, where: str, field: str) -> str:
     return text
 
 
-def _columns(records: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for _, r in records:
-        seen.update(dict.fromkeys(r))
-    return list(seen)
+def _problems_from_table(table: _Table, problem_key: str, answer_key: str, instruction: str) -> list[Problem]:
+    """Check the columns, read only the ones needed, and turn every record into a :class:`Problem`."""
+    columns = table.columns
+    reference_layout = (
+        problem_key not in columns
+        and "prompt" in columns
+        and "reward_model" in columns
+        and answer_key == "answer"
+    )
+    if reference_layout:
+        wanted = ["prompt", "reward_model", *(c for c in _REFERENCE_META if c in columns)]
+    else:
+        for key in (problem_key, answer_key):
+            if key not in columns:
+                raise LaserError(
+                    f"{table.where}: no {key!r} column; columns present: {', '.join(columns) or 'none'}"
+                    " (set problem_key/answer_key to use other names)"
+                )
+        extra = [c for c in columns if c in table.numeric or c in _META_COLUMNS]
+        wanted = list(dict.fromkeys([problem_key, answer_key, *extra]))
+
+    problems = []
+    for where, rec in table.read(wanted):
+        if reference_layout:
+            problem = _strip_instruction(_user_content(rec.get("prompt"), where), instruction)
+            reward_model = rec.get("reward_model")
+            if not isinstance(reward_model, dict) or "ground_truth" not in reward_model:
+                raise LaserError(f"{where}: field 'reward_model.ground_truth' is missing")
+            answer = _answer_text(reward_model["ground_truth"], where, "reward_model.ground_truth")
+            meta = {k: rec[k] for k in _REFERENCE_META if rec.get(k) is not None}
+        else:
+            for key in (problem_key, answer_key):
+                if key not in rec:
+                    raise LaserError(f"{where}: missing field {key!r}")
+            problem = rec[problem_key]
+            if not isinstance(problem, str) or not problem.strip():
+                raise LaserError(f"{where}: field {problem_key!r} must be a non-empty string")
+            answer = _answer_text(rec[answer_key], where, answer_key)
+            meta = {
+                k: v
+                for k, v in rec.items()
+                if k not in (problem_key, answer_key)
+                and isinstance(v, (str, int, float, bool))
+                and not (isinstance(v, str) and len(v) > 200)  # keep ids/levels, not solutions
+            }
+        meta["source"] = where
+        problems.append(Problem(problem=problem, answer=answer, meta=meta))
+    return problems
 
 
 def load_file_data(
@@ -174,57 +277,32 @@ def load_file_data(
     (the suffix stripped from reference-layout prompts), ``verifier`` (default: the math verifier),
     ``name``. A missing column → ``LaserError`` naming the file and column and listing those present.
     """
-    unknown = sorted(set(options) - set(_OPTIONS))
+    unknown = sorted(set(options) - set(_OPTIONS) - set(_IGNORED_OPTIONS))
     if unknown:
-        raise LaserError(f"--data {spec}: unknown option(s) {', '.join(unknown)} (known: {', '.join(_OPTIONS)})")
+        raise LaserError(
+            f"--data {spec}: unknown option(s) {', '.join(unknown)} (known: {', '.join(_OPTIONS)})"
+        )
     instruction = options.get("instruction", _INSTRUCTION)
     limit = options.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise LaserError(f"--data {spec}: limit must be a positive integer, got {limit!r}")
 
-    name, records = _load_records(spec, options.get("split"))
-    if not records:
-        raise LaserError(f"--data {spec}: no records")
-    columns = _columns(records[:1000])
-    reference_layout = (
-        problem_key not in columns and "prompt" in columns and "reward_model" in columns and answer_key == "answer"
-    )
-    if not reference_layout:
-        for key in (problem_key, answer_key):
-            if key not in columns:
-                raise LaserError(
-                    f"{spec}: no {key!r} column; columns present: {', '.join(columns)}"
-                    + (" (set problem_key/answer_key to use other names)" if columns else "")
-                )
-
+    name, tables = _open_tables(spec, options.get("split"))
     problems: list[Problem] = []
-    for where, rec in records if limit is None else records[:limit]:
-        if reference_layout:
-            problem = _strip_instruction(_user_content(rec.get("prompt"), where), instruction)
-            reward_model = rec.get("reward_model")
-            if not isinstance(reward_model, dict) or "ground_truth" not in reward_model:
-                raise LaserError(f"{where}: field 'reward_model.ground_truth' is missing")
-            answer = _answer_text(reward_model["ground_truth"], where, "reward_model.ground_truth")
-            meta = {k: rec[k] for k in ("data_source", "ability", "extra_info") if rec.get(k) is not None}
-        else:
-            for key in (problem_key, answer_key):
-                if key not in rec:
-                    raise LaserError(f"{where}: missing field {key!r}")
-            problem = rec[problem_key]
-            if not isinstance(problem, str) or not problem.strip():
-                raise LaserError(f"{where}: field {problem_key!r} must be a non-empty string")
-            answer = _answer_text(rec[answer_key], where, answer_key)
-            meta = {
-                k: v for k, v in rec.items()
-                if k not in (problem_key, answer_key) and isinstance(v, (str, int, float, bool))
-                and not (isinstance(v, str) and len(v) > 200)  # keep ids/levels, not solutions
-            }
-        meta["source"] = where
-        problems.append(Problem(problem=problem, answer=answer, meta=meta))
+    for table in tables:
+        if limit is not None and len(problems) >= limit:
+            break
+        problems += _problems_from_table(table, problem_key, answer_key, instruction)
+    if limit is not None:
+        problems = problems[:limit]
+    if not problems:
+        raise LaserError(f"--data {spec}: no records")
 
     verifier = options.get("verifier")
     if verifier is None:
         from laser_rl.rewards.math_verifier import MathVerifier
 
         verifier = MathVerifier()
-    return TaskData(name=options.get("name") or name, verifier=verifier, prompt_style="chat", problems=problems)
+    return TaskData(
+        name=options.get("name") or name, verifier=verifier, prompt_style="chat", problems=problems
+    )

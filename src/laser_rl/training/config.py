@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 import re
 import types
@@ -85,12 +84,15 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "auto", "Weights/compute dtype: auto = bfloat16 on CUDA, float32 on CPU."
     )
-    trust_remote_code: bool = _f(False, "Passed to from_pretrained: allow custom modelling code from the hub.")
+    trust_remote_code: bool = _f(
+        False, "Passed to from_pretrained: allow custom modelling code from the hub."
+    )
     gradient_checkpointing: bool = _f(
         False, "Recompute activations in the backward pass (less memory, ~30% slower)."
     )
     attn_implementation: str | None = _f(
-        None, "Attention kernel passed to from_pretrained ('sdpa', 'eager', 'flash_attention_2'); null = default."
+        None,
+        "Attention kernel passed to from_pretrained ('sdpa', 'eager', 'flash_attention_2'); null = default.",
     )
 
     def resolved_dtype(self, device_type: str) -> str:
@@ -121,7 +123,9 @@ class DataConfig:
     train: str = _f(
         "", "Training data (required): 'arith:train', a benchmark name, or a JSONL/parquet file or folder."
     )
-    eval: str | None = _f(None, "Held-out data for periodic evaluation (e.g. 'arith', 'math500'); null = none.")
+    eval: str | None = _f(
+        None, "Held-out data for periodic evaluation (e.g. 'arith', 'math500'); null = none."
+    )
     eval_limit: int = _f(0, "Evaluate on the first N held-out problems (0 = all).")
     eval_n: int = _f(1, "Samples per evaluation problem (accuracy = mean@n).")
     prompts_per_step: int = _f(32, "Prompts per RL step (each gets rollout.n responses).")
@@ -131,7 +135,9 @@ class DataConfig:
     prompt_style: Literal["auto", "raw", "chat"] = _f(
         "auto", "auto = the task's own style; raw = problem text as is; chat = chat template + instruction."
     )
-    instruction: str = _f(DEFAULT_INSTRUCTION, "Text appended to the problem in the chat prompt style (spec §4).")
+    instruction: str = _f(
+        DEFAULT_INSTRUCTION, "Text appended to the problem in the chat prompt style (spec §4)."
+    )
     shuffle: bool = _f(True, "Shuffle the training problems (seeded by train.seed) each epoch.")
 
 
@@ -141,7 +147,9 @@ class RolloutConfig:
 
     n: int = _f(8, "Responses per prompt (the GRPO group size K).")
     temperature: float = _f(1.0, "Sampling temperature (0 = greedy).")
-    top_p: float = _f(1.0, "Nucleus sampling: keep the smallest token set with this much probability (1 = off).")
+    top_p: float = _f(
+        1.0, "Nucleus sampling: keep the smallest token set with this much probability (1 = off)."
+    )
     top_k: int = _f(0, "Sample among the k most likely tokens only (0 = off).")
     max_new_tokens: int = _f(1024, "Response length limit; longer responses are truncated (no self-reward).")
     batch_size: int = _f(0, "Sequences generated together (0 = the whole step's prompts × n at once).")
@@ -172,11 +180,16 @@ class LossConfig:
     clip_low: float = _f(0.2, "PPO clip: ratio lower bound 1 − clip_low.")
     clip_high: float = _f(0.2, "PPO clip: ratio upper bound 1 + clip_high.")
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = _f(
-        "token-mean", "How per-token losses are averaged: over all tokens, or per sequence then over sequences."
+        "token-mean",
+        "How per-token losses are averaged: over all tokens, or per sequence then over sequences.",
     )
-    kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (0 = off: no reference model is loaded).")
+    kl_coef: float = _f(
+        0.0, "KL penalty to the frozen initial model (0 = off: no reference model is loaded)."
+    )
     ppo_epochs: int = _f(1, "Passes over each rollout batch.")
-    mini_batches: int = _f(1, "Optimiser steps per rollout batch per epoch (the batch is split into this many).")
+    mini_batches: int = _f(
+        1, "Optimiser steps per rollout batch per epoch (the batch is split into this many)."
+    )
     micro_batch_size: int = _f(
         0, "Sequences per forward/backward (gradient accumulation within a mini-batch; 0 = whole mini-batch)."
     )
@@ -189,10 +202,18 @@ class LossConfig:
 class LaserConfig:
     """LaSeR: the last-token self-reward (spec §2–3). enabled=false trains plain GRPO."""
 
-    enabled: bool = _f(True, "false = plain GRPO baseline (z, beta_v and c_ref are still used to score evals).")
+    enabled: bool = _f(
+        True, "false = plain GRPO baseline (z, beta_v and c_ref are still used to score evals)."
+    )
     token: int | str = _f(
         "auto",
-        "Self-reward token z: a token string, a token id, or auto (the token in the model folder's laser.json).",
+        "Self-reward token z: a token string, a token id, or auto (the model folder's laser.json token, "
+        "else a free special token of the tokenizer).",
+    )
+    add_token_if_missing: bool = _f(
+        False,
+        "Add z as a new special token (resizing the embeddings) when it is not a single token, or for auto "
+        "when the tokenizer has no free special token.",
     )
     beta_v: float | Literal["auto"] = _f(
         0.1, "Score scale β_v in r_s = β_v·(log π(z|x,y,EOS) − c_ref); auto = 1/(target_logprob − c_ref)."
@@ -205,11 +226,16 @@ class LaserConfig:
     filter_threshold: float = _f(
         0.1, "Integrate a group's self-reward advantage only when the std of its clamped scores exceeds this."
     )
-    class_balanced: bool = _f(True, "Class-balanced MSE (Eq. 14): weight correct and incorrect responses equally.")
-    c_ref: float | Literal["auto"] = _f(
-        "auto", "Reference constant c_ref (a log-prob < 0), or auto = measure it on the initial model before step 1."
+    class_balanced: bool = _f(
+        True, "Class-balanced MSE (Eq. 14): weight correct and incorrect responses equally."
     )
-    c_ref_samples: int = _f(256, "Only for c_ref auto: responses sampled from the initial model to measure c_ref.")
+    c_ref: float | Literal["auto"] = _f(
+        "auto",
+        "Reference constant c_ref (a log-prob < 0), or auto = measure it on the initial model before step 1.",
+    )
+    c_ref_samples: int = _f(
+        256, "Only for c_ref auto: responses sampled from the initial model to measure c_ref."
+    )
     reference: Literal["constant", "model"] = _f(
         "constant", "constant: r_s uses c_ref; model: r_s uses log π_ref(z) of the frozen initial model."
     )
@@ -245,7 +271,9 @@ class GuardConfig:
     collapse_patience: int = _f(
         2, "Consecutive failed checks (evaluations for accuracy, steps for length) before stopping."
     )
-    nan_check: bool = _f(True, "Stop with an error on a NaN/inf loss or gradient, keeping the last good checkpoint.")
+    nan_check: bool = _f(
+        True, "Stop with an error on a NaN/inf loss or gradient, keeping the last good checkpoint."
+    )
 
 
 @dataclass
@@ -262,7 +290,9 @@ class LoggingConfig:
 class TrainConfig:
     """Everything ``laser train`` needs. Load with :func:`load_config`."""
 
-    output_dir: str = _f("", "Run folder (required): checkpoints, metrics.jsonl, TensorBoard, resolved config.")
+    output_dir: str = _f(
+        "", "Run folder (required): checkpoints, metrics.jsonl, TensorBoard, resolved config."
+    )
     model: ModelConfig = _section(ModelConfig, "The policy model.")
     train: TrainLoopConfig = _section(TrainLoopConfig, "Loop control.")
     data: DataConfig = _section(DataConfig, "Training/evaluation data and prompts.")
@@ -324,17 +354,33 @@ class _Dumper(yaml.SafeDumper):
     """Quotes any string that either YAML 1.1 or our 1.2 dialect would read as a non-string."""
 
 
-for _tag, _rx, _first in ((_T_BOOL, _BOOL_RE, "tTfF"), (_T_INT, _INT_RE, "-+0123456789"),
-                          (_T_FLOAT, _FLOAT_RE, "-+0123456789.")):
+for _tag, _rx, _first in (
+    (_T_BOOL, _BOOL_RE, "tTfF"),
+    (_T_INT, _INT_RE, "-+0123456789"),
+    (_T_FLOAT, _FLOAT_RE, "-+0123456789."),
+):
     _Dumper.add_implicit_resolver(_tag, _rx, list(_first))
 
 
 def _yaml_scalar(value: Any) -> str:
     """One value as a single line of YAML (flow style for lists)."""
-    text = yaml.dump(value, Dumper=_Dumper, default_flow_style=True, width=1 << 30, allow_unicode=True)
-    text = text.removesuffix("\n...\n").rstrip("\n")
-    if "\n" in text:  # a string with line breaks: JSON double-quoted strings are valid YAML
-        return json.dumps(value, ensure_ascii=False)
+
+    def dump(style: str | None) -> str:
+        text = yaml.dump(
+            value,
+            Dumper=_Dumper,
+            default_flow_style=True,
+            default_style=style,
+            width=1 << 30,
+            allow_unicode=True,
+        )
+        return text.removesuffix("\n...\n").rstrip("\n")
+
+    text = dump(None)
+    # Line breaks (also U+2028 etc.) inside single quotes would be folded on reading: double quotes escape
+    # them and keep the value on one line. Check by reading the line back.
+    if "\n" in text or yaml.load(text, Loader=_Loader) != value:  # _Loader is a SafeLoader
+        text = dump('"')
     return text
 
 
@@ -343,6 +389,9 @@ def _yaml_error(source: str, e: yaml.YAMLError) -> LaserError:
     where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
     problem = getattr(e, "problem", None) or str(e)
     context = getattr(e, "context", None)
+    context_mark = getattr(e, "context_mark", None)
+    if context and context_mark is not None and mark is not None and context_mark.line != mark.line:
+        context += f" (started on line {context_mark.line + 1})"
     detail = f"{context}, {problem}" if context else problem
     return LaserError(f"{where}: invalid YAML: {detail}")
 
@@ -374,7 +423,9 @@ def _record_lines(node: yaml.Node, prefix: str, lines: dict[str, int], source: s
         key = str(key_node.value)
         line = key_node.start_mark.line + 1
         if key in seen:
-            raise LaserError(f"{source}:{line}: duplicate key '{prefix}{key}' (first set on line {seen[key]})")
+            raise LaserError(
+                f"{source}:{line}: duplicate key '{prefix}{key}' (first set on line {seen[key]})"
+            )
         seen[key] = line
         lines[prefix + key] = line
         _record_lines(value_node, f"{prefix}{key}.", lines, source)
@@ -406,8 +457,13 @@ def _describe(tp: Any) -> str:
     if origin is list:
         (item,) = get_args(tp)
         return f"a list of {_describe(item).removeprefix('a ').removeprefix('an ')}s"
-    return {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
-            type(None): "null"}.get(tp, str(tp))
+    return {
+        bool: "a boolean (true/false)",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        type(None): "null",
+    }.get(tp, str(tp))
 
 
 class _TypeMismatch(Exception):
@@ -456,6 +512,14 @@ def _coerce(value: Any, tp: Any) -> Any:
             return value
         raise _TypeMismatch
     raise TypeError(f"unsupported config type {tp!r}")  # a schema bug, not user input
+
+
+def _coerce_ok(value: Any, tp: Any) -> bool:
+    try:
+        _coerce(value, tp)
+    except _TypeMismatch:
+        return False
+    return True
 
 
 def _literal_choices(tp: Any) -> list[str]:
@@ -507,7 +571,11 @@ def _suggest(key: str) -> str:
 # ----------------------------------------------------------------------------------------- building
 
 
-Locator = Callable[[str], str]
+Locator = Callable[[str], str]  # dotted key -> where it was set ("file:line", "override '...'", or "")
+
+
+def _at(location: str) -> str:
+    return f"{location}: " if location else ""
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str, where: Locator) -> Any:
@@ -518,19 +586,21 @@ def _build(cls: type, data: dict[str, Any], prefix: str, where: Locator) -> Any:
         key = str(raw_key)
         dotted = prefix + key
         if key not in names:
-            raise LaserError(f"{where(dotted)}: unknown key '{dotted}'{_suggest(dotted)}")
+            raise LaserError(f"{_at(where(dotted))}unknown key '{dotted}'{_suggest(dotted)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if value is None:
                 value = {}
             if not isinstance(value, dict):
-                raise LaserError(f"{where(dotted)}: '{dotted}' is a section: expected a mapping, got {_kind(value)}")
+                raise LaserError(
+                    f"{_at(where(dotted))}'{dotted}' is a section: expected a mapping, got {_kind(value)}"
+                )
             kwargs[key] = _build(tp, value, dotted + ".", where)
             continue
         try:
             kwargs[key] = _coerce(value, tp)
         except _TypeMismatch:
-            msg = f"{where(dotted)}: {dotted}: expected {_describe(tp)}, got {_kind(value)}"
+            msg = f"{_at(where(dotted))}{dotted}: expected {_describe(tp)}, got {_kind(value)}"
             if isinstance(value, float) and not math.isfinite(value):
                 msg += " (must be finite)"
             choices = _literal_choices(tp)
@@ -538,6 +608,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str, where: Locator) -> Any:
                 near = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
                 if near:
                     msg += f" (did you mean {near[0]!r}?)"
+            if isinstance(value, (dict, list)) and _coerce_ok("text", tp):
+                msg += " (quote text containing ': ', ' #' or brackets)"
             raise LaserError(msg) from None
     return cls(**kwargs)
 
@@ -550,11 +622,11 @@ def _validate(cfg: TrainConfig, where: Locator) -> None:
             value = cfg
             for part in key.split("."):
                 value = getattr(value, part)
-            raise LaserError(f"{where(key)}: {key} {rule}, got {_yaml_scalar(value)}")
+            raise LaserError(f"{_at(where(key))}{key} {rule}, got {_yaml_scalar(value)}")
 
     def required(key: str, value: str, hint: str) -> None:
         if not value.strip():
-            raise LaserError(f"{where(key)}: {key} is required ({hint})")
+            raise LaserError(f"{_at(where(key))}{key} is required ({hint})")
 
     required("output_dir", cfg.output_dir, "the run folder, e.g. output_dir=runs/my-run")
     required("model.path", cfg.model.path, "a model folder or hub id, e.g. model.path=runs/demo/base")
@@ -590,7 +662,9 @@ def _validate(cfg: TrainConfig, where: Locator) -> None:
     o = cfg.optim
     check(o.lr > 0, "optim.lr", "must be > 0")
     check(o.weight_decay >= 0, "optim.weight_decay", "must be ≥ 0")
-    check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "must be two numbers in [0, 1)")
+    check(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "must be two numbers in [0, 1)"
+    )
     check(o.eps > 0, "optim.eps", "must be > 0")
     check(o.warmup_steps >= 0, "optim.warmup_steps", "must be ≥ 0")
     check(o.max_grad_norm >= 0, "optim.max_grad_norm", "must be ≥ 0 (0 = no clipping)")
@@ -629,12 +703,11 @@ def _validate(cfg: TrainConfig, where: Locator) -> None:
                 "laser.target_logprob",
                 f"must be > laser.c_ref ({la.c_ref}) for beta_v auto",
             )
-        else:
-            check(
-                la.c_ref + 1 / la.beta_v < 0,
-                "laser.beta_v",
-                f"puts the correct-response target c_ref + 1/beta_v at ≥ 0 (impossible for a log-prob; "
-                f"c_ref = {la.c_ref}); use a larger beta_v or auto",
+        elif la.c_ref + 1 / la.beta_v >= 0:
+            raise LaserError(
+                f"{_at(where('laser.beta_v'))}laser.beta_v = {la.beta_v} with laser.c_ref = {la.c_ref} puts the "
+                f"correct-response target c_ref + 1/beta_v at {la.c_ref + 1 / la.beta_v:g} ≥ 0, which a "
+                f"log-probability cannot reach; use beta_v > {-1 / la.c_ref:.4g} or beta_v: auto"
             )
     check(la.c_ref_samples >= 1, "laser.c_ref_samples", "must be ≥ 1")
     check(la.reasoning_warmup_steps >= 0, "laser.reasoning_warmup_steps", "must be ≥ 0")
@@ -646,7 +719,11 @@ def _validate(cfg: TrainConfig, where: Locator) -> None:
     check(g.collapse_patience >= 1, "guard.collapse_patience", "must be ≥ 1")
 
     lg = cfg.logging
-    check(lg.wandb_project is None or bool(lg.wandb_project.strip()), "logging.wandb_project", "must not be empty")
+    check(
+        lg.wandb_project is None or bool(lg.wandb_project.strip()),
+        "logging.wandb_project",
+        "must not be empty",
+    )
 
 
 def _make(data: dict[str, Any], where: Locator) -> TrainConfig:
@@ -674,7 +751,8 @@ def config_from_yaml(text: str, source: str = "<string>") -> TrainConfig:
 def _file_locator(source: str, lines: dict[str, int]) -> Locator:
     def where(key: str) -> str:
         parts = key.split(".")
-        for n in range(len(parts), 0, -1):  # a default inside a section set in the file: use the section's line
+        # a key left at its default inside a section the file sets: point at the section's line
+        for n in range(len(parts), 0, -1):
             line = lines.get(".".join(parts[:n]))
             if line is not None:
                 return f"{source}:{line}"
@@ -745,6 +823,10 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _NULLS = {"", "~", "null", "Null", "NULL"}
 
 
+def _accepts_none(tp: Any) -> bool:
+    return tp is type(None) or (get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp))
+
+
 def _parse_override(text: str) -> tuple[str, Any]:
     key, eq, raw = text.partition("=")
     key = key.strip()
@@ -762,6 +844,8 @@ def _parse_override(text: str) -> tuple[str, Any]:
         raise LaserError(f"override '{text}': invalid value ({detail}); quote it if it is a string") from None
     if value is None and raw.strip() not in _NULLS:  # e.g. '#x' is a YAML comment: keep the text
         value = raw
+    if value is None and raw.strip() == "" and not _accepts_none(schema[key]):
+        value = ""  # `data.instruction=` clears a string; a nullable key becomes null
     return key, value
 
 
@@ -799,7 +883,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     """
     data: dict[str, Any] = {}
     lines: dict[str, int] = {}
-    source = "<defaults>"
+    source = ""
     if path is not None:
         p = Path(path)
         source = str(p)
@@ -876,7 +960,11 @@ def parse_train_argv(argv: list[str]) -> tuple[str | None, list[str], dict[str, 
                 continue
             known = [*_CONFIG_OPTS[:1], *_FLAGS]
             near = difflib.get_close_matches(opt, known, n=1, cutoff=0.5)
-            hint = f" (did you mean {near[0]}?)" if near else f" (expected one of {', '.join(known)} or key=value)"
+            hint = (
+                f" (did you mean {near[0]}?)"
+                if near
+                else f" (expected one of {', '.join(known)} or key=value)"
+            )
             raise LaserError(f"unknown option '{tok}'{hint}")
         if "=" not in tok or tok.startswith("="):
             raise LaserError(

@@ -44,7 +44,7 @@ class SFTConfig:
     target_accuracy: float = 0.35
     lr: float = 2e-3
     batch_size: int = 128
-    eval_every: int = 100
+    eval_every: int = 50
     eval_problems: int = 256
     final_problems: int = 512  # fresh problems for the reported accuracy and c_ref
     target_logprob: float = -4.0  # β_v = 1 / (target_logprob − c_ref)
@@ -208,12 +208,13 @@ def train_base_model(
     target_accuracy: float = 0.35,
     lr: float = 2e-3,
     batch_size: int = 128,
-    eval_every: int = 100,
+    eval_every: int = 50,
     eval_problems: int = 256,
     final_problems: int = 512,
     target_logprob: float = -4.0,
     model_kwargs: dict[str, Any] | None = None,
     overwrite: bool = False,
+    num_threads: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -222,14 +223,9 @@ def train_base_model(
     Returns ``accuracy`` (fresh problems, T = 1), ``c_ref``, ``c_ref_std``, ``beta_v``, ``steps``,
     ``seconds``, ``reached_target``, ``stop_accuracy`` (the evaluation that stopped training),
     ``history`` (``[(step, accuracy, loss)]``) and ``out_dir``. ``out_dir`` is written atomically.
+    ``num_threads`` sets torch's CPU threads for the run (restored afterwards); ``None`` keeps them.
     """
     import torch
-    from tqdm.auto import tqdm
-
-    from laser_rl.io import atomic_path
-    from laser_rl.score_params import ScoreParams
-    from laser_rl.tasks.char_tokenizer import Z_TOKEN, build_char_tokenizer, z_token_id
-    from laser_rl.tasks.tiny_model import build_tiny_model
 
     def say(msg: str) -> None:
         if log is not None:
@@ -252,14 +248,42 @@ def train_base_model(
     task = task or ArithConfig()
     task.validate()
     out = check_output_dir(out_dir, overwrite)
+    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        raise LaserError(f"--threads: must be a positive integer, got {num_threads!r}")
 
+    threads_before = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _train(out, task, cfg, model_kwargs, progress, say)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(
+    out: Path,
+    task: ArithConfig,
+    cfg: SFTConfig,
+    model_kwargs: dict[str, Any] | None,
+    progress: bool,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from laser_rl.io import atomic_path
+    from laser_rl.score_params import ScoreParams
+    from laser_rl.tasks.char_tokenizer import Z_TOKEN, build_char_tokenizer, z_token_id
+    from laser_rl.tasks.tiny_model import build_tiny_model
+
+    seed = cfg.seed
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     tokenizer = build_char_tokenizer()
     z_id = z_token_id(tokenizer, Z_TOKEN)
     max_new_tokens = max(64, task.max_response_tokens())
     max_position = max(256, 2 * (task.max_prompt_tokens() + max_new_tokens + 1))
-    model = build_tiny_model(tokenizer, seed=seed, max_position=max_position, **(model_kwargs or {}))
+    model = build_tiny_model(tokenizer, seed=seed, **{"max_position": max_position, **(model_kwargs or {})})
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(seed + 1)

@@ -29,8 +29,9 @@ from accelerate.utils import set_seed
 
 from laser_rl.core import laser as core
 from laser_rl.errors import LaserError
+from laser_rl.evaluation.runner import never_sampled_ids
 from laser_rl.io import read_jsonl, write_jsonl_atomic
-from laser_rl.rollout import SamplingConfig, sample, score_responses
+from laser_rl.rollout import SamplingConfig, sample
 from laser_rl.score_params import ScoreParams
 from laser_rl.tasks.base import Problem, TaskData
 from laser_rl.tasks.registry import load_task_data
@@ -81,8 +82,11 @@ def _seed_for(seed: int, step: int, rank: int, salt: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+        from transformers.utils import logging as hf_logging
+
         from laser_rl.integrations.hf import load_model, load_tokenizer, resolve_stop_ids
 
+        hf_logging.disable_progress_bar()  # weight loading/saving bars would interleave with ours
         self.cfg = cfg
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
         self.out = Path(cfg.output_dir)
@@ -107,10 +111,12 @@ class Trainer:
             model.gradient_checkpointing_enable()
         self.stop_ids = resolve_stop_ids(self.tokenizer, cfg.rollout.stop_tokens)
         self.pad_id = self.tokenizer.pad_token_id
+        self.suppress_ids = never_sampled_ids(len(self.tokenizer), model.get_input_embeddings().num_embeddings,
+                                              self.stop_ids, self.pad_id)
 
         # ---- data
-        self.train_data = load_task_data(cfg.data.train, **self._data_options())
-        self.eval_data = load_task_data(cfg.data.eval, **self._data_options()) if cfg.data.eval else None
+        self.train_data = self._load_data(cfg.data.train)
+        self.eval_data = self._load_data(cfg.data.eval) if cfg.data.eval else None
         self.prompt_style = self.train_data.prompt_style if cfg.data.prompt_style == "auto" else cfg.data.prompt_style
 
         # ---- the self-reward token and score parameters
@@ -136,22 +142,22 @@ class Trainer:
         self.step = 0
         self.source = ProblemSource(self.train_data, cfg.train.seed, cfg.data.shuffle)
         self.guard = _GuardState()
+        self.skipped_prompts = 0
         if self.resume_from:
             self._load_state(self.resume_from[1])
 
     # ------------------------------------------------------------------ setup helpers
 
-    def _data_options(self) -> dict[str, Any]:
+    def _load_data(self, spec: str) -> TaskData:
         d = self.cfg.data
+        if spec.partition(":")[0] == "arith":  # the embedded task's options live in the base model folder
+            return load_task_data(spec, model_dir=str(self.base_path))
         options: dict[str, Any] = {}
         if d.problem_key != "problem":
             options["problem_key"] = d.problem_key
         if d.answer_key != "answer":
             options["answer_key"] = d.answer_key
-        task_file = self.base_path / "task.json"
-        if task_file.is_file():  # the embedded task's options live in the base model folder
-            options["task_file"] = str(task_file)
-        return options
+        return load_task_data(spec, **options)
 
     def _setup_score(self, model: torch.nn.Module, model_path: str) -> None:
         from laser_rl.integrations.special_token import select_self_reward_token
@@ -219,15 +225,28 @@ class Trainer:
     def _prompts(self, problems: list[Problem]) -> list[list[int]]:
         from laser_rl.integrations.hf import build_prompts
 
-        prompts = build_prompts(self.tokenizer, [p.problem for p in problems], self.prompt_style, self.cfg.data.instruction)
-        too_long = [i for i, p in enumerate(prompts) if len(p) > self.cfg.data.max_prompt_length]
-        if too_long:
-            i = too_long[0]
-            raise LaserError(
-                f"prompt of problem {problems[i].problem[:60]!r} has {len(prompts[i])} tokens > data.max_prompt_length "
-                f"({self.cfg.data.max_prompt_length})"
-            )
-        return prompts
+        return build_prompts(self.tokenizer, [p.problem for p in problems], self.prompt_style, self.cfg.data.instruction)
+
+    def _next_problems(self, k: int) -> tuple[list[Problem], list[list[int]]]:
+        """The next ``k`` training problems whose prompt fits ``data.max_prompt_length`` (longer ones
+        are skipped, as the reference pipeline does) and their prompt ids. Every process runs this on
+        the same global stream, so all agree on the data position."""
+        limit = self.cfg.data.max_prompt_length
+        problems: list[Problem] = []
+        prompts: list[list[int]] = []
+        drawn = 0
+        while len(problems) < k:
+            batch = self.source.take(k - len(problems))
+            drawn += len(batch)
+            for p, ids in zip(batch, self._prompts(batch)):
+                if len(ids) <= limit:
+                    problems.append(p)
+                    prompts.append(ids)
+                else:
+                    self.skipped_prompts += 1
+            if drawn > 100 * k and len(problems) < k:
+                raise LaserError(f"almost every training prompt is longer than data.max_prompt_length ({limit}); raise it")
+        return problems, prompts
 
     def _print(self, msg: str) -> None:
         if self.acc.is_main_process:
@@ -239,15 +258,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ one RL step
 
-    def _rollout(self, problems: list[Problem]) -> dict[str, Any]:
+    def _rollout(self, problems: list[Problem], prompt_ids: list[list[int]]) -> dict[str, Any]:
         cfg, n = self.cfg, self.cfg.rollout.n
-        prompts = [p for p in self._prompts(problems) for _ in range(n)]
+        prompts = [p for p in prompt_ids for _ in range(n)]
         gen = torch.Generator(device=self.acc.device).manual_seed(_seed_for(cfg.train.seed, self.step, self.rank, 1))
         self.model.eval()
         bs = cfg.rollout.batch_size or len(prompts)
         parts = [
             sample(self.model, prompts[i : i + bs], pad_id=self.pad_id, stop_ids=self.stop_ids, config=self._sampling(),
-                   z_id=self.z_id, generator=gen)
+                   z_id=self.z_id, suppress_ids=self.suppress_ids, generator=gen)
             for i in range(0, len(prompts), bs)
         ]
         self.model.train()
@@ -269,8 +288,9 @@ class Trainer:
         cfg, lc = self.cfg, self.cfg.laser
         t0 = time.perf_counter()
         local = cfg.data.prompts_per_step // self.world
-        problems = self.source.take(cfg.data.prompts_per_step)[self.rank * local : (self.rank + 1) * local]
-        r = self._rollout(problems)
+        problems, prompts = self._next_problems(cfg.data.prompts_per_step)
+        mine = slice(self.rank * local, (self.rank + 1) * local)
+        r = self._rollout(problems[mine], prompts[mine])
         roll, rewards, group = r["roll"], r["rewards"], r["group"]
         t_roll = time.perf_counter() - t0
 
@@ -300,6 +320,7 @@ class Trainer:
         t_update = time.perf_counter() - t0 - t_roll
 
         metrics = self._step_metrics(rewards, roll, scores, passed, stats, phase)
+        metrics["skipped_prompts"] = self.skipped_prompts
         metrics.update(time_rollout=t_roll, time_update=t_update, time_step=time.perf_counter() - t0)
         return metrics
 
@@ -425,39 +446,20 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Accuracy and self-verification on the first ``data.eval_limit`` held-out problems."""
         from laser_rl.evaluation.metrics import compute_metrics
+        from laser_rl.evaluation.runner import ScoringModel, sample_records
 
         cfg = self.cfg
         assert self.eval_data is not None and self.eval_data.problems is not None
         problems = list(self.eval_data.problems[: cfg.data.eval_limit or None])
         n = cfg.data.eval_n
-        prompts = [p for p in self._prompts(problems) for _ in range(n)]
+        sm = ScoringModel(self.model, self.tokenizer, self.out, self.score, self.stop_ids, self.pad_id,
+                          self.suppress_ids, None)
         gen = torch.Generator(device=self.acc.device).manual_seed(_seed_for(cfg.train.seed, 0, 0, 3))
         self.model.eval()
-        bs = cfg.rollout.batch_size or len(prompts)
-        parts = [
-            sample(self.model, prompts[i : i + bs], pad_id=self.pad_id, stop_ids=self.stop_ids, config=self._sampling(),
-                   z_id=self.z_id, generator=gen)
-            for i in range(0, len(prompts), bs)
-        ]
+        records = sample_records(sm, problems, self._prompts(problems), n=n, batch_size=cfg.rollout.batch_size or 512,
+                                 sampling=self._sampling(), verifier=self.eval_data.verifier, generator=gen)
         self.model.train()
-        roll = _concat_rollouts(parts, self.pad_id)
-        texts = self.tokenizer.batch_decode(_strip_stops(roll.responses(), self.stop_ids), skip_special_tokens=True)
-        verifier = self.eval_data.verifier
-        if self.score is not None:
-            sc = self._rollout_scores(roll.lp_z, None)
-            sc = torch.where(roll.finished, sc, torch.zeros_like(sc)).tolist()
-        else:
-            sc = [0.0] * len(texts)
-        records = []
-        for i, p in enumerate(problems):
-            resp = texts[i * n : (i + 1) * n]
-            records.append({
-                "problem": p.problem, "answer": p.answer, "responses": resp,
-                "pred_answers": [verifier.extract_answer(t) for t in resp],
-                "acc_list": [verifier.reward(t, p.answer) > 0.5 for t in resp],
-                "self_rewarding_scores": sc[i * n : (i + 1) * n],
-            })
-        met = compute_metrics(records, ks=(n,), same_answer=verifier.same_answer)
+        met = compute_metrics(records, ks=(n,), same_answer=self.eval_data.verifier.same_answer)
         v = met["verification"]
         return {
             "eval_accuracy": met["accuracy"], "eval_hm_tpr_tnr": v["hm_tpr_tnr"], "eval_auroc": v["auroc"],
@@ -570,6 +572,15 @@ class Trainer:
         if self.score is not None:
             self._print(f"self-reward: z={self.score.token!r} (id {self.score.token_id}), beta_v={self.score.beta_v:.4g}, "
                         f"c_ref={self.score.c_ref:.3f}; correct target log-prob {core.correct_target_logprob(self.score.c_ref, self.score.beta_v):.2f}")
+        if cfg.train.eval_every and self.eval_data is not None and self.step == 0:
+            if self.acc.is_main_process:  # the starting point, and the collapse guard's baseline
+                initial = self.evaluate()
+                self.guard.eval_baseline = initial["eval_accuracy"]
+                self._print("initial evaluation: " + ", ".join(f"{k}={v:.3f}" for k, v in initial.items()))
+                if writer is not None:
+                    for k, v in initial.items():
+                        writer.add_scalar(k, v, 0)
+            self.acc.wait_for_everyone()
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", disable=not self.acc.is_main_process or cfg.logging.progress == "none", dynamic_ncols=True)
         while self.step < cfg.train.steps:
             self.step += 1

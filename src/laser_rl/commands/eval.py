@@ -1,0 +1,72 @@
+"""``laser eval``: sample N responses per problem, verify and self-score them, write samples,
+metrics and a report (resumable). See :mod:`laser_rl.evaluation.runner` for the file formats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from laser_rl.commands.score import add_model_arguments, positive_int
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="SPEC",
+                        help="arith[:test], a benchmark name (math500, amc23, aime24, aime25, OlympiadBench) or a data file")
+    parser.add_argument("--n", required=True, type=positive_int, help="responses sampled per problem")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder (samples.jsonl, metrics.json, report.md, plots); an existing one is resumed")
+    parser.add_argument("--limit", type=positive_int, default=None, metavar="M", help="evaluate the first M problems only")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="sequences per sampling call; problems are sampled in chunks of max(1, batch_size // n)")
+    parser.add_argument("--temperature", type=_non_negative_float, default=1.0, help="sampling temperature (0 = greedy)")
+    parser.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling threshold")
+    parser.add_argument("--top-k", type=int, default=0, help="top-k filtering (0 = off)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help="response length limit (default: laser.json extra.max_new_tokens, else 1024)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--save-ids", action="store_true",
+                        help="also store prompt_ids/response_ids in samples.jsonl (exact re-scoring with `laser score`)")
+    add_model_arguments(parser)
+    parser.add_argument("--prompt-style", choices=("auto", "raw", "chat"), default="auto",
+                        help="auto: the data's own style (raw for arith, chat for math)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from laser_rl.evaluation.runner import EvalOptions, run_eval
+
+    opts = EvalOptions(
+        model=args.model, data=args.data, n=args.n, out=args.out, limit=args.limit, batch_size=args.batch_size,
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+        seed=args.seed, token=args.token, beta_v=args.beta_v, c_ref=args.c_ref, prompt_style=args.prompt_style,
+        device=args.device, dtype=args.dtype, save_ids=args.save_ids,
+    )
+    metrics = run_eval(opts)
+    v = metrics["voting"]
+    ver = metrics["verification"]
+    ks = sorted({int(key.split("@")[1]) for key in v})
+    print(f"accuracy {metrics['accuracy']:.4f} over {metrics['num_problems']} problems x {args.n} responses")
+    print(f"self-verification: tpr {ver['tpr']:.3f} tnr {ver['tnr']:.3f} hm {ver['hm_tpr_tnr']:.3f} "
+          f"auroc {ver['auroc']:.3f} ece {ver['ece']:.3f}")
+    print(json.dumps({f"{m}@{ks[-1]}": v[f"{m}@{ks[-1]}"] for m in ("maj", "weighted_maj", "best_of", "pass")}))
+    print(f"wrote {args.out}/samples.jsonl, metrics.json, report.md")
+    return 0

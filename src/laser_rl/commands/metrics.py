@@ -1,0 +1,59 @@
+"""``laser metrics``: verification and voting metrics from a scored samples JSONL (no model needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not ks or any(k < 1 for k in ks):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return ks
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, metavar="SCORED.jsonl", help="samples with self_rewarding_scores")
+    parser.add_argument("--out", required=True, metavar="METRICS.json", help="output metrics file")
+    parser.add_argument("--k", type=_ks, default=None, metavar="K1,K2,...",
+                        help="voting ks (default: powers of two up to the smallest n; k > n is an error)")
+    parser.add_argument("--equivalence", choices=("auto", "exact", "math"), default="auto",
+                        help="how answers are grouped for voting; auto: exact when every answer is a plain "
+                             "integer, else math-verify")
+    parser.add_argument("--report", metavar="DIR", default=None, help="also write report.md and plots into DIR")
+
+
+def run(args: argparse.Namespace) -> int:
+    from laser_rl.evaluation.metrics import auto_equivalence, compute_metrics, load_records
+    from laser_rl.io import write_json_atomic
+
+    records, locations = load_records(args.input)
+    mode = auto_equivalence(records) if args.equivalence == "auto" else args.equivalence
+    same_answer = None
+    verifier = None
+    if mode == "math":
+        from laser_rl.rewards.math_verifier import MathVerifier
+
+        verifier = MathVerifier()
+        same_answer = verifier.same_answer
+    try:
+        metrics = compute_metrics(records, ks=args.k, same_answer=same_answer, locations=locations)
+    finally:
+        if verifier is not None:
+            verifier.close()
+    write_json_atomic(args.out, metrics)
+    if args.report:
+        from laser_rl.evaluation.report import write_report
+
+        write_report(args.report, {"": metrics}, {"": records}, title=f"Metrics: {args.input}",
+                     settings={"input": args.input, "equivalence": mode})
+    v = metrics["verification"]
+    print(f"accuracy {metrics['accuracy']:.4f} ({metrics['num_problems']} problems, {metrics['num_responses']} "
+          f"responses; answers grouped by {mode} equivalence)")
+    print(f"tpr {v['tpr']:.3f} tnr {v['tnr']:.3f} hm {v['hm_tpr_tnr']:.3f} auroc {v['auroc']:.3f} ece {v['ece']:.3f}")
+    print(json.dumps(metrics["voting"]))
+    return 0

@@ -1,0 +1,60 @@
+"""``laser score``: add ``self_rewarding_scores`` to an existing JSONL of responses (teacher-forced,
+batched). Token ids in ``prompt_ids`` / ``response_ids`` are used when present (exact); otherwise the
+prompt is rebuilt from ``problem`` and the response text re-tokenised."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model and the score-parameter / device flags shared by eval and score."""
+    parser.add_argument("--model", required=True, metavar="DIR", help="model folder (with laser.json when trained here)")
+    g = parser.add_argument_group("self-reward score (default: the model folder's laser.json)")
+    g.add_argument("--token", default=None, help="the self-reward token z (a special token string or id)")
+    g.add_argument("--beta-v", type=finite_float, default=None, help="score scale beta_v")
+    g.add_argument("--c-ref", type=finite_float, default=None, help="reference constant c_ref")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--input", required=True, metavar="FILE", help="JSONL, one record per problem with 'responses'")
+    parser.add_argument("--out", required=True, metavar="FILE", help="output JSONL (the input records plus scores)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="sequences per forward pass")
+    parser.add_argument("--prompt-style", choices=("auto", "raw", "chat"), default="auto",
+                        help="how to rebuild prompts from 'problem' when records have no prompt_ids "
+                             "(auto: laser.json's prompt_style, else chat if the tokenizer has a chat template)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from laser_rl.evaluation.runner import score_file
+
+    count = score_file(
+        args.model, args.input, args.out, batch_size=args.batch_size, token=args.token, beta_v=args.beta_v,
+        c_ref=args.c_ref, prompt_style=args.prompt_style, device=args.device, dtype=args.dtype,
+    )
+    print(f"scored {count} responses; wrote {args.out}")
+    return 0

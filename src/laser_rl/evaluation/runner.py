@@ -1,0 +1,586 @@
+"""``laser eval`` and ``laser score``: sample, verify and self-score; or score existing responses.
+
+Evaluation (:func:`run_eval`) samples N responses per problem with the rollout engine, which reads
+the self-reward score in the decoding loop (one extra step after EOS), verifies them with the task's
+verifier and writes into the output folder:
+
+- ``eval_config.json``: the settings that define the samples (model fingerprint, data, n, seed,
+  sampling, score parameters, prompt style, stop ids), written before the first sample;
+- ``samples.jsonl``: one record per problem, appended and flushed after every chunk of problems,
+  with the reference pipeline's field names ``problem``, ``answer``, ``responses`` (decoded text,
+  stop token removed), ``pred_answers``, ``acc_list``, ``self_rewarding_scores``, plus ``finished``,
+  ``response_lengths`` (tokens, stop token included), ``mean_logprobs`` / ``min_logprobs`` (of the
+  sampled tokens under the sampling distribution) and, with ``save_ids``, ``prompt_ids`` /
+  ``response_ids`` (off by default to keep the file readable; ``laser score`` uses them when present);
+- ``metrics.json`` / ``report.md`` / PNG plots, written atomically at the end.
+
+Conventions:
+
+- A truncated response (no stop token within ``max_new_tokens``) has no score: it gets
+  ``self_rewarding_scores = 0.0`` (so it is predicted incorrect and never carries a weighted vote).
+  Its answer is still extracted and verified as written.
+- Resuming: rerunning with the same folder skips the problems already in ``samples.jsonl`` (an
+  incomplete last line from a crash is dropped and redone). A different model, data, n, seed,
+  sampling setting or score parameter is an error, not a silent mix; ``--limit`` and
+  ``--batch-size`` may change. Randomness is seeded per chunk of problems from ``(seed, index of the
+  chunk's first problem)``, so a run resumed at a chunk boundary with the same batch size draws the
+  same samples as an uninterrupted one.
+- ``--limit M``: the metrics and report cover the first M problems, even when the file holds more.
+- Stop ids: :func:`laser_rl.integrations.hf.resolve_stop_ids` (EOS, the chat template's end-of-turn
+  token, generation_config's EOS ids) plus ``laser.json``'s ``extra.stop_ids`` — the same set the
+  trainer samples with. Never sampled: z, pad (unless it is a stop id) and embedding rows beyond the
+  tokenizer's vocabulary (they decode to nothing).
+- ``max_new_tokens`` defaults to ``laser.json``'s ``extra.max_new_tokens``, else 1024, capped to fit
+  the model's context after the longest prompt of the data set.
+
+Scoring (:func:`score_file`) adds ``self_rewarding_scores`` to an existing JSONL of responses with the
+teacher-forced scorer. Token ids are preferred: ``prompt_ids`` / ``response_ids`` fields are used when
+present; otherwise the prompt is rebuilt from ``problem`` and the response text is re-tokenised,
+which can differ from the ids the model generated (spec §7.5) and so shift the score slightly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from laser_rl.errors import LaserError
+from laser_rl.evaluation.metrics import compute_metrics, load_records
+from laser_rl.io import write_json_atomic, write_jsonl_atomic
+from laser_rl.score_params import ScoreParams
+
+CONFIG_FILE = "eval_config.json"
+SAMPLES_FILE = "samples.jsonl"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+#: eval_config.json keys that must match for a resumed run to continue the same samples.
+RESUME_KEYS = ("model_fingerprint", "data", "n", "seed", "sampling", "score", "prompt_style", "stop_ids")
+DEFAULT_MAX_NEW_TOKENS = 1024
+_FORMAT = 1
+
+
+# --------------------------------------------------------------------------- model + score parameters
+
+
+@dataclass
+class ScoringModel:
+    """A model ready for sampling/scoring: ids derived from its tokenizer and folder, never hard-coded."""
+
+    model: Any
+    tokenizer: Any
+    folder: Path
+    params: ScoreParams | None  # None: no self-reward token (scores are reported as 0)
+    stop_ids: list[int]
+    pad_id: int
+    suppress_ids: list[int]
+    saved: ScoreParams | None  # laser.json as found in the folder (None when absent)
+
+
+def _float_flag(value: float | None, name: str) -> float | None:
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise LaserError(f"{name} must be a finite number, got {value}")
+    return float(value)
+
+
+def load_scoring_model(
+    model_dir: str | os.PathLike[str],
+    *,
+    token: str | None = None,
+    beta_v: float | None = None,
+    c_ref: float | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+) -> ScoringModel:
+    """Load model + tokenizer and resolve z, β_v, c_ref: flags override ``laser.json``; a folder
+    without ``laser.json`` needs all three flags (no silent default)."""
+    from laser_rl.integrations.hf import check_model_folder, load_model, load_tokenizer, resolve_stop_ids
+    from laser_rl.integrations.special_token import (
+        parse_token_arg,
+        select_self_reward_token,
+        validate_token_id,
+    )
+    from laser_rl.rollout.sampler import vocab_size
+
+    folder = check_model_folder(model_dir)
+    beta_v = _float_flag(beta_v, "--beta-v")
+    c_ref = _float_flag(c_ref, "--c-ref")
+    if beta_v is not None and beta_v <= 0:
+        raise LaserError(f"--beta-v must be > 0, got {beta_v}")
+    saved = ScoreParams.load(folder)
+    if saved is None:
+        missing = [flag for flag, v in (("--token", token), ("--beta-v", beta_v), ("--c-ref", c_ref)) if v is None]
+        if missing:
+            raise LaserError(
+                f"{folder} has no score parameters (laser.json) and {', '.join(missing)} "
+                f"{'was' if len(missing) == 1 else 'were'} not given: pass --token, --beta-v and --c-ref "
+                "(measure c_ref with `laser calibrate`)"
+            )
+    tokenizer = load_tokenizer(folder)
+    saved_stops = saved.extra.get("stop_ids", []) if saved is not None else []
+    if not isinstance(saved_stops, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in saved_stops):
+        raise LaserError(f"{folder / 'laser.json'}: extra.stop_ids must be a list of token ids, got {saved_stops!r}")
+    stop_ids = resolve_stop_ids(tokenizer, saved_stops, model_path=folder)
+    model = load_model(folder, dtype=dtype, device=device)
+    vocab = vocab_size(model)
+    pad_id = int(tokenizer.pad_token_id)
+
+    if token is not None:
+        token_str, z_id, _ = select_self_reward_token(tokenizer, parse_token_arg(token), stop_ids=stop_ids)
+    else:
+        assert saved is not None
+        token_str, z_id = saved.token, saved.token_id
+        name = tokenizer.convert_ids_to_tokens(z_id) if 0 <= z_id < len(tokenizer) else None
+        if name is not None and name != token_str:
+            raise LaserError(
+                f"{folder / 'laser.json'}: token {token_str!r} has id {z_id}, but the tokenizer's token "
+                f"{z_id} is {name!r}; fix laser.json or pass --token"
+            )
+    validate_token_id(z_id, vocab, stop_ids, pad_id)
+    params = ScoreParams(
+        token=token_str,
+        token_id=int(z_id),
+        beta_v=beta_v if beta_v is not None else saved.beta_v,  # type: ignore[union-attr]
+        c_ref=c_ref if c_ref is not None else saved.c_ref,  # type: ignore[union-attr]
+        c_ref_std=saved.c_ref_std if saved is not None and c_ref is None else None,
+        extra=dict(saved.extra) if saved is not None else {},
+    )
+    suppress = never_sampled_ids(len(tokenizer), vocab, stop_ids, pad_id)
+    return ScoringModel(model, tokenizer, folder, params, stop_ids, pad_id, suppress, saved)
+
+
+def never_sampled_ids(tokenizer_size: int, vocab: int, stop_ids: Sequence[int], pad_id: int) -> list[int]:
+    """Ids to mask when sampling: pad (unless it doubles as a stop id) and embedding rows the
+    tokenizer cannot decode (Qwen's embedding is larger than its vocabulary). z is masked by the sampler."""
+    stops = set(stop_ids)
+    suppress = [pad_id] if pad_id not in stops else []
+    return suppress + [i for i in range(tokenizer_size, vocab) if i not in stops]
+
+
+def model_fingerprint(folder: str | os.PathLike[str]) -> str:
+    """A cheap identity of a model folder's weights: config.json plus, per weight file, its name,
+    size and the SHA-256 of its first and last MiB (a full hash of a 15 GB model costs minutes)."""
+    h = hashlib.sha256()
+    root = Path(folder)
+    files = sorted(p for p in root.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name == "config.json"))
+    for p in files:
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size}:".encode())
+        with p.open("rb") as f:
+            h.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), os.SEEK_END)
+                h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@dataclass
+class EvalOptions:
+    """Everything ``laser eval`` takes (see the CLI help for each field)."""
+
+    model: str
+    data: str
+    n: int
+    out: str
+    limit: int | None = None
+    batch_size: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int | None = None
+    seed: int = 0
+    token: str | None = None
+    beta_v: float | None = None
+    c_ref: float | None = None
+    prompt_style: str = "auto"
+    device: str | None = None
+    dtype: str = "auto"
+    save_ids: bool = False
+    progress: bool = True
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LaserError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def load_eval_data(spec: str, model_dir: str | os.PathLike[str]) -> Any:
+    """``--data`` → TaskData; the embedded task reads its options from the model folder's task.json."""
+    from laser_rl.tasks.registry import load_task_data
+
+    name = spec.partition(":")[0]
+    options: dict[str, Any] = {"model_dir": str(model_dir)} if name == "arith" else {}
+    data = load_task_data(spec, **options)
+    if data.problems is None:
+        raise LaserError(f"--data {spec} is an endless training stream; evaluate a finite split (e.g. arith:test)")
+    if not data.problems:
+        raise LaserError(f"--data {spec}: no problems")
+    return data
+
+
+def _read_samples(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Records already in ``samples.jsonl``; an incomplete last line (a crash mid-write) is cut off."""
+    if not path.is_file():
+        return [], []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with path.open("r+b") as f:
+            f.truncate(cut)
+        print(f"laser eval: {path}: dropped an incomplete last line (it will be sampled again)", file=sys.stderr)
+        if cut == 0:
+            return [], []
+    if not path.read_bytes().strip():
+        return [], []
+    return load_records(path)
+
+
+def _check_resume(out: Path, config: dict[str, Any]) -> None:
+    cfg_path = out / CONFIG_FILE
+    if not cfg_path.is_file():
+        if (out / SAMPLES_FILE).exists():
+            raise LaserError(f"{out / SAMPLES_FILE} exists without {CONFIG_FILE}: cannot tell how it was made; use another --out")
+        return
+    try:
+        old = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LaserError(f"{cfg_path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    diffs = [f"{k}: {old.get(k)!r} in the folder vs {config[k]!r} now" for k in RESUME_KEYS if old.get(k) != config[k]]
+    if diffs:
+        raise LaserError(
+            f"{out} holds an evaluation with other settings ({'; '.join(diffs)}); use another --out "
+            "or delete the folder to start over"
+        )
+
+
+def _chunk_generator(seed: int, start: int, device: Any) -> Any:
+    import numpy as np
+    import torch
+
+    state = int(np.random.SeedSequence([seed, start]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator(device=device).manual_seed(state)
+
+
+def sample_records(
+    sm: ScoringModel,
+    problems: Sequence[Any],
+    prompt_ids: Sequence[list[int]],
+    *,
+    n: int,
+    batch_size: int,
+    sampling: Any,
+    verifier: Any,
+    generator: Any,
+    save_ids: bool = False,
+) -> list[dict[str, Any]]:
+    """Sample n responses for each problem, verify and self-score them, and build their records
+    (the ``samples.jsonl`` format). Shared by ``laser eval`` and the trainer's periodic evaluation."""
+    import torch
+
+    from laser_rl.core.laser import self_reward_score
+    from laser_rl.rollout import sampler
+
+    rows = [ids for ids in prompt_ids for _ in range(n)]
+    texts: list[str] = []
+    ids_out: list[list[int]] = []
+    scores: list[float] = []
+    finished: list[bool] = []
+    mean_lp: list[float] = []
+    min_lp: list[float] = []
+    stops = set(sm.stop_ids)
+    for start in range(0, len(rows), batch_size):
+        roll = sampler.sample(
+            sm.model, rows[start : start + batch_size], pad_id=sm.pad_id, stop_ids=sm.stop_ids,
+            config=sampling, z_id=sm.params.token_id if sm.params else None, suppress_ids=sm.suppress_ids,
+            generator=generator,
+        )
+        mask = roll.response_mask
+        lengths = mask.sum(dim=1).clamp(min=1)
+        lp = roll.logprobs.float()
+        mean_lp += ((lp * mask).sum(dim=1) / lengths).tolist()
+        min_lp += lp.masked_fill(~mask, float("inf")).amin(dim=1).tolist()
+        if sm.params is not None:
+            s = self_reward_score(roll.lp_z.float(), sm.params.beta_v, sm.params.c_ref)
+            scores += torch.where(roll.finished, s, torch.zeros_like(s)).tolist()
+        else:  # a model trained without a self-reward token: accuracy only
+            scores += [0.0] * len(roll.finished)
+        fin = roll.finished.tolist()
+        finished += fin
+        resp = roll.responses()
+        ids_out += resp
+        body = [r[:-1] if f and r and r[-1] in stops else r for r, f in zip(resp, fin)]
+        texts += sm.tokenizer.batch_decode(body, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    for i, v in enumerate(scores):
+        if not math.isfinite(v):
+            raise LaserError(f"the model gave a non-finite self-reward score ({v}) for response {i}: check z and c_ref")
+
+    records = []
+    for j, (prob, p_ids) in enumerate(zip(problems, prompt_ids)):
+        sl = slice(j * n, (j + 1) * n)
+        resp_texts = texts[sl]
+        rec: dict[str, Any] = {
+            "problem": prob.problem,
+            "answer": prob.answer,
+            "responses": resp_texts,
+            "pred_answers": [verifier.extract_answer(t) for t in resp_texts],
+            "acc_list": [verifier.reward(t, prob.answer) > 0.5 for t in resp_texts],
+            "self_rewarding_scores": scores[sl],
+            "finished": finished[sl],
+            "response_lengths": [len(r) for r in ids_out[sl]],
+            "mean_logprobs": mean_lp[sl],
+            "min_logprobs": min_lp[sl],
+        }
+        if save_ids:
+            rec["prompt_ids"] = list(p_ids)
+            rec["response_ids"] = ids_out[sl]
+        records.append(rec)
+    return records
+
+
+def _prompts(sm: ScoringModel, problems: Sequence[str], style: str, what: str) -> list[list[int]]:
+    """Prompt ids via the shared prompt builder; a tokenizer failure becomes a ``LaserError``."""
+    from laser_rl.integrations.hf import build_prompts
+
+    try:
+        return build_prompts(sm.tokenizer, problems, style)  # type: ignore[arg-type]
+    except LaserError:
+        raise
+    except Exception as e:  # tokenizers raise bare Exceptions (e.g. a character outside a char vocabulary)
+        raise LaserError(
+            f"{what}: the tokenizer of {sm.folder} cannot encode the {style}-style prompts ({e}); "
+            "check --prompt-style and that the data suits this model"
+        ) from None
+
+
+def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) an evaluation; returns the metrics dict (also written to ``metrics.json``)."""
+    from laser_rl.rollout.sampler import SamplingConfig, context_length
+
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    n = _positive_int(opts.n, "--n")
+    _positive_int(opts.batch_size, "--batch-size")
+    if opts.limit is not None:
+        _positive_int(opts.limit, "--limit")
+    if opts.prompt_style not in ("auto", "raw", "chat"):
+        raise LaserError(f"--prompt-style must be auto, raw or chat, got {opts.prompt_style!r}")
+    out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise LaserError(f"--out {out} exists and is not a folder")
+
+    sm = load_scoring_model(opts.model, token=opts.token, beta_v=opts.beta_v, c_ref=opts.c_ref,
+                            device=opts.device, dtype=opts.dtype)
+    data = load_eval_data(opts.data, sm.folder)
+    problems = list(data.problems)
+    total = len(problems) if opts.limit is None else min(opts.limit, len(problems))
+    style = data.prompt_style if opts.prompt_style == "auto" else opts.prompt_style
+
+    # Prompts of every problem (not only the first --limit): the default length limit below depends
+    # on the longest one, and must not change when --limit does (resume checks the settings).
+    all_prompt_ids = _prompts(sm, [p.problem for p in problems], style, f"--data {opts.data}")
+    longest = max(len(ids) for ids in all_prompt_ids)
+    ctx = context_length(sm.model)
+    max_new = opts.max_new_tokens
+    if max_new is None:
+        saved = sm.params.extra.get("max_new_tokens")
+        max_new = saved if isinstance(saved, int) and not isinstance(saved, bool) and saved > 0 else DEFAULT_MAX_NEW_TOKENS
+        if ctx is not None and longest + max_new > ctx:
+            if ctx - longest < 1:
+                raise LaserError(f"--data {opts.data}: a prompt of {longest} tokens fills the model's context of {ctx}")
+            max_new = ctx - longest
+            say(f"laser eval: max_new_tokens capped at {max_new} (context {ctx} - longest prompt {longest})")
+    elif ctx is not None and longest + max_new > ctx:
+        raise LaserError(
+            f"--max-new-tokens {max_new} + the longest prompt ({longest} tokens) exceeds the model's context "
+            f"of {ctx} positions; use at most {ctx - longest}"
+        )
+    sampling = SamplingConfig(temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k, max_new_tokens=max_new)
+
+    config = {
+        "format": _FORMAT,
+        "model": str(sm.folder.resolve()),
+        "model_fingerprint": model_fingerprint(sm.folder),
+        "data": opts.data,
+        "data_name": data.name,
+        "n": n,
+        "seed": opts.seed,
+        "sampling": asdict(sampling),
+        "score": {"token": sm.params.token, "token_id": sm.params.token_id, "beta_v": sm.params.beta_v,
+                  "c_ref": sm.params.c_ref},
+        "prompt_style": style,
+        "stop_ids": sm.stop_ids,
+        "equivalence": type(data.verifier).__name__,
+    }
+    _check_resume(out, config)
+    samples_path = out / SAMPLES_FILE
+    done, locations = _read_samples(samples_path)
+    if len(done) > len(problems):
+        raise LaserError(f"{samples_path} has {len(done)} records but --data {opts.data} has only {len(problems)} problems")
+    for i, rec in enumerate(done):
+        if rec.get("problem") != problems[i].problem or str(rec.get("answer")) != problems[i].answer:
+            raise LaserError(f"{locations[i]}: record does not match problem {i} of --data {opts.data}")
+        if not isinstance(rec.get("responses"), list) or len(rec["responses"]) != n:
+            raise LaserError(f"{locations[i]}: expected {n} responses")
+
+    todo = range(len(done), total)
+    if len(done):
+        say(f"laser eval: {len(done)} problems already in {samples_path}; sampling {len(todo)} more")
+    if len(todo):
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / CONFIG_FILE).is_file():
+            write_json_atomic(out / CONFIG_FILE, config)
+        from tqdm import tqdm
+
+        per_chunk = max(1, opts.batch_size // n)
+        bar = tqdm(total=len(todo), unit="problem", desc="laser eval", disable=None if opts.progress else True)
+        with samples_path.open("a", encoding="utf-8") as f:
+            for start in range(todo.start, todo.stop, per_chunk):
+                chunk = problems[start : min(start + per_chunk, total)]
+                prompt_ids = all_prompt_ids[start : start + len(chunk)]
+                gen = _chunk_generator(opts.seed, start, sm.model.device)
+                records = sample_records(sm, chunk, prompt_ids, n=opts.n, batch_size=opts.batch_size, sampling=sampling,
+                                         verifier=data.verifier, generator=gen, save_ids=opts.save_ids)
+                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+                f.flush()
+                os.fsync(f.fileno())
+                done += records
+                bar.update(len(chunk))
+        bar.close()
+
+    records = done[:total]
+    metrics = compute_metrics(records, same_answer=data.verifier.same_answer)
+    write_json_atomic(out / METRICS_FILE, metrics)
+    from laser_rl.evaluation.report import write_report
+
+    notes = _notes(records)
+    if total < len(done):
+        notes.append(f"computed over the first {total} of the {len(done)} problems in {SAMPLES_FILE} (--limit)")
+    settings = {k: config[k] for k in ("model", "data", "n", "seed", "prompt_style")}
+    settings.update({"sampling": config["sampling"], "score": config["score"]})
+    write_report(out, {"": metrics}, {"": records}, title=f"Evaluation: {data.name}", settings=settings, notes=notes)
+    return metrics
+
+
+def _notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    n = sum(len(r["responses"]) for r in records)
+    no_answer = sum(a is None for r in records for a in r["pred_answers"])
+    truncated = sum(not f for r in records for f in r.get("finished", []))
+    return [
+        f"responses without an extracted answer: {no_answer}/{n} ({no_answer / max(n, 1):.1%})",
+        f"truncated responses (no stop token; score set to 0): {truncated}/{n} ({truncated / max(n, 1):.1%})",
+    ]
+
+
+# --------------------------------------------------------------------------- score
+
+
+def _int_list(value: Any, where: str, field: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise LaserError(f"{where}: field '{field}' must be a list of token ids")
+    return value
+
+
+def default_prompt_style(sm: ScoringModel) -> str:
+    """laser.json's ``extra.prompt_style`` (the trainer saves it), else chat iff the tokenizer has a template."""
+    saved = sm.params.extra.get("prompt_style")
+    if saved in ("raw", "chat"):
+        return saved
+    return "chat" if getattr(sm.tokenizer, "chat_template", None) else "raw"
+
+
+def score_file(
+    model_dir: str,
+    input_path: str,
+    out_path: str,
+    *,
+    batch_size: int = 32,
+    token: str | None = None,
+    beta_v: float | None = None,
+    c_ref: float | None = None,
+    prompt_style: str = "auto",
+    device: str | None = None,
+    dtype: str = "auto",
+) -> int:
+    """Add ``self_rewarding_scores`` to every record of ``input_path``; write ``out_path`` atomically.
+
+    Returns the number of responses scored. Unfinished responses (``finished`` false) get 0, as in eval.
+    """
+    from laser_rl.rollout.scorer import score_responses
+
+    _positive_int(batch_size, "--batch-size")
+    if prompt_style not in ("auto", "raw", "chat"):
+        raise LaserError(f"--prompt-style must be auto, raw or chat, got {prompt_style!r}")
+    records, locations = load_records(input_path)
+    # Validate everything before loading the model.
+    for rec, where in zip(records, locations):
+        responses = rec.get("responses")
+        if not isinstance(responses, list) or not responses:
+            raise LaserError(f"{where}: missing or empty field 'responses'")
+        if not all(isinstance(t, str) for t in responses):
+            raise LaserError(f"{where}: field 'responses' must be a list of strings")
+        n = len(responses)
+        if "prompt_ids" in rec:
+            _int_list(rec["prompt_ids"], where, "prompt_ids")
+        elif not isinstance(rec.get("problem"), str):
+            raise LaserError(f"{where}: missing field 'problem' (or 'prompt_ids')")
+        if "response_ids" in rec:
+            ids = rec["response_ids"]
+            if not isinstance(ids, list) or len(ids) != n:
+                raise LaserError(f"{where}: field 'response_ids' must hold {n} lists, one per response")
+            for j, r in enumerate(ids):
+                _int_list(r, where, f"response_ids[{j}]")
+        fin = rec.get("finished")
+        if fin is not None and (not isinstance(fin, list) or len(fin) != n or not all(isinstance(v, bool) for v in fin)):
+            raise LaserError(f"{where}: field 'finished' must be a list of {n} booleans")
+
+    sm = load_scoring_model(model_dir, token=token, beta_v=beta_v, c_ref=c_ref, device=device, dtype=dtype)
+    style = default_prompt_style(sm) if prompt_style == "auto" else prompt_style
+    need_prompt = [i for i, r in enumerate(records) if "prompt_ids" not in r]
+    built = _prompts(sm, [records[i]["problem"] for i in need_prompt], style, input_path)
+    prompt_of = dict(zip(need_prompt, built))
+
+    prompts: list[list[int]] = []
+    responses: list[list[int]] = []
+    slots: list[tuple[int, int]] = []
+    for i, rec in enumerate(records):
+        p_ids = rec["prompt_ids"] if "prompt_ids" in rec else prompt_of[i]
+        fin = rec.get("finished") or [True] * len(rec["responses"])
+        for j, text in enumerate(rec["responses"]):
+            if not fin[j]:
+                continue
+            if "response_ids" in rec:
+                r_ids = rec["response_ids"][j]
+            else:
+                try:
+                    r_ids = sm.tokenizer.encode(text, add_special_tokens=False)
+                except Exception as e:  # tokenizers raise bare Exceptions
+                    raise LaserError(f"{locations[i]}: response {j} cannot be tokenised ({e})") from None
+            prompts.append(p_ids)
+            responses.append(r_ids)
+            slots.append((i, j))
+    lp = score_responses(
+        sm.model, prompts, responses, z_id=sm.params.token_id, pad_id=sm.pad_id, stop_ids=sm.stop_ids,
+        eos_id=int(sm.tokenizer.eos_token_id), batch_size=batch_size,
+    ) if prompts else None
+    out_records = [dict(r, self_rewarding_scores=[0.0] * len(r["responses"])) for r in records]
+    if lp is not None:
+        from laser_rl.core.laser import self_reward_score
+
+        values = self_reward_score(lp.float().cpu(), sm.params.beta_v, sm.params.c_ref).tolist()
+        for (i, j), v in zip(slots, values):
+            if not math.isfinite(v):
+                raise LaserError(f"{locations[i]}: response {j} got a non-finite score ({v}): check z and c_ref")
+            out_records[i]["self_rewarding_scores"][j] = v
+    write_jsonl_atomic(out_path, out_records)
+    return len(slots)
