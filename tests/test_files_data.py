@@ -27,7 +27,7 @@ def write_jsonl(path, rows):
 
 
 def test_jsonl_problems_answers_and_verifier(tmp_path):
-    path = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    path = write_jsonl(tmp_path / "train.jsonl", [{**r, "solution": "1+1=2"} for r in ROWS])
     data = load_task_data(str(path))  # through the --data registry
     assert data.name == "train.jsonl" and data.prompt_style == "chat" and data.stream is None
     assert [(p.problem, p.answer) for p in data.problems] == [
@@ -49,7 +49,7 @@ def test_custom_column_names_and_parquet(tmp_path):
             "question": r["problem"],
             "final_answer": str(r["answer"]),
             "difficulty": 5.0,
-            "r1_solution_1": "x" * 500,
+            "r1_solution_1": "short",
         }
         for r in ROWS
     ]
@@ -58,7 +58,9 @@ def test_custom_column_names_and_parquet(tmp_path):
     data = load_file_data(str(path), problem_key="question", answer_key="final_answer")
     assert [p.answer for p in data.problems] == ["2", "\\frac{3}{2}", "4"]
     assert data.problems[0].problem == "What is $1+1$?"
-    assert "r1_solution_1" not in data.problems[0].meta  # long solutions are not even read
+    assert (
+        "r1_solution_1" not in data.problems[0].meta
+    )  # string columns other than ids/levels are not even read
     assert data.problems[0].meta["difficulty"] == 5.0
     assert data.problems[2].meta["source"] == f"{path}: row 2"
 
@@ -150,6 +152,9 @@ def test_bad_records_and_specs(tmp_path):
     assert (
         len(load_file_data(str(path), task_file="task.json").problems) == 3
     )  # embedded-task option: ignored
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(LaserError, match=r"empty\.jsonl: no records"):
+        load_task_data(str(tmp_path / "empty.jsonl"))
     with pytest.raises(LaserError, match="no such file or folder"):
         load_task_data(str(tmp_path / "missing" / "train.jsonl"))
     (tmp_path / "data.csv").write_text("problem,answer\n1+1,2\n")

@@ -391,4 +391,19 @@ def test_calibrate_cli_bad_inputs(model_dir, tmp_path, capsys):
         == 2
     )
     assert "not a single token" in capsys.readouterr().err
+    # A target log-prob below the measured c_ref: the measurement is reported, but nothing is saved.
+    argv = [
+        "calibrate",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--n",
+        "1",
+        "--samples-per-problem",
+        "4",
+    ]
+    assert main([*argv, "--max-new-tokens", "8", "--target-logprob", "-50", "--save", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert "no beta_v suggested" in captured.out and "pass --beta-v" in captured.err
     assert not (Path(model_dir) / "laser.json").exists()

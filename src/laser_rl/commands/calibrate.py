@@ -108,10 +108,12 @@ def run(args: argparse.Namespace) -> int:
         raise LaserError(f"--save needs a local model folder; {folder} is not one")
     existing = ScoreParams.load(folder) if folder.is_dir() else None
 
-    columns = {"problem_key": args.problem_key} if args.problem_key != "problem" else {}
+    options: dict[str, str] = {"problem_key": args.problem_key} if args.problem_key != "problem" else {}
     if args.answer_key != "answer":
-        columns["answer_key"] = args.answer_key
-    data = load_task_data(args.data, **columns)
+        options["answer_key"] = args.answer_key
+    if args.data.partition(":")[0] == "arith":  # the embedded task reads its settings from the model folder
+        options["model_dir"] = str(folder)
+    data = load_task_data(args.data, **options)
     problems = _problems(data, args.n, args.seed)
     if not problems:
         raise LaserError(f"--data {args.data}: no problems")
@@ -162,9 +164,9 @@ def run(args: argparse.Namespace) -> int:
     )
     c_ref = summary.suggested_c_ref()
     try:
-        suggested_beta = derive_beta_v(c_ref, args.target_logprob)
-    except ValueError as e:
-        raise LaserError(f"--target-logprob: {e}") from None
+        suggested_beta: float | None = derive_beta_v(c_ref, args.target_logprob)
+    except ValueError:  # z is not improbable on this model (e.g. a random one): report, don't fail
+        suggested_beta = None
     beta_v = args.beta_v or (existing.beta_v if existing is not None else suggested_beta)
 
     report = {
@@ -182,17 +184,27 @@ def run(args: argparse.Namespace) -> int:
         "samples_per_problem": args.samples_per_problem,
         "seed": args.seed,
     }
+    if suggested_beta is not None:
+        beta_line = (
+            f"suggested beta_v = {suggested_beta:.4g}   (a correct response's target log pi(z) = "
+            f"{args.target_logprob:g}; the paper's beta_v 0.1 gives {correct_target_logprob(c_ref, 0.1):.1f} here)"
+        )
+    else:
+        beta_line = (
+            f"no beta_v suggested: c_ref {c_ref:.2f} is not below --target-logprob {args.target_logprob:g}, "
+            "so z is not an improbable token on this model (LaSeR needs one the model never emits)"
+        )
     print(
         f"self-reward token z = {z!r} (id {z_id}); stop ids {stop_ids}\n"
         f"log pi(z | x, y, EOS) = {summary.mean:.2f} +- {summary.std:.2f} over {summary.count} finished "
         f"responses ({summary.truncated} of {summary.total} truncated, not scored)\n"
-        f"suggested c_ref = {c_ref:.2f}   (paper, Qwen2.5-7B-Base: -23.11 +- 0.04 -> c_ref -23)\n"
-        f"suggested beta_v = {suggested_beta:.4g}   (a correct response's target log pi(z) = "
-        f"{args.target_logprob:g}; the paper's beta_v 0.1 gives {correct_target_logprob(c_ref, 0.1):.1f} here)"
+        f"suggested c_ref = {c_ref:.2f}   (paper, Qwen2.5-7B-Base: -23.11 +- 0.04 -> c_ref -23)\n" + beta_line
     )
     if args.json:
         write_json_atomic(args.json, report)
     if args.save:
+        if beta_v is None:
+            raise LaserError("--save: no beta_v to save (none suggested, none in laser.json): pass --beta-v")
         extra = dict(existing.extra) if existing is not None else {}
         extra["calibration"] = {
             k: report[k]

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from laser_rl.errors import LaserError
 
@@ -364,69 +363,6 @@ _FOUR_D_MASK_MODELS = frozenset(
 )
 
 
-class _PreallocatedLayer(DynamicLayer):
-    """A DynamicLayer whose keys/values are views of a preallocated [B, H, capacity, D] buffer."""
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.dtype, self.device = key_states.dtype, key_states.device
-        b, h, _, dk = key_states.shape
-        self.key_buf = key_states.new_empty((b, h, self.capacity, dk))
-        self.value_buf = value_states.new_empty(
-            (b, value_states.shape[1], self.capacity, value_states.shape[-1])
-        )
-        self.is_initialized = True
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        start, end = self.length, self.length + key_states.shape[-2]
-        if end > self.capacity:  # cannot happen in sample(); keep the layer correct anyway
-            grow = end - self.capacity
-            self.key_buf = torch.nn.functional.pad(self.key_buf, (0, 0, 0, grow))
-            self.value_buf = torch.nn.functional.pad(self.value_buf, (0, 0, 0, grow))
-            self.capacity = end
-        self.key_buf[:, :, start:end].copy_(key_states)
-        self.value_buf[:, :, start:end].copy_(value_states)
-        self.length = end
-        self.keys, self.values = self.key_buf[:, :, :end], self.value_buf[:, :, :end]
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.is_initialized:
-            self.key_buf, self.value_buf = self.key_buf[indices], self.value_buf[indices]
-            self.keys, self.values = self.key_buf[:, :, : self.length], self.value_buf[:, :, : self.length]
-
-    def crop(self, tokens_to_remove: int) -> None:
-        super().crop(tokens_to_remove)
-        if self.is_initialized:
-            self.length = self.keys.shape[-2]
-
-    def reset(self) -> None:
-        self.length = 0
-        super().reset()
-
-
-def _make_cache(model: torch.nn.Module, capacity: int) -> object:
-    """A ``DynamicCache`` for the model; plain full-attention layers get preallocated buffers.
-
-    ``DynamicLayer`` grows by ``torch.cat`` and so copies the whole cache at every step (about 10%
-    of a decode step on a 50M-parameter model). ``_PreallocatedLayer`` writes each step in place
-    into a buffer sized for prompt + max_new_tokens and hands attention views of it. Layers of any
-    other kind (sliding window, linear attention, shared KV) keep transformers' own class.
-    """
-    cache = DynamicCache(config=model.config)
-    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
-        cache.layers = [_PreallocatedLayer(capacity) for _ in cache.layers]
-    return cache
-
-
 def _decode(
     model: torch.nn.Module,
     ids: torch.Tensor,
@@ -458,7 +394,7 @@ def _decode(
         gdev = generator.device if generator is not None else device
         u_buf = (1.0 - torch.rand((B, T), generator=generator, device=gdev)).to(device)
 
-    cache = _make_cache(model, P + T)
+    cache = DynamicCache(config=model.config)
     positions = (mask_buf[:, :P].long().cumsum(dim=1) - 1).clamp_(min=0)
     kwargs = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
     out = model(

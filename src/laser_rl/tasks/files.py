@@ -13,6 +13,10 @@ The reference pipeline's layout (verl parquet: ``prompt`` = chat messages, answe
 ``reward_model.ground_truth``) is recognised when the problem column is absent: the problem is the
 last user message, with the spec §4 instruction suffix removed — the prompt builder adds it back, so
 keeping it would double it.
+
+``Problem.meta`` keeps numeric columns and short id/level-like text columns (``id``, ``level``,
+``subject``, ``difficulty``, ...) plus ``source`` (``file:line`` or ``file: row N``); other text
+columns, such as DeepMath-103K's long R1 solutions, are not even read from parquet/datasets.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ _DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 #: String columns worth keeping as problem metadata (ids, difficulty); other string columns (solutions)
 #: are not read at all from parquet/datasets, which keeps DeepMath-103K's R1 solutions out of memory.
-_META_COLUMNS = ("id", "unique_id", "level", "subject", "difficulty", "topic", "type", "source")
+_META_COLUMNS = ("id", "unique_id", "level", "subject", "difficulty", "topic", "type")
 _REFERENCE_META = ("data_source", "ability", "extra_info")
 
 
@@ -68,7 +72,10 @@ def _json_table(path: Path) -> _Table:
             raise LaserError(f"{path}: expected a JSON list of objects (or use .jsonl)")
         rows = [(f"{path}: record {i}", r) for i, r in enumerate(data)]
     columns = list(dict.fromkeys(k for _, r in rows for k in r))
-    return _Table(str(path), columns, set(columns), lambda _cols: rows)
+    numeric = {
+        c for c in columns if all(isinstance(r.get(c), (int, float, bool, type(None))) for _, r in rows)
+    }
+    return _Table(str(path), columns, numeric, lambda _cols: rows)
 
 
 def _parquet_table(path: Path) -> _Table:
@@ -221,12 +228,15 @@ def _answer_text(value: Any, where: str, field: str) -> str:
 def _problems_from_table(table: _Table, problem_key: str, answer_key: str, instruction: str) -> list[Problem]:
     """Check the columns, read only the ones needed, and turn every record into a :class:`Problem`."""
     columns = table.columns
+    if not columns:
+        raise LaserError(f"{table.where}: no records")
     reference_layout = (
         problem_key not in columns
         and "prompt" in columns
         and "reward_model" in columns
         and answer_key == "answer"
     )
+    extra: list[str] = []
     if reference_layout:
         wanted = ["prompt", "reward_model", *(c for c in _REFERENCE_META if c in columns)]
     else:
@@ -259,7 +269,8 @@ def _problems_from_table(table: _Table, problem_key: str, answer_key: str, instr
             meta = {
                 k: v
                 for k, v in rec.items()
-                if k not in (problem_key, answer_key)
+                if k in extra
+                and k not in (problem_key, answer_key)
                 and isinstance(v, (str, int, float, bool))
                 and not (isinstance(v, str) and len(v) > 200)  # keep ids/levels, not solutions
             }

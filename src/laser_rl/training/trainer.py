@@ -152,7 +152,11 @@ class Trainer:
         d = self.cfg.data
         if spec.partition(":")[0] == "arith":  # the embedded task's options live in the base model folder
             return load_task_data(spec, model_dir=str(self.base_path))
+        from laser_rl.tasks.math import find_benchmark
+
         options: dict[str, Any] = {}
+        if find_benchmark(spec) is not None:
+            return load_task_data(spec)
         if d.problem_key != "problem":
             options["problem_key"] = d.problem_key
         if d.answer_key != "answer":
@@ -167,8 +171,10 @@ class Trainer:
         token = lc.token
         if token == "auto" and saved is not None:
             token = saved.token
+        sample_texts = [p.problem for p in ProblemSource(self.train_data, 0, False).take(200)]
         token_str, self.z_id, added = select_self_reward_token(
-            self.tokenizer, token, stop_ids=self.stop_ids, add_if_missing=lc.add_token_if_missing
+            self.tokenizer, token, stop_ids=self.stop_ids, data_sample_texts=sample_texts,
+            add_if_missing=lc.add_token_if_missing,
         )
         if added:
             model.resize_token_embeddings(len(self.tokenizer))
@@ -391,7 +397,8 @@ class Trainer:
                     sums["policy_loss"] += float(pg.detach())
                     sums["clip_fraction"] += float(st["clip_fraction"]) / len(chunks)
                     sums["kl"] += float(st["kl"]) / len(chunks)
-                grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), cfg.optim.max_grad_norm)
+                max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
+                grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), max_norm)
                 if not torch.isfinite(grad_norm):
                     raise LaserError(self._stop_message(f"gradient norm is {float(grad_norm)} at step {self.step}"))
                 sums["grad_norm"] += float(grad_norm)
@@ -418,6 +425,7 @@ class Trainer:
         m["loss"] = m["policy_loss"] + (self.cfg.laser.alpha * m["sr_loss"] if self.cfg.laser.enabled else 0.0)
         correct = rewards_all > self.cfg.laser.correct_threshold
         m.update(
+            rollouts=int(rewards_all.numel()),
             reward_mean=float(rewards_all.mean()),
             accuracy=float(correct.float().mean()),
             truncation_rate=float((~finished_all).float().mean()),

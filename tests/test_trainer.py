@@ -1,0 +1,221 @@
+"""The GRPO + LaSeR trainer: the one-pass forward, the batch layout, the CLI, resume, DDP, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from laser_rl.cli import main
+from laser_rl.core.laser import find_eos
+from laser_rl.rollout import SamplingConfig, sample, score_responses
+from laser_rl.training.batch import build_train_batch
+from laser_rl.training.policy import PolicyWithScore, chunked_token_logprobs
+from laser_rl.training.trainer import metric_keys_without_timing
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = str(ROOT / "configs" / "demo" / "laser.yaml")
+
+
+def fast_overrides(model_dir: Path, out: Path, steps: int = 3, **extra: object) -> list[str]:
+    values = {
+        "model.path": model_dir, "output_dir": out, "train.steps": steps, "train.save_every": 0,
+        "train.eval_every": 0, "data.prompts_per_step": 4, "rollout.n": 4, "rollout.max_new_tokens": 12,
+        "laser.c_ref": -6.0, "laser.beta_v": 0.5, "laser.self_reward_warmup_steps": 1, "laser.filter_threshold": 0.0,
+        "logging.progress": "none", "logging.tensorboard": False, "guard.length_collapse_ratio": 0.0,
+        "guard.collapse_ratio": 0.0,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------ one forward: token log-probs + lp_z
+
+
+def test_one_forward_matches_sampler_and_teacher_forced_scorer(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    z = tok.convert_tokens_to_ids("<z>")
+    stops = [tok.eos_token_id]
+    prompts = [tok.encode(p, add_special_tokens=False) for p in ["12+34=", "5-3+77=", "90-1="]] * 3
+    roll = sample(model, prompts, pad_id=tok.pad_token_id, stop_ids=stops, config=SamplingConfig(max_new_tokens=16),
+                  z_id=z, generator=torch.Generator().manual_seed(0))
+    assert roll.finished.any() and (~roll.finished).any(), "fixture should give both finished and truncated rows"
+    B = len(prompts)
+    batch = build_train_batch(prompts, roll.response_ids, roll.response_mask, roll.logprobs, stop_ids=stops,
+                              pad_id=tok.pad_token_id, z_id=z, advantages=torch.zeros(B), rewards=torch.zeros(B),
+                              mse_weights=torch.zeros(B))
+    out = PolicyWithScore(model, chunk_size=7)(batch.input_ids, batch.attention_mask, batch.position_ids,
+                                                 batch.pred_mask, batch.eos_column, batch.finished)
+    # policy log-probs of the response tokens equal the sampler's (T = 1), in the same order
+    assert torch.allclose(out.token_logprobs[batch.pred_mask], roll.logprobs[roll.response_mask], atol=1e-4)
+    fin = roll.finished
+    assert torch.isnan(out.lp_z[~fin]).all()
+    # lp_z from the training pass = in-loop lp_z = teacher-forced lp_z
+    assert torch.allclose(out.lp_z[fin], roll.lp_z[fin], atol=1e-4)
+    tf = score_responses(model, [p for p, f in zip(prompts, fin.tolist()) if f],
+                         [r for r, f in zip(roll.responses(), fin.tolist()) if f], z_id=z, pad_id=tok.pad_token_id,
+                         stop_ids=stops, eos_id=tok.eos_token_id)
+    assert torch.allclose(out.lp_z[fin], tf, atol=1e-4)
+
+
+def test_chunked_logprobs_equal_full_log_softmax_and_gradients():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 13)
+    h = torch.randn(10, 8, requires_grad=True)
+    t = torch.randint(0, 13, (10,))
+    got = chunked_token_logprobs(h, head, t, temperature=0.7, chunk_size=3)
+    want = torch.log_softmax(head(h) / 0.7, dim=-1).gather(1, t[:, None]).squeeze(1)
+    assert torch.allclose(got, want, atol=1e-6)
+    (g1,) = torch.autograd.grad(got.sum(), h)
+    (g2,) = torch.autograd.grad(want.sum(), h)
+    assert torch.allclose(g1, g2, atol=1e-6)
+
+
+def test_train_batch_layout_with_eos_in_last_column():
+    pad, eos, z = 0, 1, 2
+    prompts = [[5, 6], [7]]
+    resp = torch.tensor([[8, eos, pad], [9, 9, eos]])  # row 1's EOS is the batch's last column
+    mask = resp != pad
+    b = build_train_batch(prompts, resp, mask, torch.zeros(2, 3), stop_ids=[eos], pad_id=pad, z_id=z,
+                          advantages=torch.zeros(2), rewards=torch.zeros(2), mse_weights=torch.zeros(2))
+    assert b.input_ids.tolist() == [[5, 6, 8, eos, z], [7, 9, 9, eos, z]]
+    assert b.eos_column.tolist() == [3, 3]
+    # column t predicts t+1: response tokens only, never z
+    assert b.pred_mask.tolist() == [[False, True, True, False], [True, True, True, False]]
+    assert find_eos(resp, [eos], mask).finished.all()
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def test_train_cli_writes_metrics_checkpoints_and_loadable_model(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    rc = main(["train", "--config", DEMO_CONFIG, *fast_overrides(tiny_model_dir, out, steps=3, **{"train.save_every": 2})])
+    assert rc == 0
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        for key in ("loss", "reward_mean", "policy_loss", "sr_loss", "clip_fraction", "kl", "grad_norm",
+                    "truncation_rate", "response_length", "sv_tpr", "sv_tnr", "sv_hm", "time_step", "rollouts"):
+            assert key in r, key
+        assert r["rollouts"] == 16
+    assert rows[0]["phase_mse"] and not rows[0]["phase_integration"] and rows[1]["phase_integration"]
+    assert rows[0]["sr_loss"] > 0
+    params = json.loads((out / "final" / "laser.json").read_text())
+    assert params["c_ref"] == -6.0 and params["beta_v"] == 0.5 and params["token"] == "<z>"
+    assert AutoModelForCausalLM.from_pretrained(out / "final") is not None
+    assert (out / "checkpoints" / "step-000002" / "trainer_state.pt").is_file()
+    # the trained model differs from the initial one
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out / "final").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_grpo_baseline_has_no_self_reward_loss(tiny_model_dir, tmp_path):
+    out = tmp_path / "grpo"
+    assert main(["train", "--config", DEMO_CONFIG, *fast_overrides(tiny_model_dir, out, steps=2, **{"laser.enabled": False})]) == 0
+    rows = read_metrics(out)
+    assert all(r["sr_loss"] == 0.0 and not r["phase_mse"] for r in rows)
+    assert all(r["loss"] == r["policy_loss"] for r in rows)
+
+
+def test_mse_only_changes_the_policy_through_the_score(tiny_model_dir, tmp_path):
+    """With zero advantages (A' = 0: τ = 0 and no reward variance), only the MSE moves the weights,
+    and it must move the log-prob of z after EOS toward the target."""
+    out = tmp_path / "mse"
+    over = fast_overrides(tiny_model_dir, out, steps=4, **{
+        "laser.tau": 0.0, "laser.alpha": 1.0, "optim.lr": 0.01, "laser.self_reward_warmup_steps": 0,
+    })
+    assert main(["train", "--config", DEMO_CONFIG, *over]) == 0
+    rows = read_metrics(out)
+    assert rows[-1]["sr_loss"] < rows[0]["sr_loss"]  # every reward is 0 on a random model: scores fall to 0
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, tmp_path):
+    over = {"train.save_every": 2, "optim.lr": 0.003}
+    full = tmp_path / "full"
+    assert main(["train", "--config", DEMO_CONFIG, *fast_overrides(tiny_model_dir, full, steps=8, **over)]) == 0
+
+    cut = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "laser_rl.cli", "train", "--config", DEMO_CONFIG,
+           *fast_overrides(tiny_model_dir, cut, steps=8, **over)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (cut / "checkpoints" / "step-000004").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(read_metrics(cut)) < 8, "the run should have been killed before finishing"
+    # flags and overrides in any order
+    assert main(["train", *fast_overrides(tiny_model_dir, cut, steps=8, **over)[:3], "--resume", "--config", DEMO_CONFIG,
+                 *fast_overrides(tiny_model_dir, cut, steps=8, **over)[3:]]) == 0
+    a = [metric_keys_without_timing(m) for m in read_metrics(full)]
+    b = [metric_keys_without_timing(m) for m in read_metrics(cut)]
+    assert [m["step"] for m in b] == list(range(1, 9))
+    assert a == b
+
+
+def test_two_process_gloo_run(tiny_model_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "laser_rl.cli", "train", "--config", DEMO_CONFIG, *fast_overrides(tiny_model_dir, out, steps=2)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["rollouts"] == 16 for r in rows)  # 4 prompts × 4 samples over both processes
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_bad_inputs_exit_2_with_clear_messages(tiny_model_dir, tmp_path, capsys):
+    rc = main(["train", "--config", DEMO_CONFIG, *fast_overrides(tmp_path / "nope", tmp_path / "r1")])
+    assert rc == 2 and "nope" in capsys.readouterr().err
+    rc = main(["train", "--config", DEMO_CONFIG, "laser.betav=0.1", *fast_overrides(tiny_model_dir, tmp_path / "r2")])
+    assert rc == 2 and "laser.beta_v" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1+1=", "answer": "2"}\n{"problem": oops}\n')
+    rc = main(["train", "--config", DEMO_CONFIG, *fast_overrides(tiny_model_dir, tmp_path / "r3", **{"data.train": bad})])
+    assert rc == 2 and f"{bad}:2" in capsys.readouterr().err
+    assert not (tmp_path / "r3" / "final").exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "nan"
+    over = fast_overrides(tiny_model_dir, out, steps=6, **{"train.save_every": 1, "optim.lr": 1e30, "optim.max_grad_norm": 0.0})
+    rc = main(["train", "--config", DEMO_CONFIG, *over])
+    err = capsys.readouterr().err
+    assert rc == 2 and "training stopped" in err
+    assert "last good checkpoint" in err or "no checkpoint" in err
+    assert not (out / "final").exists()
+
+
+@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "seq-mean-token-sum"])
+def test_mini_batches_epochs_and_micro_batches(tiny_model_dir, tmp_path, agg):
+    out = tmp_path / agg
+    over = fast_overrides(tiny_model_dir, out, steps=2, **{"loss.ppo_epochs": 2, "loss.mini_batches": 2,
+                                                         "loss.micro_batch_size": 3, "loss.aggregation": agg})
+    assert main(["train", "--config", DEMO_CONFIG, *over]) == 0
+    rows = read_metrics(out)
+    assert len(rows) == 2 and all(r["grad_norm"] > 0 for r in rows)
