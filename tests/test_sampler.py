@@ -17,7 +17,7 @@ from laser_rl.rollout import Rollout, SamplingConfig, sample, score_responses
 ATOL = 1e-5
 
 
-def make_model(attn: str = "sdpa", seed: int = 0) -> LlamaForCausalLM:
+def make_model(attn: str = "sdpa", seed: int = 9) -> LlamaForCausalLM:
     cfg = LlamaConfig(
         vocab_size=20, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,

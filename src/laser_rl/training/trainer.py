@@ -107,8 +107,8 @@ class Trainer:
 
         self.tokenizer = load_tokenizer(model_path)
         model = load_model(model_path, dtype=cfg.model.dtype, device=self.acc.device, trust_remote_code=cfg.model.trust_remote_code)
-        if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        if cfg.model.gradient_checkpointing:  # renamed in transformers 5
+            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         self.stop_ids = resolve_stop_ids(self.tokenizer, cfg.rollout.stop_tokens)
         self.pad_id = self.tokenizer.pad_token_id
         self.suppress_ids = never_sampled_ids(len(self.tokenizer), model.get_input_embeddings().num_embeddings,
