@@ -15,7 +15,7 @@ from laser_rl.tasks.arith import ArithConfig, load_arith, load_task_config, solu
 from laser_rl.training import sft
 from laser_rl.training.sft import sft_batch, train_base_model
 
-TINY = ["--max-steps", "3", "--eval-every", "2", "--eval-problems", "8", "--final-problems", "16", "--quiet"]
+TINY = ["--max-steps", "3", "--eval-every", "2", "--eval-problems", "8", "--final-problems", "16", "--quiet", "--threads", "1"]
 
 
 def test_laser_base_writes_a_loadable_model_folder(tmp_path, capsys):

@@ -17,10 +17,19 @@ from laser_rl.rollout import Rollout, SamplingConfig, sample, score_responses
 ATOL = 1e-5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_model(attn: str = "sdpa", seed: int = 9) -> LlamaForCausalLM:
     cfg = LlamaConfig(
         vocab_size=20, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
+        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, eos_token_id=1,
         bos_token_id=None, tie_word_embeddings=False,
     )
     cfg._attn_implementation = attn
@@ -178,8 +187,10 @@ def test_score_costs_at_most_one_extra_step_and_finished_rows_leave_the_batch(mo
             counter.close()
         runs[(with_z, "batches")] = counter.batches
     a, b = runs[True], runs[False]
-    # same seed and same masked ids: the same tokens, the score changes nothing but lp_z
-    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.logprobs, b.logprobs)
+    # same seed and same masked ids: the same tokens, the score changes nothing but lp_z (the batches
+    # are compacted at different steps, so log-probs may differ by float rounding)
+    assert torch.equal(a.response_ids, b.response_ids)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=ATOL, rtol=0)
     assert a.finished.all(), "every row should finish within 60 steps"
     assert torch.isfinite(a.lp_z).all() and torch.isnan(b.lp_z).all()
     longest = int(a.response_mask.sum(1).max())
@@ -287,8 +298,8 @@ def test_model_mode_is_restored(model: LlamaForCausalLM) -> None:
         ({"z_id": 20}, PROMPTS, "z_id=20 is not in the model's vocabulary"),
         ({"z_id": 1}, PROMPTS, "z_id=1 is also a stop id"),
         ({}, [[3], [], [4]], "prompt row 1 is empty"),
-        ({}, [[3], [4], list(range(2, 19)) * 4], "prompt row 2 (68 tokens) is longer than the model's context of 64"),
-        ({}, [[3], [4] * 50], "prompt row 1 (50 tokens) plus max_new_tokens=16 exceeds"),
+        ({}, [[3], [4], list(range(2, 19)) * 8], "prompt row 2 (136 tokens) is longer than the model's context of 128"),
+        ({}, [[3], [4] * 120], "prompt row 1 (120 tokens) plus max_new_tokens=16 exceeds"),
         ({}, [[3], [4, 25]], "prompt row 1: token id 25 is not in the model's vocabulary"),
         ({"pad_id": -1}, PROMPTS, "pad_id=-1"),
         ({"suppress_ids": [2]}, PROMPTS, "overlap stop_ids [2]"),
