@@ -258,6 +258,24 @@ def test_top_k_samples_only_among_the_k_best(model: LlamaForCausalLM) -> None:
     assert max(ranks) < k and len(set(ranks)) > 1
 
 
+def test_top_p_samples_only_inside_the_nucleus(model: LlamaForCausalLM) -> None:
+    pad, eos, z, stops = ids_of(model)
+    top_p, temp = 0.6, 1.2
+    r = sample(model, PROMPTS * 2, pad_id=pad, stop_ids=stops,
+               config=SamplingConfig(temperature=temp, top_p=top_p, max_new_tokens=10), z_id=z,
+               generator=torch.Generator().manual_seed(5))
+    above = []
+    for p, resp in zip(PROMPTS * 2, r.responses()):
+        logits = teacher_forced_logits(model, p, resp)[: len(resp)]
+        logits[:, z] = float("-inf")
+        probs = torch.softmax(logits / temp, -1)
+        tok = torch.tensor(resp)
+        p_tok = probs.gather(1, tok[:, None])
+        above += (probs * (probs > p_tok)).sum(1).tolist()  # mass of the tokens ranked above it
+    assert max(above) < top_p + 1e-6
+    assert max(above) > 0.05, "some sampled tokens should not be the top token"
+
+
 def test_z_and_suppressed_ids_are_never_sampled() -> None:
     m = make_model()
     pad, eos, z, stops = ids_of(m)
@@ -322,3 +340,28 @@ def test_bad_input_names_the_problem(model: LlamaForCausalLM, kwargs: dict, prom
 def test_bad_sampling_config(field: str, value: float) -> None:
     with pytest.raises(LaserError, match=field):
         SamplingConfig(**{field: value})
+
+
+def test_bench_runs_end_to_end_on_the_tiny_model(tmp_path) -> None:  # noqa: ANN001
+    """`laser bench` (tiny model only, few tokens) writes the ratios and runs registered benchmarks."""
+    import json
+
+    from laser_rl import bench
+    from laser_rl.cli import main
+
+    def extra(ctx: bench.BenchContext) -> dict[str, float]:
+        return {"extra_models": float(len(ctx.models))}
+
+    bench.register_benchmark(extra)
+    try:
+        out = tmp_path / "bench.json"
+        argv = ["bench", "--no-large", "--reps", "1", "--max-new-tokens", "8", "--batch", "4", "--out", str(out)]
+        assert main(argv) == 0
+    finally:
+        bench.EXTRA_BENCHMARKS.remove(extra)
+    results = json.loads(out.read_text())
+    for key in ("sampler_vs_generate", "score_overhead", "score_vs_reforward", "laser_vs_grpo_step"):
+        assert results[key] == results[f"{key}_tiny"] and results[key] > 0
+    assert results["extra_models"] == 1.0
+    assert results["lp_z_in_loop_vs_teacher_forced_max_abs_diff_tiny"] < ATOL or results[
+        "finished_fraction_tiny"] == 0

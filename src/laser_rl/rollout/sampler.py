@@ -22,10 +22,13 @@ Other design points:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
@@ -356,11 +359,73 @@ def _mask_4d(model: torch.nn.Module, mask_2d: torch.Tensor) -> torch.Tensor | No
     return None
 
 
-# Architectures whose decoder layers feed the 4-D mask straight to sdpa/eager attention (checked
-# against their transformers modelling code); others use the generic 2-D mask path.
+# Architectures whose decoder layers pass a 4-D mask straight to sdpa/eager attention: verified with
+# transformers 5 to give the same tokens, log-probs and lp_z as the 2-D path. Others use the 2-D mask.
 _FOUR_D_MASK_MODELS = frozenset(
     {"llama", "qwen2", "qwen3", "mistral", "gemma", "phi3", "olmo", "olmo2", "granite"}
 )
+
+
+@dataclass
+class ScoreTiming:
+    """What the in-loop score cost inside the ``sample`` calls of a ``score_timing()`` block.
+
+    The score's extra work is (1) reading lp_z from logits, (2) decode steps that run only because
+    a row awaits its score (at most one per call) and (3) rows riding along one more step in a
+    batch that decodes anyway. (3) is charged at the marginal cost of a row in a decode step,
+    estimated by a least-squares fit of step time against batch rows over all timed steps
+    (``proportional_s`` gives the cruder average-cost charge, an upper bound).
+    """
+
+    lp_z_reads_s: float = 0.0
+    score_only_steps: int = 0
+    score_only_steps_s: float = 0.0
+    pending_row_steps: int = 0
+    proportional_s: float = 0.0  # pending rows' share of the steps they ride in
+    step_rows: list[int] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+
+    def marginal_row_s(self) -> float:
+        """Seconds one more row adds to a decode step (slope of step time vs. rows, >= 0)."""
+        n = len(self.step_rows)
+        if n < 2:
+            return 0.0
+        mx, my = sum(self.step_rows) / n, sum(self.step_seconds) / n
+        sxx = sum((x - mx) ** 2 for x in self.step_rows)
+        if sxx == 0:
+            return my / mx if mx else 0.0
+        sxy = sum((x - mx) * (y - my) for x, y in zip(self.step_rows, self.step_seconds))
+        return max(0.0, sxy / sxx)
+
+    def extra_s(self, marginal_row_s: float | None = None) -> float:
+        """Estimated seconds the score added (pass a pooled marginal row cost to reduce noise)."""
+        per_row = self.marginal_row_s() if marginal_row_s is None else marginal_row_s
+        return self.lp_z_reads_s + self.score_only_steps_s + self.pending_row_steps * per_row
+
+
+_SCORE_TIMING: ContextVar[ScoreTiming | None] = ContextVar("laser_score_timing", default=None)
+
+
+@contextlib.contextmanager
+def score_timing() -> Iterator[ScoreTiming]:
+    """Measure what the in-loop score costs in the ``sample`` calls made inside this block.
+
+    Used by ``laser bench``: whole-run time differences are too noisy on a shared machine to
+    resolve a cost this small. Each timed section synchronises the accelerator, so it is off
+    unless requested.
+    """
+    acc = ScoreTiming()
+    token = _SCORE_TIMING.set(acc)
+    try:
+        yield acc
+    finally:
+        _SCORE_TIMING.reset(token)
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _decode(
@@ -422,13 +487,17 @@ def _decode(
     gen = torch.ones(B, dtype=torch.bool, device=device)  # still generating
     pending: torch.Tensor | None = None  # batch rows fed their stop token in this step
     n_gen = B
+    timer = _SCORE_TIMING.get()
     t = 0
     while True:
         lg = logits.float()
         if pending is not None:  # these rows were just fed their stop token: read the score
+            t0 = _clock(device) if timer is not None else 0.0
             rows_lg = lg.index_select(0, pending)
             lp_z[alive.index_select(0, pending)] = rows_lg[:, z_id] - torch.logsumexp(rows_lg, dim=-1)
             pending = None
+            if timer is not None:
+                timer.lp_z_reads_s += _clock(device) - t0
         if t == T:
             break
         tok, lp = _select_tokens(lg, ban, None if u_buf is None else u_buf[:, t], cfg)
@@ -468,6 +537,7 @@ def _decode(
             if mask4 is not None:
                 mask4 = mask4[keep]
         cur_len = P + t
+        t0 = _clock(device) if timer is not None else 0.0
         out = model(
             input_ids=tok.unsqueeze(1),
             attention_mask=mask_buf[:, :cur_len] if mask4 is None else mask4[..., :cur_len],
@@ -477,6 +547,20 @@ def _decode(
         )
         logits = out.logits[:, -1]
         cache = out.past_key_values
+        if timer is not None:
+            dt = _clock(device) - t0
+            rows_now = int(alive.numel())
+            if pending is None:
+                timer.step_rows.append(rows_now)
+                timer.step_seconds.append(dt)
+            elif n_gen == 0 or t == T:  # nothing left to generate: the step exists only for the score
+                timer.score_only_steps += 1
+                timer.score_only_steps_s += dt
+            else:
+                timer.step_rows.append(rows_now)
+                timer.step_seconds.append(dt)
+                timer.pending_row_steps += int(pending.numel())
+                timer.proportional_s += dt * int(pending.numel()) / rows_now
     out_tok[alive] = buf_tok
     out_lp[alive] = buf_lp
     return (out_tok, out_lp), lp_z

@@ -64,6 +64,7 @@ class PolicyWithScore(nn.Module):
         eos_column: Tensor,
         finished: Tensor,
         temperature: float = 1.0,
+        with_score: bool = True,
     ) -> PolicyOutput:
         """One pass over a right-padded batch with z already appended after EOS (spec §2.3).
 
@@ -71,7 +72,7 @@ class PolicyWithScore(nn.Module):
           policy-gradient mask; the z column is never in it).
         - ``eos_column`` ``[B]``: column of EOS; the logits there predict z = ``input_ids[eos+1]``.
         - Token log-probs use logits / ``temperature`` (the sampling distribution); lp_z always
-          uses untempered float32 logits (spec §7.4).
+          uses untempered float32 logits (spec §7.4). ``with_score=False`` skips lp_z (all NaN).
         """
         decoder = self.model.get_decoder()
         hidden = decoder(
@@ -82,9 +83,10 @@ class PolicyWithScore(nn.Module):
         targets = input_ids[:, 1:]
         lp = chunked_token_logprobs(hidden[:, :-1][pred_mask], head, targets[pred_mask], temperature, self.chunk_size)
         token_logprobs = hidden.new_zeros(pred_mask.shape, dtype=torch.float32).masked_scatter(pred_mask, lp)
-        rows = torch.arange(B, device=input_ids.device)[finished]
-        eos = eos_column[finished]
-        lp_fin = chunked_token_logprobs(hidden[rows, eos], head, input_ids[rows, eos + 1], 1.0, self.chunk_size)
         lp_z = torch.full((B,), float("nan"), dtype=torch.float32, device=input_ids.device)
-        lp_z = lp_z.masked_scatter(finished, lp_fin)
+        if with_score:
+            rows = torch.arange(B, device=input_ids.device)[finished]
+            eos = eos_column[finished]
+            lp_fin = chunked_token_logprobs(hidden[rows, eos], head, input_ids[rows, eos + 1], 1.0, self.chunk_size)
+            lp_z = lp_z.masked_scatter(finished, lp_fin)
         return PolicyOutput(token_logprobs, lp_z)

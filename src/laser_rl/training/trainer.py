@@ -346,9 +346,9 @@ class Trainer:
                               batch.eos_column, batch.finished, self.cfg.rollout.temperature)
         return out.token_logprobs, out.lp_z
 
-    def _forward(self, sub: TrainBatch) -> Any:
+    def _forward(self, sub: TrainBatch, with_score: bool = True) -> Any:
         return self.policy(sub.input_ids, sub.attention_mask, sub.position_ids, sub.pred_mask,
-                           sub.eos_column, sub.finished, self.cfg.rollout.temperature)
+                           sub.eos_column, sub.finished, self.cfg.rollout.temperature, with_score)
 
     def _update(self, batch: TrainBatch, use_mse: bool, ref_logprobs: torch.Tensor | None) -> dict[str, float]:
         cfg, lc, lo = self.cfg, self.cfg.laser, self.cfg.loss
@@ -356,7 +356,7 @@ class Trainer:
         on_policy = lo.ppo_epochs == 1 and lo.mini_batches == 1
         if not on_policy:  # old log-probs from the same code path as the update (not the sampler's)
             with torch.no_grad():
-                batch.old_logprobs = self._forward(batch).token_logprobs.detach()
+                batch.old_logprobs = self._forward(batch, with_score=False).token_logprobs.detach()
         gen = torch.Generator().manual_seed(_seed_for(cfg.train.seed, self.step, self.rank, 2))
         sums: dict[str, float] = {"policy_loss": 0.0, "sr_loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "grad_norm": 0.0}
         n_updates = 0
@@ -377,20 +377,13 @@ class Trainer:
                     sub = batch.select(rows)
                     sync = self.acc.no_sync(self.policy) if i < len(chunks) - 1 else _nullcontext()
                     with sync:
-                        out = self._forward(sub)
-                        old = sub.old_logprobs if not on_policy else out.token_logprobs.detach()
+                        out = self._forward(sub, with_score=use_mse)
                         ref_lp = ref_logprobs[rows][:, : sub.pred_mask.shape[1]] if ref_logprobs is not None else None
-                        pg, st = core.policy_loss(
-                            out.token_logprobs, old, sub.advantages, sub.pred_mask, lo.clip_low, lo.clip_high,
-                            lo.aggregation, ref_logprobs=ref_lp, kl_coef=lo.kl_coef, normalizer=normalizer,
+                        loss, pg, mse, st = laser_loss(
+                            out, sub, lo, alpha=lc.alpha if use_mse else None, score=self.score,
+                            normalizer=normalizer, weight_sum=w_sum, on_policy=on_policy, ref_logprobs=ref_lp,
                         )
-                        loss = pg
-                        if use_mse:
-                            assert self.score is not None
-                            s = core.self_reward_score(out.lp_z, self.score.beta_v, self.score.c_ref)
-                            mse = core.class_balanced_mse(s, sub.rewards, sub.finished, weights=sub.mse_weights, weight_sum=w_sum)
-                            loss = loss + lc.alpha * mse
-                            sums["sr_loss"] += float(mse.detach())
+                        sums["sr_loss"] += float(mse.detach())
                         if not torch.isfinite(loss):
                             raise LaserError(self._stop_message(f"loss is {float(loss)} at step {self.step}"))
                         self.acc.backward(loss)
@@ -654,6 +647,39 @@ class Trainer:
         except ImportError:
             raise LaserError("logging.wandb_project is set but wandb is not installed: pip install 'laser-rl[wandb]'") from None
         return wandb.init(project=self.cfg.logging.wandb_project, config=config_to_dict(self.cfg), dir=str(self.out))
+
+
+# ---------------------------------------------------------------------- the loss
+
+
+def laser_loss(
+    out: Any,
+    sub: TrainBatch,
+    lo: Any,
+    *,
+    alpha: float | None,
+    score: ScoreParams | None,
+    normalizer: torch.Tensor | float,
+    weight_sum: torch.Tensor | float,
+    on_policy: bool,
+    ref_logprobs: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """loss = PPO-clip(A') + α·L_sr (spec §2.8) for one micro-batch; ``alpha=None`` = plain GRPO.
+
+    Returns (loss, policy loss, self-reward MSE, policy-loss stats). On-policy (one epoch, one
+    mini-batch) the old log-probs are the detached current ones, as in the paper.
+    """
+    old = out.token_logprobs.detach() if on_policy else sub.old_logprobs
+    pg, stats = core.policy_loss(
+        out.token_logprobs, old, sub.advantages, sub.pred_mask, lo.clip_low, lo.clip_high, lo.aggregation,
+        ref_logprobs=ref_logprobs, kl_coef=lo.kl_coef, normalizer=normalizer,
+    )
+    mse = pg.new_zeros(())
+    if alpha is not None:
+        assert score is not None
+        s = core.self_reward_score(out.lp_z, score.beta_v, score.c_ref)
+        mse = core.class_balanced_mse(s, sub.rewards, sub.finished, weights=sub.mse_weights, weight_sum=weight_sum)
+    return pg + (alpha or 0.0) * mse, pg, mse, stats
 
 
 # ---------------------------------------------------------------------- small helpers
