@@ -139,46 +139,11 @@ def measure_self_reward_logprobs(
     return summary, lp.tolist()
 
 
-def calibrate_c_ref(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Sequence[int] | str],
-    *,
-    z_id: int,
-    stop_ids: Sequence[int],
-    pad_id: int,
-    n: int = 300,
-    samples_per_problem: int = 1,
-    max_new_tokens: int = 1024,
-    batch_size: int = 16,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    style: str = "chat",
-    min_finished: int | None = None,
-    config: SamplingConfig | None = None,
-) -> tuple[float, float, int]:
+def calibrate_c_ref(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int] | str], **options: Any) -> tuple[float, float, int]:
     """``(mean, std, count)`` of log π(z | x, y, EOS) over finished sampled responses: c_ref = mean.
 
-    The trainer's ``c_ref: auto`` calls this on the initial policy before step 1 (same arguments as
-    :func:`measure_self_reward_logprobs`).
+    The trainer's ``c_ref: auto`` calls this on the initial policy before step 1; ``options`` are
+    the keyword arguments of :func:`measure_self_reward_logprobs`.
     """
-    summary, _ = measure_self_reward_logprobs(
-        model,
-        tokenizer,
-        prompts,
-        z_id=z_id,
-        stop_ids=stop_ids,
-        pad_id=pad_id,
-        n=n,
-        samples_per_problem=samples_per_problem,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        style=style,
-        min_finished=min_finished,
-        config=config,
-    )
+    summary, _ = measure_self_reward_logprobs(model, tokenizer, prompts, **options)
     return summary.mean, summary.std, summary.count

@@ -54,10 +54,16 @@ def write_jsonl_atomic(path: str | os.PathLike[str], records: list[dict[str, Any
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a JSONL file; a malformed line raises ``LaserError`` naming ``file:line``."""
+    return read_jsonl_located(path)[0]
+
+
+def read_jsonl_located(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Like :func:`read_jsonl`, plus each record's ``file:line`` label for later error messages."""
     p = Path(path)
     if not p.is_file():
         raise LaserError(f"{p}: file not found")
     records: list[dict[str, Any]] = []
+    locations: list[str] = []
     with p.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -69,4 +75,5 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             if not isinstance(obj, dict):
                 raise LaserError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             records.append(obj)
-    return records
+            locations.append(f"{p}:{lineno}")
+    return records, locations

@@ -34,7 +34,6 @@ is > 0.5 (so real-valued rewards in [0, 1] work).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from laser_rl.errors import LaserError
+from laser_rl.io import read_jsonl_located
 
 SameAnswer = Callable[[str, str], bool]
 
@@ -411,23 +411,8 @@ def compute_metrics(
 
 def load_records(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """Read a JSONL samples file; returns the records and their ``file:line`` labels for error messages."""
+    records, locations = read_jsonl_located(path)
     p = Path(path)
-    if not p.is_file():
-        raise LaserError(f"{p}: file not found")
-    records: list[dict[str, Any]] = []
-    locations: list[str] = []
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LaserError(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise LaserError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            records.append(obj)
-            locations.append(f"{p}:{lineno}")
     if not records:
         raise LaserError(f"{p}: no records")
     return records, locations
