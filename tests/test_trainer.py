@@ -219,3 +219,55 @@ def test_mini_batches_epochs_and_micro_batches(tiny_model_dir, tmp_path, agg):
     assert main(["train", "--config", DEMO_CONFIG, *over]) == 0
     rows = read_metrics(out)
     assert len(rows) == 2 and all(r["grad_norm"] > 0 for r in rows)
+
+
+# ------------------------------------------------------------------ collapse guard
+
+
+def _guard(collapse_ratio=0.5, length_ratio=0.5, patience=2):
+    from types import SimpleNamespace
+
+    from laser_rl.training.trainer import Trainer, _GuardState
+
+    fake = SimpleNamespace(
+        cfg=SimpleNamespace(guard=SimpleNamespace(collapse_ratio=collapse_ratio, length_collapse_ratio=length_ratio,
+                                                  collapse_patience=patience)),
+        guard=_GuardState(), step=0, _stop_message=lambda why: f"training stopped: {why}",
+    )
+    def check(reward, length, **extra):
+        fake.step += 1
+        Trainer._check_collapse(fake, {"reward_mean": reward, "response_length": length, **extra})
+    return check
+
+
+def test_collapse_guard_stops_on_shrinking_responses_after_patience():
+    from laser_rl.errors import LaserError
+
+    check = _guard()
+    check(0.4, 34.0)
+    check(0.4, 12.0)  # one bad step is tolerated (patience 2)
+    check(0.4, 30.0)  # recovery resets the count
+    check(0.4, 10.0)
+    with pytest.raises(LaserError, match="collapse guard at step 5: mean response length 3.0"):
+        check(0.4, 3.0)
+
+
+def test_collapse_guard_stops_on_falling_reward_and_eval_accuracy():
+    from laser_rl.errors import LaserError
+
+    check = _guard()
+    for _ in range(10):
+        check(0.4, 34.0)  # the first 10 steps set the reward baseline
+    check(0.35, 34.0)
+    with pytest.raises(LaserError, match="training reward"):
+        for _ in range(30):
+            check(0.05, 34.0)
+    check = _guard(length_ratio=0.0)
+    check(0.4, 34.0, eval_accuracy=0.5)
+    check(0.4, 34.0, eval_accuracy=0.2)
+    with pytest.raises(LaserError, match="eval accuracy 0.100 < 0.5 × first eval 0.500"):
+        check(0.4, 34.0, eval_accuracy=0.1)
+    # ratio 0 turns the checks off
+    check = _guard(collapse_ratio=0.0, length_ratio=0.0)
+    for _ in range(20):
+        check(0.0, 1.0, eval_accuracy=0.0)

@@ -244,18 +244,20 @@ class LaserConfig:
         200, "Then MSE on, advantage integration off for this many steps (spec §3: 200)."
     )
     correct_threshold: float = _f(
-        0.5, "A response counts as correct (MSE class, TPR/TNR) when its verifier reward ≥ this."
+        0.5, "A response counts as correct (MSE class, TPR/TNR) when its verifier reward > this."
     )
 
     def resolve_beta_v(self, c_ref: float) -> float:
         """β_v for a measured/configured c_ref: ``auto`` puts a correct response's target at target_logprob."""
         if self.beta_v != "auto":
             return float(self.beta_v)
+        from laser_rl.core.laser import derive_beta_v
+
         if not self.target_logprob > c_ref:
             raise LaserError(
                 f"laser.beta_v=auto needs laser.target_logprob ({self.target_logprob}) > c_ref ({c_ref})"
             )
-        return 1.0 / (self.target_logprob - c_ref)
+        return derive_beta_v(c_ref, self.target_logprob)
 
 
 @dataclass
@@ -263,13 +265,15 @@ class GuardConfig:
     """Stop a run that collapses (spec notes: large α/β_v can collapse to empty responses)."""
 
     collapse_ratio: float = _f(
-        0.5, "Stop when eval accuracy < ratio × the initial eval accuracy (needs train.eval_every; 0 = off)."
+        0.5,
+        "Stop when the training reward's running mean < ratio × its mean over the first 10 steps, or (with "
+        "train.eval_every) eval accuracy < ratio × the initial evaluation (0 = off).",
     )
     length_collapse_ratio: float = _f(
         0.5, "Stop when the mean response length < ratio × that of the first step (0 = off)."
     )
     collapse_patience: int = _f(
-        2, "Consecutive failed checks (evaluations for accuracy, steps for length) before stopping."
+        2, "Consecutive failed checks (steps for reward and length, evaluations for eval accuracy) before stopping."
     )
     nan_check: bool = _f(
         True, "Stop with an error on a NaN/inf loss or gradient, keeping the last good checkpoint."

@@ -184,9 +184,7 @@ class Trainer:
         c_ref, c_std = lc.c_ref, None
         if c_ref == "auto":
             c_ref, c_std = self._calibrate(model)
-        beta_v = lc.beta_v
-        if beta_v == "auto":
-            beta_v = core.derive_beta_v(float(c_ref), lc.target_logprob)
+        beta_v = lc.resolve_beta_v(float(c_ref))
         target = core.correct_target_logprob(float(c_ref), float(beta_v))
         if target > -3.0:
             warnings.warn(
@@ -384,7 +382,7 @@ class Trainer:
                             normalizer=normalizer, weight_sum=w_sum, on_policy=on_policy, ref_logprobs=ref_lp,
                         )
                         sums["sr_loss"] += float(mse.detach())
-                        if not torch.isfinite(loss):
+                        if cfg.guard.nan_check and not torch.isfinite(loss):
                             raise LaserError(self._stop_message(f"loss is {float(loss)} at step {self.step}"))
                         self.acc.backward(loss)
                     sums["policy_loss"] += float(pg.detach())
@@ -392,7 +390,7 @@ class Trainer:
                     sums["kl"] += float(st["kl"]) / len(chunks)
                 max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
                 grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), max_norm)
-                if not torch.isfinite(grad_norm):
+                if cfg.guard.nan_check and not torch.isfinite(grad_norm):
                     raise LaserError(self._stop_message(f"gradient norm is {float(grad_norm)} at step {self.step}"))
                 sums["grad_norm"] += float(grad_norm)
                 self.optimizer.step()
@@ -473,7 +471,8 @@ class Trainer:
         self.model.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
         if self.score is not None:
-            extra = dict(self.score.extra, stop_ids=self.stop_ids, prompt_style=self.prompt_style, step=self.step)
+            extra = dict(self.score.extra, stop_ids=self.stop_ids, prompt_style=self.prompt_style, step=self.step,
+                         max_new_tokens=self.cfg.rollout.max_new_tokens)
             ScoreParams(self.score.token, self.score.token_id, self.score.beta_v, self.score.c_ref,
                         self.score.c_ref_std, extra).save(folder)
         task = self.base_path / "task.json"
