@@ -154,7 +154,9 @@ class RolloutConfig:
     max_new_tokens: int = _f(1024, "Response length limit; longer responses are truncated (no self-reward).")
     batch_size: int = _f(0, "Sequences generated together (0 = the whole step's prompts × n at once).")
     stop_tokens: list[str] = _f([], "Extra stop tokens besides the tokenizer's EOS (token strings).")
-    engine: Literal["hf", "vllm"] = _f("hf", "Generation engine: hf (transformers, built in) or vllm.")
+    engine: Literal["hf", "vllm"] = _f(
+        "hf", "Generation engine: hf (transformers, built in). vllm is reserved and not yet supported by the trainer."
+    )
 
 
 @dataclass

@@ -96,6 +96,11 @@ class Trainer:
                 f"data.prompts_per_step ({cfg.data.prompts_per_step}) must be divisible by the number of processes ({self.world})"
             )
         set_seed(cfg.train.seed + self.rank)
+        if cfg.rollout.engine != "hf":
+            raise LaserError(
+                f"rollout.engine={cfg.rollout.engine}: only the built-in hf sampler is wired into the trainer so far "
+                "(it reads the self-reward score inside the sampling loop); use rollout.engine=hf"
+            )
 
         self.resume_from = latest_checkpoint(self.out) if resume else None
         if resume and self.resume_from is None:
