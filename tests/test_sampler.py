@@ -17,13 +17,7 @@ from laser_rl.rollout import Rollout, SamplingConfig, sample, score_responses
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(attn: str = "sdpa", seed: int = 9) -> LlamaForCausalLM:

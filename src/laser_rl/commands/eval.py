@@ -6,27 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from laser_rl.commands.score import add_model_arguments, positive_int
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+from laser_rl.commands._types import non_negative_float, positive_int, probability
+from laser_rl.commands.score import add_model_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=positive_int, default=None, metavar="M", help="evaluate the first M problems only")
     parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="sequences per sampling call; problems are sampled in chunks of max(1, batch_size // n)")
-    parser.add_argument("--temperature", type=_non_negative_float, default=1.0, help="sampling temperature (0 = greedy)")
-    parser.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling threshold")
+    parser.add_argument("--temperature", type=non_negative_float, default=1.0, help="sampling temperature (0 = greedy)")
+    parser.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling threshold")
     parser.add_argument("--top-k", type=int, default=0, help="top-k filtering (0 = off)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="response length limit (default: laser.json extra.max_new_tokens, else 1024)")

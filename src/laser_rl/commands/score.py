@@ -5,27 +5,8 @@ prompt is rebuilt from ``problem`` and the response text re-tokenised."""
 from __future__ import annotations
 
 import argparse
-import math
 
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-    return value
+from laser_rl.commands._types import finite_float, positive_int
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
