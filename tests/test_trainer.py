@@ -274,16 +274,23 @@ def test_collapse_guard_stops_on_falling_reward_and_eval_accuracy():
 
 
 def test_reference_model_kl_and_periodic_evaluation(tiny_model_dir, tmp_path):
-    """A frozen reference model serves both the k3 KL term and the reference-model score variant,
-    and periodic evaluation (with the initial one before step 1) logs accuracy and self-verification."""
-    out = tmp_path / "ref"
+    """A frozen reference model serves the k3 KL term and the reference-model score variant, and
+    periodic evaluation (with the initial one before step 1) logs accuracy and self-verification."""
+    out = tmp_path / "kl"
     over = fast_overrides(tiny_model_dir, out, steps=2, **{
-        "loss.kl_coef": 0.1, "laser.reference": "model", "optim.lr": 0.01, "train.eval_every": 1,
+        "loss.kl_coef": 0.1, "optim.lr": 0.01, "train.eval_every": 1,
         "data.eval": "arith", "data.eval_limit": 3, "data.eval_n": 2,
     })
     assert main(["train", "--config", DEMO_CONFIG, *over]) == 0
     rows = read_metrics(out)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1: the policy is still the reference
-    assert rows[1]["kl"] > 0  # after one update it has moved away
+    assert rows[1]["kl"] > 0  # the MSE moved it away
     for r in rows:
         assert 0.0 <= r["eval_accuracy"] <= 1.0 and "eval_auroc" in r and "eval_hm_tpr_tnr" in r
+
+    # reference: model → r_s = β_v·(lp_z − lp_z_ref) = 0 while the policy equals the reference; the
+    # random model's rewards are 0 too, so nothing moves it and the MSE stays 0
+    out = tmp_path / "ref"
+    over = fast_overrides(tiny_model_dir, out, steps=2, **{"laser.reference": "model", "optim.lr": 0.01})
+    assert main(["train", "--config", DEMO_CONFIG, *over]) == 0
+    assert [r["sr_loss"] for r in read_metrics(out)] == pytest.approx([0.0, 0.0], abs=1e-8)

@@ -324,7 +324,8 @@ class Trainer:
                     advantages, scores, finished, group, lc.tau, lc.filter_threshold
                 )
                 batch.advantages = batch.advantages.float()
-        stats = self._update(batch, use_mse, ref[0] if ref else None)
+        ref_lp_z = ref[1] if ref is not None and lc.reference == "model" else None
+        stats = self._update(batch, use_mse, ref[0] if ref else None, ref_lp_z)
         self.scheduler.step()
         t_update = time.perf_counter() - t0 - t_roll
 
@@ -353,7 +354,9 @@ class Trainer:
         return self.policy(sub.input_ids, sub.attention_mask, sub.position_ids, sub.pred_mask,
                            sub.eos_column, sub.finished, self.cfg.rollout.temperature, with_score)
 
-    def _update(self, batch: TrainBatch, use_mse: bool, ref_logprobs: torch.Tensor | None) -> dict[str, float]:
+    def _update(
+        self, batch: TrainBatch, use_mse: bool, ref_logprobs: torch.Tensor | None, ref_lp_z: torch.Tensor | None
+    ) -> dict[str, float]:
         cfg, lc, lo = self.cfg, self.cfg.laser, self.cfg.loss
         B = batch.input_ids.shape[0]
         on_policy = lo.ppo_epochs == 1 and lo.mini_batches == 1
@@ -385,6 +388,7 @@ class Trainer:
                         loss, pg, mse, st = laser_loss(
                             out, sub, lo, alpha=lc.alpha if use_mse else None, score=self.score,
                             normalizer=normalizer, weight_sum=w_sum, on_policy=on_policy, ref_logprobs=ref_lp,
+                            ref_lp_z=ref_lp_z[rows] if ref_lp_z is not None else None,
                         )
                         sums["sr_loss"] += float(mse.detach())
                         if cfg.guard.nan_check and not torch.isfinite(loss):
@@ -667,11 +671,13 @@ def laser_loss(
     weight_sum: torch.Tensor | float,
     on_policy: bool,
     ref_logprobs: torch.Tensor | None = None,
+    ref_lp_z: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """loss = PPO-clip(A') + α·L_sr (spec §2.8) for one micro-batch; ``alpha=None`` = plain GRPO.
 
-    Returns (loss, policy loss, self-reward MSE, policy-loss stats). On-policy (one epoch, one
-    mini-batch) the old log-probs are the detached current ones, as in the paper.
+    The score is β_v·(lp_z − c_ref), or β_v·(lp_z − lp_z_ref) when ``ref_lp_z`` (the frozen reference
+    model's log π(z | x, y, EOS)) is given. Returns (loss, policy loss, self-reward MSE, policy-loss
+    stats). On-policy (one epoch, one mini-batch) the old log-probs are the detached current ones.
     """
     old = out.token_logprobs.detach() if on_policy else sub.old_logprobs
     pg, stats = core.policy_loss(
@@ -681,7 +687,10 @@ def laser_loss(
     mse = pg.new_zeros(())
     if alpha is not None:
         assert score is not None
-        s = core.self_reward_score(out.lp_z, score.beta_v, score.c_ref)
+        if ref_lp_z is not None:
+            s = core.self_reward_score_with_reference(out.lp_z, ref_lp_z, score.beta_v)
+        else:
+            s = core.self_reward_score(out.lp_z, score.beta_v, score.c_ref)
         mse = core.class_balanced_mse(s, sub.rewards, sub.finished, weights=sub.mse_weights, weight_sum=weight_sum)
     return pg + (alpha or 0.0) * mse, pg, mse, stats
 
