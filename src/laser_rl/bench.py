@@ -431,7 +431,8 @@ def bench_laser_vs_grpo_step(ctx: BenchContext) -> dict[str, float]:
 
     A step = the one forward pass (token log-probs; LaSeR also reads lp_z at EOS) + loss
     (LaSeR adds the class-balanced MSE; the advantages already hold the integration) + backward +
-    AdamW step. Steps alternate GRPO, LaSeR, GRPO, ...; the ratio of medians is reported.
+    AdamW step. Steps alternate in ABBA order (GRPO, LaSeR, LaSeR, GRPO, ...) so that neither kind
+    always runs second; the ratio of medians is reported.
     """
     results = {f"laser_vs_grpo_step_{bm.name}": _laser_vs_grpo_step(ctx, bm) for bm in ctx.models}
     results["laser_vs_grpo_step"] = results[f"laser_vs_grpo_step_{ctx.models[-1].name}"]
@@ -477,8 +478,8 @@ def _laser_vs_grpo_step(ctx: BenchContext, bm: BenchModel) -> float:
     step(False), step(True)  # warm-up
     reps = ctx.reps * (TINY_REPS_FACTOR if bm.name == "tiny" else 1)
     times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(reps):
-        for laser in (False, True):
+    for rep in range(reps):
+        for laser in ((False, True) if rep % 2 == 0 else (True, False)):
             times[laser].append(_timed(lambda laser=laser: step(laser))[0])
     grpo, laser = _median(times[False]), _median(times[True])
     ctx.log(f"[{bm.name}] training step: GRPO {grpo * 1e3:.1f} ms, LaSeR {laser * 1e3:.1f} ms, ratio {laser / grpo:.3f}")
