@@ -136,6 +136,7 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
 ) -> Any:
     """A causal LM from a local folder (offline) or a hub id, on ``device`` in ``dtype``, in eval mode.
 
@@ -150,7 +151,9 @@ def load_model(
     src = str(check_model_folder(path)) if local else os.fspath(path)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    placement = {"device_map": {"": dev}} if dev.type != "cpu" else {}
+    placement: dict[str, Any] = {"device_map": {"": dev}} if dev.type != "cpu" else {}
+    if attn_implementation is not None:
+        placement["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(
             src, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=local, **placement

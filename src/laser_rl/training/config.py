@@ -113,7 +113,7 @@ class TrainLoopConfig:
         0, "Evaluate on data.eval every N steps (0 = never); when > 0 also before step 1 (the baseline)."
     )
     keep_checkpoints: int = _f(2, "Keep only the newest N step checkpoints (0 = keep all).")
-    log_every: int = _f(1, "Print a progress line every N steps (metrics.jsonl gets every step).")
+    log_every: int = _f(1, "With logging.progress=none, print a progress line every N steps (metrics.jsonl gets every step).")
 
 
 @dataclass

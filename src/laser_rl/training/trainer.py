@@ -84,7 +84,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
         from transformers.utils import logging as hf_logging
 
-        from laser_rl.integrations.hf import load_model, load_tokenizer, resolve_stop_ids
+        from laser_rl.integrations.hf import load_tokenizer, resolve_stop_ids
 
         hf_logging.disable_progress_bar()  # weight loading/saving bars would interleave with ours
         self.cfg = cfg
@@ -111,7 +111,7 @@ class Trainer:
         self.base_path = Path(cfg.model.path)
 
         self.tokenizer = load_tokenizer(model_path)
-        model = load_model(model_path, dtype=cfg.model.dtype, device=self.acc.device, trust_remote_code=cfg.model.trust_remote_code)
+        model = self._load_model(model_path)
         if cfg.model.gradient_checkpointing:  # renamed in transformers 5
             (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         self.stop_ids = resolve_stop_ids(self.tokenizer, cfg.rollout.stop_tokens)
@@ -133,7 +133,7 @@ class Trainer:
         self.policy = PolicyWithScore(model, chunk_size=cfg.loss.logit_chunk_size or 1024)
         self.ref_policy: PolicyWithScore | None = None
         if cfg.loss.kl_coef > 0 or (cfg.laser.enabled and cfg.laser.reference == "model"):
-            ref = load_model(cfg.model.path, dtype=cfg.model.dtype, device=self.acc.device, trust_remote_code=cfg.model.trust_remote_code)
+            ref = self._load_model(cfg.model.path)
             ref.requires_grad_(False).eval()
             self.ref_policy = PolicyWithScore(ref, chunk_size=self.policy.chunk_size)
 
@@ -152,6 +152,13 @@ class Trainer:
             self._load_state(self.resume_from[1])
 
     # ------------------------------------------------------------------ setup helpers
+
+    def _load_model(self, path: str) -> torch.nn.Module:
+        from laser_rl.integrations.hf import load_model
+
+        m = self.cfg.model
+        return load_model(path, dtype=m.dtype, device=self.acc.device, trust_remote_code=m.trust_remote_code,
+                          attn_implementation=m.attn_implementation)
 
     def _load_data(self, spec: str) -> TaskData:
         d = self.cfg.data
@@ -622,6 +629,8 @@ class Trainer:
                     post["eval_acc"] = f"{m['eval_accuracy']:.3f}"
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
+                if bar.disable and self.step % cfg.train.log_every == 0:
+                    print(f"step {self.step}/{cfg.train.steps} " + " ".join(f"{k}={v}" for k, v in post.items()), flush=True)
         bar.close()
         final = self.out / FINAL_DIR
         self.save_checkpoint()
