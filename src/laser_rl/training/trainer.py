@@ -663,7 +663,8 @@ class Trainer:
             import wandb
         except ImportError:
             raise LaserError("logging.wandb_project is set but wandb is not installed: pip install 'laser-rl[wandb]'") from None
-        return wandb.init(project=self.cfg.logging.wandb_project, config=config_to_dict(self.cfg), dir=str(self.out))
+        return wandb.init(project=self.cfg.logging.wandb_project, name=self.cfg.logging.wandb_run_name or self.out.name,
+                          config=config_to_dict(self.cfg), dir=str(self.out))
 
 
 # ---------------------------------------------------------------------- the loss
