@@ -15,6 +15,7 @@ local, while the class-balance counts, the loss normalisers and all metrics are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -388,7 +389,7 @@ class Trainer:
                 chunks = mb.split(micro)
                 for i, rows in enumerate(chunks):
                     sub = batch.select(rows)
-                    sync = self.acc.no_sync(self.policy) if i < len(chunks) - 1 else _nullcontext()
+                    sync = self.acc.no_sync(self.policy) if i < len(chunks) - 1 else contextlib.nullcontext()
                     with sync:
                         out = self._forward(sub, with_score=use_mse)
                         ref_lp = ref_logprobs[rows][:, : sub.pred_mask.shape[1]] if ref_logprobs is not None else None
@@ -706,14 +707,6 @@ def laser_loss(
 
 
 # ---------------------------------------------------------------------- small helpers
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _yaml(cfg: TrainConfig) -> str:
