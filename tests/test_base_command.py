@@ -53,6 +53,15 @@ def test_laser_base_writes_a_loadable_model_folder(tmp_path, capsys):
     assert all(p.meta["n_operands"] in (2, 3) for p in test.problems)
 
 
+def test_model_shape_flags_build_that_model(tmp_path):
+    out = tmp_path / "base"
+    flags = ["--hidden", "32", "--layers", "2", "--heads", "2", "--min-operands", "2", "--max-operands", "2"]
+    assert main(["base", "--out", str(out), *flags, *TINY]) == 0
+    config = AutoModelForCausalLM.from_pretrained(out).config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (32, 2, 2)
+    assert config.intermediate_size == 96  # 3 x hidden by default
+
+
 def test_refuses_a_non_empty_out_folder(tmp_path, capsys):
     out = tmp_path / "base"
     out.mkdir()
@@ -78,6 +87,10 @@ def test_refuses_a_non_empty_out_folder(tmp_path, capsys):
         (["--target-accuracy", "1.5"], "--target-accuracy"),
         (["--max-steps", "0"], "--max-steps"),
         (["--threads", "0"], "--threads"),
+        (["--hidden", "0"], "--hidden"),
+        (["--layers", "0"], "--layers"),
+        (["--hidden", "64", "--heads", "3"], "--heads"),
+        (["--hidden", "36", "--heads", "4"], "--heads"),  # head size 9 is odd
     ],
 )
 def test_bad_settings_exit_2_before_any_work(tmp_path, capsys, flags, named):

@@ -352,6 +352,13 @@ def test_self_reward_advantages_agreeing_group_learns_from_scores():
 # ---------------------------------------------------------------- schedule
 
 
+def test_alpha_schedule():
+    assert [L.alpha_schedule(s, 0.3, 2, 3) for s in range(1, 8)] == pytest.approx([0, 0, 0.1, 0.2, 0.3, 0.3, 0.3])
+    assert L.alpha_schedule(1, 0.3, 0, 0) == 0.3  # the paper's constant α
+    with pytest.raises(ValueError):
+        L.alpha_schedule(1, 0.3, 0, -1)
+
+
 def test_laser_phase():
     phases = [L.laser_phase(s, 2, 3) for s in range(1, 8)]
     assert [(p.mse, p.integration) for p in phases] == [

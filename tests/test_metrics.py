@@ -82,6 +82,15 @@ def slow_vote(answers, weights, k, same=lambda a, b: a == b):
     return best[1]
 
 
+def slow_within_problem_auroc(records, field="self_rewarding_scores"):
+    per_problem = []
+    for r in records:
+        truth = [bool(a) for a in r["acc_list"]]
+        if 0 < sum(truth) < len(truth):
+            per_problem.append(slow_auroc(r[field], truth))
+    return sum(per_problem) / len(per_problem) if per_problem else 0.0
+
+
 def slow_metrics(records, ks):
     """Straight-line re-implementation of the issue's rules."""
     scores = [s for r in records for s in r["self_rewarding_scores"]]
@@ -108,6 +117,8 @@ def slow_metrics(records, ks):
             "accuracy": (tp + tn) / len(truth),
             "auroc": slow_auroc(scores, truth),
             "ece": slow_ece(scores, truth),
+            "within_problem_auroc": slow_within_problem_auroc(records),
+            "mixed_problems": sum(0 < sum(map(bool, r["acc_list"])) < len(r["acc_list"]) for r in records),
         },
         "voting": {},
     }
@@ -292,6 +303,8 @@ def test_compute_metrics_hand_example():
         "accuracy",
         "auroc",
         "ece",
+        "within_problem_auroc",
+        "mixed_problems",
     ]
 
 
@@ -357,7 +370,8 @@ def test_baselines_rank_normalised():
     assert b["mean_logprob"]["weighted_maj@3"] == 0.0
     # min: weights 1, 2/3, 1/3 -> "2" wins -> wrong; AUROC: the correct one has the lowest min
     assert b["min_logprob"]["auroc"] == 0.0 and b["mean_logprob"]["auroc"] == 1.0
-    assert list(b["mean_logprob"]) == ["auroc", "weighted_maj@1", "weighted_maj@3"]
+    assert list(b["mean_logprob"]) == ["auroc", "within_problem_auroc", "weighted_maj@1", "weighted_maj@3"]
+    assert b["mean_logprob"]["within_problem_auroc"] == 1.0 and b["min_logprob"]["within_problem_auroc"] == 0.0
     recs[0]["mean_logprobs"] = [
         -2.0,
         -0.5,
@@ -491,3 +505,23 @@ def test_metrics_command_bad_input_exits_2_without_output(tmp_path, capsys, line
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["scored.jsonl"]  # no temp files left either
+
+
+def test_within_problem_auroc_separates_difficulty_from_ranking():
+    # The score tracks only problem difficulty: perfect between problems, blind within each.
+    def rec(acc, score):
+        return {
+            "problem": "p",
+            "answer": "1",
+            "responses": [""] * len(acc),
+            "pred_answers": ["1" if a else "2" for a in acc],
+            "acc_list": acc,
+            "self_rewarding_scores": [score] * len(acc),
+        }
+
+    records = [rec([True, True, True, False], 0.9), rec([True, False, False, False], 0.1), rec([True] * 4, 0.95)]
+    ver = compute_metrics(records, ks=[4])["verification"]
+    assert ver["auroc"] > 0.7
+    assert ver["within_problem_auroc"] == 0.5 and ver["mixed_problems"] == 2
+    records[0]["self_rewarding_scores"] = [0.9, 0.9, 0.9, 0.1]  # now ranks problem 0's responses perfectly
+    assert compute_metrics(records, ks=[4])["verification"]["within_problem_auroc"] == 0.75

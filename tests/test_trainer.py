@@ -147,6 +147,18 @@ def test_mse_only_changes_the_policy_through_the_score(tiny_model_dir, tmp_path)
     assert rows[-1]["sr_loss"] < rows[0]["sr_loss"]  # every reward is 0 on a random model: scores fall to 0
 
 
+def test_alpha_warmup_ramps_the_mse_weight(tiny_model_dir, tmp_path):
+    out = tmp_path / "ramp"
+    over = fast_overrides(tiny_model_dir, out, steps=4, **{"laser.alpha": 0.4, "laser.alpha_warmup_steps": 2,
+                                                           "laser.reasoning_warmup_steps": 1})
+    assert main(["train", "--config", DEMO_CONFIG, *over]) == 0
+    rows = read_metrics(out)
+    assert [r["alpha"] for r in rows] == pytest.approx([0.0, 0.2, 0.4, 0.4])
+    assert not rows[0]["phase_mse"] and rows[0]["sr_loss"] == 0.0
+    for r in rows[1:]:
+        assert r["loss"] == pytest.approx(r["policy_loss"] + r["alpha"] * r["sr_loss"])
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, tmp_path):
     over = {"train.save_every": 2, "optim.lr": 0.003}
     full = tmp_path / "full"

@@ -74,11 +74,12 @@ def summarise(metrics: dict[str, Any], train_seconds: float) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "accuracy": metrics["accuracy"], "pass@8": voting["pass@8"], "maj@8": voting["maj@8"],
         "weighted_maj@8": voting["weighted_maj@8"], "best_of@8": voting["best_of@8"],
-        "hm_tpr_tnr": v["hm_tpr_tnr"], "auroc": v["auroc"], "tpr": v["tpr"], "tnr": v["tnr"], "ece": v["ece"],
-        "train_seconds": train_seconds,
+        "hm_tpr_tnr": v["hm_tpr_tnr"], "auroc": v["auroc"], "within_problem_auroc": v["within_problem_auroc"],
+        "tpr": v["tpr"], "tnr": v["tnr"], "ece": v["ece"], "train_seconds": train_seconds,
     }
     for name, b in (metrics.get("baselines") or {}).items():
         entry[f"{name}_auroc"] = b["auroc"]
+        entry[f"{name}_within_problem_auroc"] = b["within_problem_auroc"]
         entry[f"{name}_weighted_maj@8"] = b["weighted_maj@8"]
     return entry
 
@@ -116,21 +117,23 @@ def plot_training_curves(runs: dict[str, list[dict[str, Any]]], path: Path, wind
 
 
 def render_summary_table(summary: dict[str, Any]) -> str:
-    cols = ["accuracy", "pass@8", "maj@8", "weighted_maj@8", "best_of@8", "hm_tpr_tnr", "auroc", "ece", "train_seconds"]
+    cols = ["accuracy", "pass@8", "maj@8", "weighted_maj@8", "best_of@8", "hm_tpr_tnr", "auroc", "within_problem_auroc",
+            "ece", "train_seconds"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name in MODELS:
         m = summary[name]
         cells = [f"{m[c]:.1f}" if c == "train_seconds" else f"{100 * m[c]:.1f}" for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     base_lines = ["", "Free confidence baselines from the sampled-token log-probs (no training needed):", "",
-                  "| model | score | AUROC | weighted maj@8 |", "|---|---|---|---|"]
+                  "| model | score | AUROC | within-problem AUROC | weighted maj@8 |", "|---|---|---|---|---|"]
     for name in MODELS:
         m = summary[name]
-        base_lines.append(f"| {name} | LaSeR self-reward | {100 * m['auroc']:.1f} | {100 * m['weighted_maj@8']:.1f} |")
+        base_lines.append(f"| {name} | LaSeR self-reward | {100 * m['auroc']:.1f} | "
+                          f"{100 * m['within_problem_auroc']:.1f} | {100 * m['weighted_maj@8']:.1f} |")
         for b in ("mean_logprob", "min_logprob"):
             if f"{b}_auroc" in m:
                 base_lines.append(f"| {name} | {b.replace('_', ' ')} | {100 * m[f'{b}_auroc']:.1f} | "
-                                  f"{100 * m[f'{b}_weighted_maj@8']:.1f} |")
+                                  f"{100 * m[f'{b}_within_problem_auroc']:.1f} | {100 * m[f'{b}_weighted_maj@8']:.1f} |")
     return "\n".join(lines + base_lines)
 
 

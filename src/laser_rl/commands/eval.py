@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     ks = sorted({int(key.split("@")[1]) for key in v})
     print(f"accuracy {metrics['accuracy']:.4f} over {metrics['num_problems']} problems x {args.n} responses")
     print(f"self-verification: tpr {ver['tpr']:.3f} tnr {ver['tnr']:.3f} hm {ver['hm_tpr_tnr']:.3f} "
-          f"auroc {ver['auroc']:.3f} ece {ver['ece']:.3f}")
+          f"auroc {ver['auroc']:.3f} within-problem auroc {ver['within_problem_auroc']:.3f} ece {ver['ece']:.3f}")
     print(json.dumps({f"{m}@{ks[-1]}": v[f"{m}@{ks[-1]}"] for m in ("maj", "weighted_maj", "best_of", "pass")}))
     print(f"wrote {args.out}/samples.jsonl, metrics.json, report.md")
     return 0

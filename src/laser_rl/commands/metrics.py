@@ -54,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
     v = metrics["verification"]
     print(f"accuracy {metrics['accuracy']:.4f} ({metrics['num_problems']} problems, {metrics['num_responses']} "
           f"responses; answers grouped by {mode} equivalence)")
-    print(f"tpr {v['tpr']:.3f} tnr {v['tnr']:.3f} hm {v['hm_tpr_tnr']:.3f} auroc {v['auroc']:.3f} ece {v['ece']:.3f}")
+    print(f"tpr {v['tpr']:.3f} tnr {v['tnr']:.3f} hm {v['hm_tpr_tnr']:.3f} auroc {v['auroc']:.3f} within-problem auroc {v['within_problem_auroc']:.3f} ece {v['ece']:.3f}")
     print(json.dumps(metrics["voting"]))
     return 0

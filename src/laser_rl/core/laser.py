@@ -350,6 +350,22 @@ def laser_phase(step: int, reasoning_warmup_steps: int, self_reward_warmup_steps
     return LaserPhase(mse=True, integration=step > reasoning_warmup_steps + self_reward_warmup_steps)
 
 
+def alpha_schedule(step: int, alpha: float, reasoning_warmup_steps: int, alpha_warmup_steps: int) -> float:
+    """α of the MSE term at ``step`` (1-based): 0 during the reasoning warm-up, then a linear ramp.
+
+    Not in the paper (which uses a constant α). α = alpha · min(1, (step − w_r) / w_α) for
+    step > w_r; ``alpha_warmup_steps = 0`` gives the paper's constant α.
+    """
+    if alpha_warmup_steps < 0 or reasoning_warmup_steps < 0:
+        raise ValueError("warm-up step counts must be >= 0")
+    since = step - reasoning_warmup_steps
+    if since <= 0:
+        return 0.0
+    if alpha_warmup_steps == 0:
+        return alpha
+    return alpha * min(1.0, since / alpha_warmup_steps)
+
+
 # --------------------------------------------------------------------------------------------
 # spec §2.8: PPO-clip policy loss
 

@@ -14,8 +14,12 @@ Pure Python/NumPy (no model, no torch), so ``laser metrics`` runs anywhere. Conv
   ``acc_list`` of the first response giving the winning answer is true. ``null`` answers do not vote; a
   problem where none of the first k responses has an answer counts as wrong. ``best_of@k`` takes the
   highest raw score (first on ties). ``pass@k`` is the unbiased 1 − C(n−c, k)/C(n, k) over all n.
+- ``within_problem_auroc``: the AUROC of the score among *one problem's own responses*, averaged over
+  the problems that have both correct and wrong responses (``mixed_problems`` of them; 0 when none).
+  Pooled AUROC also rewards a score that only tracks problem difficulty; weighted voting and best-of-k
+  need the score to rank the responses of the same problem, which is what this measures.
 - ``baselines`` (only when every record has ``mean_logprobs`` / ``min_logprobs``): the pooled AUROC of
-  the raw value, and ``weighted_maj@k`` whose weight is the value's *rank within the first k responses
+  the raw value, its ``within_problem_auroc``, and ``weighted_maj@k`` whose weight is the value's *rank within the first k responses
   of the problem*: weight = average rank / k, rank 1 = lowest value, ties sharing their average rank,
   so weights lie in (0, 1] and the most confident response weighs 1. Raw log-probs cannot be used as
   votes directly (they are negative and not on a common scale across problems).
@@ -50,7 +54,9 @@ from laser_rl.io import read_jsonl_located
 SameAnswer = Callable[[str, str], bool]
 
 VOTING_METHODS = ("maj", "weighted_maj", "best_of", "pass")
-VERIFICATION_KEYS = ("tpr", "tnr", "hm_tpr_tnr", "precision", "recall", "f1", "accuracy", "auroc", "ece")
+VERIFICATION_KEYS = (
+    "tpr", "tnr", "hm_tpr_tnr", "precision", "recall", "f1", "accuracy", "auroc", "ece", "within_problem_auroc",
+)
 BASELINES = {"mean_logprob": "mean_logprobs", "min_logprob": "min_logprobs"}
 ECE_BINS = 10
 
@@ -333,6 +339,12 @@ def verification_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, f
     }
 
 
+def within_problem_auroc(values: Sequence[np.ndarray], correct: Sequence[np.ndarray]) -> tuple[float, int]:
+    """Mean per-problem AUROC over the problems with both classes, and how many such problems there are."""
+    per_problem = [auroc(v, c) for v, c in zip(values, correct) if 0 < int(c.sum()) < c.size]
+    return (float(np.mean(per_problem)) if per_problem else 0.0), len(per_problem)
+
+
 def compute_metrics(
     records: Sequence[Mapping[str, Any]],
     ks: Sequence[int] | None = None,
@@ -388,6 +400,8 @@ def compute_metrics(
                 win = vote(groups, w, k)
                 base_votes[f"{b}:{k}"].append(float(win is not None and p.correct[win]))
 
+    per_problem_correct = [p.correct for p in problems]
+    within, mixed = within_problem_auroc([p.scores for p in problems], per_problem_correct)
     result: dict[str, Any] = {
         "accuracy": float(correct.mean()),
         "num_problems": len(problems),
@@ -395,11 +409,16 @@ def compute_metrics(
         "verification": verification_metrics(scores, correct),
         "voting": {key: float(np.mean(v)) for key, v in votes.items()},
     }
+    result["verification"]["within_problem_auroc"] = within
+    result["verification"]["mixed_problems"] = mixed
     if baseline_names:
         result["baselines"] = {}
         for b in baseline_names:
             values = np.concatenate([p.extra[b] for p in problems])
-            entry: dict[str, float] = {"auroc": auroc(values, correct)}
+            entry: dict[str, float] = {
+                "auroc": auroc(values, correct),
+                "within_problem_auroc": within_problem_auroc([p.extra[b] for p in problems], per_problem_correct)[0],
+            }
             for k in ks:
                 entry[f"weighted_maj@{k}"] = float(np.mean(base_votes[f"{b}:{k}"]))
             result["baselines"][b] = entry

@@ -224,6 +224,9 @@ class LaserConfig:
         -4.0, "Only for beta_v auto: log π(z) a correct response should reach (c_ref + 1/β_v)."
     )
     alpha: float = _f(0.1, "Weight α of the self-reward MSE loss.")
+    alpha_warmup_steps: int = _f(
+        0, "Ramp α linearly from 0 over this many steps once the MSE starts (0 = constant α, the paper's)."
+    )
     tau: float = _f(0.1, "Advantage integration weight τ: A' = (1 − τ)·A + τ·S.")
     filter_threshold: float = _f(
         0.1, "Integrate a group's self-reward advantage only when the std of its clamped scores exceeds this."
@@ -699,6 +702,7 @@ def _validate(cfg: TrainConfig, where: Locator) -> None:
         check(la.beta_v > 0, "laser.beta_v", "must be > 0 or auto")
     check(la.target_logprob < 0, "laser.target_logprob", "must be < 0 (a log-probability)")
     check(la.alpha >= 0, "laser.alpha", "must be ≥ 0")
+    check(la.alpha_warmup_steps >= 0, "laser.alpha_warmup_steps", "must be ≥ 0")
     check(0 <= la.tau <= 1, "laser.tau", "must be in [0, 1]")
     check(la.filter_threshold >= 0, "laser.filter_threshold", "must be ≥ 0")
     if la.c_ref != "auto":

@@ -313,6 +313,7 @@ class Trainer:
 
         phase = core.laser_phase(self.step, lc.reasoning_warmup_steps, lc.self_reward_warmup_steps)
         use_mse = lc.enabled and phase.mse
+        alpha = core.alpha_schedule(self.step, lc.alpha, lc.reasoning_warmup_steps, lc.alpha_warmup_steps)
         advantages = core.grpo_advantages(rewards, group)
         finished = roll.finished
         # global class-balance weights: counts over the whole (all-process) batch
@@ -333,11 +334,14 @@ class Trainer:
                 )
                 batch.advantages = batch.advantages.float()
         ref_lp_z = ref[1] if ref is not None and lc.reference == "model" else None
-        stats = self._update(batch, use_mse, ref[0] if ref else None, ref_lp_z)
+        stats = self._update(batch, alpha if use_mse else None, ref[0] if ref else None, ref_lp_z)
         self.scheduler.step()
         t_update = time.perf_counter() - t0 - t_roll
 
         metrics = self._step_metrics(rewards, roll, scores, passed, stats, phase)
+        if lc.enabled:
+            metrics["alpha"] = alpha
+            metrics["loss"] = metrics["policy_loss"] + alpha * metrics["sr_loss"]
         metrics["skipped_prompts"] = self.skipped_prompts
         metrics.update(time_rollout=t_roll, time_update=t_update, time_step=time.perf_counter() - t0)
         return metrics
@@ -363,9 +367,10 @@ class Trainer:
                            sub.eos_column, sub.finished, self.cfg.rollout.temperature, with_score)
 
     def _update(
-        self, batch: TrainBatch, use_mse: bool, ref_logprobs: torch.Tensor | None, ref_lp_z: torch.Tensor | None
+        self, batch: TrainBatch, alpha: float | None, ref_logprobs: torch.Tensor | None, ref_lp_z: torch.Tensor | None
     ) -> dict[str, float]:
-        cfg, lc, lo = self.cfg, self.cfg.laser, self.cfg.loss
+        """One optimiser pass over the batch; ``alpha`` weighs the MSE term (``None``: no MSE, plain GRPO)."""
+        cfg, lo = self.cfg, self.cfg.loss
         B = batch.input_ids.shape[0]
         on_policy = lo.ppo_epochs == 1 and lo.mini_batches == 1
         if not on_policy:  # old log-probs from the same code path as the update (not the sampler's)
@@ -391,10 +396,10 @@ class Trainer:
                     sub = batch.select(rows)
                     sync = self.acc.no_sync(self.policy) if i < len(chunks) - 1 else contextlib.nullcontext()
                     with sync:
-                        out = self._forward(sub, with_score=use_mse)
+                        out = self._forward(sub, with_score=alpha is not None)
                         ref_lp = ref_logprobs[rows][:, : sub.pred_mask.shape[1]] if ref_logprobs is not None else None
                         loss, pg, mse, st = laser_loss(
-                            out, sub, lo, alpha=lc.alpha if use_mse else None, score=self.score,
+                            out, sub, lo, alpha=alpha, score=self.score,
                             normalizer=normalizer, weight_sum=w_sum, on_policy=on_policy, ref_logprobs=ref_lp,
                             ref_lp_z=ref_lp_z[rows] if ref_lp_z is not None else None,
                         )
@@ -430,7 +435,7 @@ class Trainer:
         stats_t = self.acc.reduce(torch.tensor([stats[k] for k in sorted(stats)], device=self.acc.device), reduction="mean")
         m: dict[str, Any] = {"step": self.step}
         m.update({k: float(v) for k, v in zip(sorted(stats), stats_t)})
-        m["loss"] = m["policy_loss"] + (self.cfg.laser.alpha * m["sr_loss"] if self.cfg.laser.enabled else 0.0)
+        m["loss"] = m["policy_loss"]  # train_step adds α·sr_loss for LaSeR
         correct = rewards_all > self.cfg.laser.correct_threshold
         m.update(
             rollouts=int(rewards_all.numel()),
