@@ -63,6 +63,23 @@ def test_default_problems_respect_settings():
     assert max(len(s) for s in sols) + 1 <= neg.max_response_tokens()
 
 
+def test_modulus_clock_arithmetic():
+    assert solution("7+5+9=", 10) == "7+5=2;2+9=1;#1"
+    assert solution("3-8=", 10) == "3-8=5;#5"
+    cfg = ArithConfig(min_operands=6, max_operands=10, min_value=0, max_value=9, modulus=10)
+    for p in [train_problem(cfg, 0, i) for i in range(300)]:
+        sol = solution(p.problem, 10)
+        assert p.answer == str(_eval(p.problem) % 10)  # (a ± b) mod m chained = the total mod m
+        assert ArithVerifier().reward(sol, p.answer) == 1.0
+        results = [step.split("=")[1] for step in sol.split(";")[:-1]]
+        assert all(len(r) == 1 for r in results)  # every intermediate result is reduced
+        assert len(sol) + 1 <= cfg.max_response_tokens()
+    assert ArithConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in (1, -3):
+        with pytest.raises(LaserError, match="modulus"):
+            ArithConfig(modulus=bad)
+
+
 def test_generation_is_deterministic_and_seeded():
     a, b = load_arith("test"), load_arith("test")
     assert [p.problem for p in a.problems] == [p.problem for p in b.problems]

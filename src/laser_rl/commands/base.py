@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-operands", type=int, default=5)
     g.add_argument("--min-value", type=int, default=10, help="smallest operand")
     g.add_argument("--max-value", type=int, default=99, help="largest operand")
+    g.add_argument("--modulus", type=int, default=0, help="take every result mod this (clock arithmetic; 0 = off)")
     g.add_argument("--test-size", type=int, default=1000, help="size of the held-out test split")
     g.add_argument("--task-seed", type=int, default=0, help="seed of the held-out test split")
     parser.add_argument(
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             max_value=args.max_value,
             test_size=args.test_size,
             seed=args.task_seed,
+            modulus=args.modulus,
         )
     except LaserError as e:  # name the flag, not the dataclass field
         msg = str(e).removeprefix("arith task: ")

@@ -57,6 +57,9 @@ class ArithConfig:
     # Write a '-' as '+' when subtracting would make the running total negative, so every number
     # in a chain stays non-negative (fewer symbols to learn, same difficulty otherwise).
     no_negative: bool = True
+    # > 0: clock arithmetic, every result is taken mod this (``3+9=2`` for 10). Each step's check is
+    # then a local, carry-free comparison, the "structural errors" variant of issue 9's research.
+    modulus: int = 0
     test_size: int = 1000
     seed: int = 0  # seeds the held-out test split
 
@@ -95,6 +98,8 @@ class ArithConfig:
             raise LaserError(
                 f"arith task: ops must be distinct characters from {SUPPORTED_OPS!r}, got {self.ops!r}"
             )
+        if self.modulus < 0 or self.modulus == 1:
+            raise LaserError(f"arith task: modulus must be 0 (off) or >= 2, got {self.modulus}")
         if self.test_size < 0:
             raise LaserError(f"arith task: test_size must be >= 0, got {self.test_size}")
         if self.seed < 0:
@@ -121,7 +126,10 @@ class ArithConfig:
 
     def max_response_tokens(self) -> int:
         """Longest possible response in characters, plus one for EOS: a safe ``max_new_tokens``."""
-        total = len(str(self.max_operands * self.max_value)) + (0 if self.no_negative else 1)
+        if self.modulus:
+            total = len(str(self.modulus - 1))
+        else:
+            total = len(str(self.max_operands * self.max_value)) + (0 if self.no_negative else 1)
         value = len(str(self.max_value))
         step = total + 1 + value + 1 + total + 1  # "a-b=c;"
         return (self.max_operands - 1) * step + 1 + total + 1  # steps, '#', answer, EOS
@@ -160,9 +168,9 @@ def _draw(cfg: ArithConfig, rng: random.Random) -> Problem:
     text = [str(total)]
     for v in values[1:]:
         op = rng.choice(cfg.ops)
-        if op == "-" and cfg.no_negative and total - v < 0:
+        if op == "-" and cfg.no_negative and not cfg.modulus and total - v < 0:
             op = "+"
-        total = total + v if op == "+" else total - v
+        total = _apply(total, op, v, cfg.modulus)
         text.append(f"{op}{v}")
     return Problem(problem="".join(text) + "=", answer=str(total), meta={"n_operands": n})
 
@@ -210,11 +218,17 @@ def train_stream(cfg: ArithConfig, seed: int, start: int = 0) -> Iterator[Proble
         index += 1
 
 
-def solution(prompt: str) -> str:
+def _apply(total: int, op: str, value: int, modulus: int) -> int:
+    new = total + value if op == "+" else total - value
+    return new % modulus if modulus else new
+
+
+def solution(prompt: str, modulus: int = 0) -> str:
     """The reference chain of thought for a prompt (without EOS): the SFT target.
 
     ``solution("63-15+43+75=") == "63-15=48;48+43=91;91+75=166;#166"``. The prompt's operators are
-    used as written (the no-negative flip already happened when the prompt was generated).
+    used as written (the no-negative flip already happened when the prompt was generated). With a
+    ``modulus`` every result is reduced: ``solution("7+5+9=", 10) == "7+5=2;2+9=1;#1"``.
     """
     m = _PROMPT_RE.fullmatch(prompt)
     if m is None:
@@ -222,7 +236,7 @@ def solution(prompt: str) -> str:
     total = int(m.group(1))
     steps = []
     for op, v in _TERM_RE.findall(m.group(2)):
-        new = total + int(v) if op == "+" else total - int(v)
+        new = _apply(total, op, int(v), modulus)
         steps.append(f"{total}{op}{v}={new};")
         total = new
     return "".join(steps) + f"#{total}"

@@ -90,7 +90,7 @@ def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
-def sft_batch(tokenizer: Any, problems: Sequence[Problem]) -> tuple[Any, Any, Any]:
+def sft_batch(tokenizer: Any, problems: Sequence[Problem], modulus: int = 0) -> tuple[Any, Any, Any]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``loss_mask`` for teacher forcing.
 
     Sequence = prompt + solution + EOS; ``loss_mask[b, t]`` marks the positions whose *next* token is
@@ -99,7 +99,7 @@ def sft_batch(tokenizer: Any, problems: Sequence[Problem]) -> tuple[Any, Any, An
     import torch
 
     prompts = _encode(tokenizer, [p.problem for p in problems])
-    targets = _encode(tokenizer, [solution(p.problem) for p in problems])
+    targets = _encode(tokenizer, [solution(p.problem, modulus) for p in problems])
     eos = tokenizer.eos_token_id
     seqs = [torch.tensor(p + t + [eos]) for p, t in zip(prompts, targets)]
     input_ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=tokenizer.pad_token_id)
@@ -298,7 +298,7 @@ def _train(
     try:
         while step < cfg.max_steps:
             problems = [train_problem(task, seed, step * cfg.batch_size + i) for i in range(cfg.batch_size)]
-            input_ids, attention_mask, loss_mask = sft_batch(tokenizer, problems)
+            input_ids, attention_mask, loss_mask = sft_batch(tokenizer, problems, task.modulus)
             loss = sft_loss(model, input_ids, attention_mask, loss_mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -341,7 +341,7 @@ def _train(
         lp = score_responses(
             model,
             _encode(tokenizer, [p.problem for p in final_set]),
-            _encode(tokenizer, [solution(p.problem) for p in final_set]),
+            _encode(tokenizer, [solution(p.problem, task.modulus) for p in final_set]),
             z_id=z_id,
             pad_id=tokenizer.pad_token_id,
             stop_ids=[tokenizer.eos_token_id],
