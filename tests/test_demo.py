@@ -31,3 +31,36 @@ def test_demo_writes_summary_report_and_plots_and_reuses_finished_phases(tiny_mo
     again = json.loads((out / "summary.json").read_text())
     assert again["laser"] == summary["laser"] and again["grpo"] == summary["grpo"]
     assert "reusing the finished run" in capsys.readouterr().err
+
+
+def test_demo_base_settings_files(tmp_path):
+    import inspect
+
+    import pytest
+
+    from laser_rl.demo import demo_config_path, load_base_settings
+    from laser_rl.errors import LaserError
+    from laser_rl.tasks.arith import ArithConfig
+    from laser_rl.tasks.tiny_model import tiny_model_config
+    from laser_rl.training.sft import train_base_model
+
+    # the default demo's base settings are exactly `laser base`'s defaults
+    settings = load_base_settings(demo_config_path("base"))
+    assert settings.pop("task") == ArithConfig()
+    shape = inspect.signature(tiny_model_config).parameters
+    assert settings.pop("model_kwargs") == {k: shape[k].default for k in ("hidden", "layers", "heads", "intermediate")}
+    defaults = inspect.signature(train_base_model).parameters
+    assert settings and all(settings[k] == defaults[k].default for k in settings)
+    full = load_base_settings(demo_config_path("base", full=True))
+    assert full["task"].modulus > 0  # the research configuration: clock arithmetic
+
+    bad = tmp_path / "base.yaml"
+    bad.write_text("task:\n  min_operands: 3\n  modulo: 10\n")
+    with pytest.raises(LaserError, match=r"base\.yaml: task: unknown field\(s\) modulo"):
+        load_base_settings(bad)
+    bad.write_text("model:\n  hidden: 0\n")
+    with pytest.raises(LaserError, match=r"base\.yaml: model\.hidden: must be a positive integer"):
+        load_base_settings(bad)
+    bad.write_text("lr: 1e-3\nsteps: 5\n")
+    with pytest.raises(LaserError, match="unknown key 'steps'"):
+        load_base_settings(bad)

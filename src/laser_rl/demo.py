@@ -36,6 +36,50 @@ def demo_config_path(name: str, full: bool = False) -> Path:
     return path
 
 
+#: Keys of configs/demo/base*.yaml: ``task`` (ArithConfig fields), ``model`` (tiny-model shape) and
+#: these keyword arguments of ``train_base_model``.
+BASE_SFT_KEYS = ("max_steps", "target_accuracy", "lr", "batch_size", "eval_every", "eval_problems",
+                 "final_problems", "target_logprob")
+BASE_MODEL_KEYS = ("hidden", "layers", "heads", "intermediate")
+
+
+def load_base_settings(path: str | Path) -> dict[str, Any]:
+    """``train_base_model`` keyword arguments from a demo base YAML (``LaserError`` naming file and key)."""
+    import yaml
+
+    from laser_rl.tasks.arith import ArithConfig
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise LaserError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise LaserError(f"{path}: expected a mapping at the top level")
+    settings: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "task":
+            if not isinstance(value, dict):
+                raise LaserError(f"{path}: task: expected a mapping of arith task fields")
+            settings["task"] = ArithConfig.from_dict(value, where=f"{path}: task")
+        elif key == "model":
+            if not isinstance(value, dict):
+                raise LaserError(f"{path}: model: expected a mapping")
+            unknown = sorted(set(value) - set(BASE_MODEL_KEYS))
+            if unknown:
+                raise LaserError(f"{path}: model: unknown key(s) {', '.join(unknown)} (known: {', '.join(BASE_MODEL_KEYS)})")
+            bad = [k for k, v in value.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1]
+            if bad:
+                raise LaserError(f"{path}: model.{bad[0]}: must be a positive integer, got {value[bad[0]]!r}")
+            settings["model_kwargs"] = dict(value)
+        elif key in BASE_SFT_KEYS:
+            settings[key] = value
+        else:
+            known = ", ".join(("task", "model", *BASE_SFT_KEYS))
+            raise LaserError(f"{path}: unknown key {key!r} (known: {known})")
+    return settings
+
+
 def _train(name: str, out: Path, base_dir: Path, params: ScoreParams, seed: int, full: bool, overrides: list[str]) -> float:
     """Train (or resume, or reuse) one RL run; returns its training wall time in seconds."""
     from laser_rl.training.config import load_config
@@ -152,7 +196,8 @@ def run_demo(out: str | Path, *, seed: int = 0, full: bool = False, eval_problem
     # 1. base model
     if ScoreParams.load(base_dir) is None:
         _say(f"base: training the embedded base model into {base_dir}")
-        train_base_model(base_dir, seed=seed, overwrite=True, **(base_overrides or {}))
+        settings = load_base_settings(demo_config_path("base", full))
+        train_base_model(base_dir, seed=seed, overwrite=True, **{**settings, **(base_overrides or {})})
     else:
         _say(f"base: reusing {base_dir}")
     params = ScoreParams.load(base_dir)
