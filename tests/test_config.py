@@ -143,11 +143,11 @@ def test_demo_configs() -> None:
     assert laser.rollout.max_new_tokens == 64 and 200 <= laser.train.steps <= 300
     assert laser.laser.beta_v == "auto" and laser.laser.c_ref == "auto"
     assert (laser.laser.alpha, laser.laser.tau, laser.laser.filter_threshold) == (0.1, 0.1, 0.1)
-    # --full: the same comparison (GRPO vs LaSeR differ only in laser.enabled), longer, with α 1.0
+    # --full: the same comparison (GRPO vs LaSeR differ only in laser.enabled), longer, α ramped in
     full_laser, full_grpo = load_config(DEMO / "laser-full.yaml", []), load_config(DEMO / "grpo-full.yaml", [])
     a, b = _flat(config_to_dict(full_laser)), _flat(config_to_dict(full_grpo))
     assert {k for k in a if a[k] != b[k]} == {"laser.enabled", "output_dir"}
-    assert full_laser.train.steps == 600 and full_laser.laser.alpha == 1.0
+    assert full_laser.train.steps == 600 and full_laser.laser.alpha == 0.1 and full_laser.laser.alpha_warmup_steps == 100
     # demo measurement: c_ref ≈ -12 on the tiny base; auto puts the correct target at -4 -> beta_v = 0.125
     assert laser.laser.resolve_beta_v(-12.0) == pytest.approx(0.125)
     # the demo overrides the placeholder model path
