@@ -109,6 +109,7 @@ def test_paper_config_values_equal_spec(model: str, variant: str) -> None:
     assert cfg.optim.lr_scheduler == "constant" and cfg.optim.warmup_steps == 0
     assert cfg.optim.max_grad_norm == 1.0
     assert cfg.loss.clip_low == 0.2 and cfg.loss.clip_high == 0.2
+    assert cfg.loss.clip_ratio_c == 3.0  # verl's dual-clip default, active in the reference runs
     assert cfg.loss.aggregation == "token-mean" and cfg.loss.kl_coef == 0.0
     assert cfg.loss.ppo_epochs == 1 and cfg.loss.mini_batches == 1  # one optimiser step per batch
     la = cfg.laser
@@ -378,6 +379,7 @@ def test_type_errors(override: str, fragment: str) -> None:
         ("laser.c_ref=3", "laser.c_ref must be < 0"),
         ("loss.clip_low=-0.1", "loss.clip_low must be in [0, 1)"),
         ("loss.clip_high=-1", "loss.clip_high must be ≥ 0"),
+        ("loss.clip_ratio_c=1", "loss.clip_ratio_c must be > 1 or null"),
         ("optim.lr=0", "optim.lr must be > 0"),
         ("optim.betas=[0.9]", "optim.betas must be two numbers in [0, 1)"),
         ("loss.mini_batches=1000", "loss.mini_batches must be ≤ data.prompts_per_step × rollout.n = 256"),

@@ -67,18 +67,20 @@ def ref_mse(scores, rewards, finished, balanced=True):
     return num / den if den else 0.0
 
 
-def ref_policy_loss(lp, old, adv, mask, lo, hi, agg, ref=None, kl_coef=0.0):
+def ref_policy_loss(lp, old, adv, mask, lo, hi, agg, ref=None, kl_coef=0.0, clip_ratio_c=None):
     rows = []
     for b in range(len(lp)):
         toks = []
         for t in range(len(lp[b])):
             if not mask[b][t]:
                 continue
-            ratio = math.exp(lp[b][t] - old[b][t])
+            ratio = math.exp(min(max(lp[b][t] - old[b][t], -20), 20))
             loss = max(-adv[b] * ratio, -adv[b] * min(max(ratio, 1 - lo), 1 + hi))
+            if clip_ratio_c is not None and adv[b] < 0:
+                loss = min(loss, -adv[b] * clip_ratio_c)
             if ref is not None:
-                d = ref[b][t] - lp[b][t]
-                loss += kl_coef * (math.exp(d) - d - 1)
+                d = min(max(ref[b][t] - lp[b][t], -20), 20)
+                loss += kl_coef * min(max(math.exp(d) - d - 1, -10), 10)
             toks.append(loss)
         rows.append(toks)
     if agg == "token-mean":
@@ -309,6 +311,20 @@ def test_grpo_advantages_match_loop(B, G, seed):
     assert torch.allclose(got, torch.tensor(ref_grpo(rewards.tolist(), groups.tolist()), dtype=torch.float64))
 
 
+@pytest.mark.parametrize("value", [0.7, 1 / 3, 0.1, 123.456])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_grpo_equal_rewards_give_zero_advantage_despite_rounding(value, dtype):
+    # eight 0.7s in float32 have a rounding std of 6e-8, which ε = 1e-6 does not absorb (|A| ≈ 0.056)
+    rewards = torch.full((8,), value, dtype=dtype)
+    assert L.grpo_advantages(rewards, torch.zeros(8, dtype=torch.long)).abs().max() == 0
+    thirds = torch.tensor([1 / 3] * 3 + [2 / 3] * 3, dtype=dtype)
+    adv = L.grpo_advantages(thirds, torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert adv.abs().max() == 0
+    mixed = torch.tensor([0.7, 0.7, 0.2, 0.7], dtype=dtype)
+    adv = L.grpo_advantages(mixed, torch.zeros(4, dtype=torch.long))
+    assert adv.dtype == dtype and float(adv[2]) < 0 < float(adv[0])
+
+
 def test_grpo_edge_cases():
     # group of size 1, zero-std group, normal group
     rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0])
@@ -374,20 +390,48 @@ def test_laser_phase():
 
 @pytest.mark.parametrize("agg", L.AGGREGATIONS)
 @pytest.mark.parametrize("with_kl", [False, True])
-def test_policy_loss_matches_loop(agg, with_kl):
+@pytest.mark.parametrize("clip_ratio_c", [None, 1.5])
+def test_policy_loss_matches_loop(agg, with_kl, clip_ratio_c):
     g = torch.Generator().manual_seed(1)
     B, T = 5, 6
     lp = torch.randn(B, T, generator=g, dtype=torch.float64) * 0.3 - 1
-    old = lp + torch.randn(B, T, generator=g, dtype=torch.float64) * 0.3
+    old = lp + torch.randn(B, T, generator=g, dtype=torch.float64) * 0.6
+    old[0, 0] = lp[0, 0] - 25.0  # a stale token: log-ratio beyond the ±20 clamp
     ref = lp + torch.randn(B, T, generator=g, dtype=torch.float64) * 0.3 if with_kl else None
+    if ref is not None:
+        ref[1, 0] = lp[1, 0] + 30.0  # beyond both the log-ratio clamp and the KL bound
     adv = torch.randn(B, generator=g, dtype=torch.float64)
+    adv[0] = -1.0
     lengths = torch.tensor([6, 3, 0, 1, 4])
     mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
-    loss, stats = L.policy_loss(lp, old, adv, mask, 0.2, 0.28, agg, ref_logprobs=ref, kl_coef=0.05 if with_kl else 0.0)
+    loss, stats = L.policy_loss(lp, old, adv, mask, 0.2, 0.28, agg, ref_logprobs=ref, kl_coef=0.05 if with_kl else 0.0,
+                                clip_ratio_c=clip_ratio_c)
     want = ref_policy_loss(lp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.28, agg,
-                           ref.tolist() if with_kl else None, 0.05)
+                           ref.tolist() if with_kl else None, 0.05, clip_ratio_c)
     assert float(loss) == pytest.approx(want, rel=1e-9)
     assert 0.0 <= float(stats["clip_fraction"]) <= 1.0
+    assert (float(stats["dual_clip_fraction"]) > 0) == (clip_ratio_c is not None)
+
+
+def test_policy_loss_is_bounded_for_a_stale_token():
+    """One token whose log-ratio is 25 under a negative advantage: e^25 ≈ 7e10 without the clamp."""
+    lp = torch.zeros(1, 4, dtype=torch.float64, requires_grad=True)
+    old = torch.zeros(1, 4, dtype=torch.float64)
+    old[0, 0] = -25.0
+    adv = torch.tensor([-1.0], dtype=torch.float64)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    loss, _ = L.policy_loss(lp, old, adv, mask)
+    assert float(loss.detach()) == pytest.approx((math.exp(20) + 3) / 4)  # clamped at ±20, not e^25
+    dual, stats = L.policy_loss(lp, old, adv, mask, clip_ratio_c=3.0)
+    assert float(dual.detach()) == pytest.approx((3.0 + 3) / 4)  # dual-clip: at most c·|A| per token
+    assert float(stats["dual_clip_fraction"]) == pytest.approx(0.25)
+    dual.backward()
+    assert torch.isfinite(lp.grad).all() and float(lp.grad[0, 0]) == 0.0  # the clipped token gives no gradient
+    ref = torch.full((1, 4), 50.0, dtype=torch.float64)
+    _, stats = L.policy_loss(lp, lp.detach(), adv, mask, ref_logprobs=ref, kl_coef=0.1)
+    assert float(stats["kl"]) == pytest.approx(L.KL_CLAMP)
+    with pytest.raises(ValueError, match="clip_ratio_c"):
+        L.policy_loss(lp, old, adv, mask, clip_ratio_c=1.0)
 
 
 def test_policy_loss_on_policy_gradient_is_advantage_weighted():

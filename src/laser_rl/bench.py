@@ -449,7 +449,7 @@ def _laser_vs_grpo_step(ctx: BenchContext, bm: BenchModel) -> float:
     from laser_rl.training.policy import PolicyWithScore
     from laser_rl.training.trainer import laser_loss
 
-    loss_cfg = SimpleNamespace(clip_low=0.2, clip_high=0.2, aggregation="token-mean", kl_coef=0.0)
+    loss_cfg = SimpleNamespace(clip_low=0.2, clip_high=0.2, aggregation="token-mean", kl_coef=0.0, clip_ratio_c=None)
     gen = torch.Generator().manual_seed(ctx.seed)
     stops = sorted(bm.stop_ids)
     prompts = bm.prompts

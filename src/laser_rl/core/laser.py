@@ -20,6 +20,11 @@ import torch
 from torch import Tensor
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+#: |log π − log π_old| and |log π_ref − log π| are clamped to this before exponentiating (verl's
+#: bound): one stale token would otherwise make the ratio, hence the loss, unbounded (e^25 ≈ 7e10).
+LOG_RATIO_CLAMP = 20.0
+#: The k3 KL estimate per token is clamped to [−KL_CLAMP, KL_CLAMP] (verl's low_var_kl bound).
+KL_CLAMP = 10.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,27 +283,43 @@ def _check_groups(group_index: Tensor, size: int) -> int:
 
 
 def group_mean_std(values: Tensor, group_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-group mean, unbiased std (n − 1; 0 for a group of one) and size, each ``[G]``."""
+    """Per-group mean, unbiased std (n − 1; 0 for a group of one) and size, each ``[G]``.
+
+    Accumulated in float64 and returned in ``values.dtype``: float32 rewards are exact in float64,
+    so a group of equal values gets a std of exactly 0 (in float32 eight 0.7s give 6e-8).
+    """
     G = _check_groups(group_index, values.shape[0])
     gi = group_index.long()
-    count = values.new_zeros(G).index_add_(0, gi, torch.ones_like(values))
-    mean = values.new_zeros(G).index_add_(0, gi, values) / count.clamp(min=1)
-    sq = values.new_zeros(G).index_add_(0, gi, (values - mean[gi]) ** 2)
+    v = values.double()
+    count = v.new_zeros(G).index_add_(0, gi, torch.ones_like(v))
+    mean = v.new_zeros(G).index_add_(0, gi, v) / count.clamp(min=1)
+    sq = v.new_zeros(G).index_add_(0, gi, (v - mean[gi]) ** 2)
     std = torch.where(count > 1, (sq / (count - 1).clamp(min=1)).sqrt(), torch.zeros_like(sq))
-    return mean, std, count
+    return mean.to(values.dtype), std.to(values.dtype), count.to(values.dtype)
+
+
+def _group_all_equal(values: Tensor, group_index: Tensor, num_groups: int) -> Tensor:
+    """``[G]`` bool: every value of the group is identical (exactly, not up to rounding)."""
+    gi = group_index.long()
+    hi = values.new_full((num_groups,), -math.inf).scatter_reduce(0, gi, values, "amax")
+    lo = values.new_full((num_groups,), math.inf).scatter_reduce(0, gi, values, "amin")
+    return hi == lo
 
 
 def grpo_advantages(rewards: Tensor, group_index: Tensor, eps: float = 1e-6) -> Tensor:
     """A_i = (r_i − mean_g r) / (std_g r + ε) with the unbiased std (Eq. 4, spec §2.4).
 
-    ``rewards``: ``[B]``; ``group_index``: ``[B]`` integer, the prompt each row answers. A group of
-    size 1 has A = 0.
+    ``rewards``: ``[B]``; ``group_index``: ``[B]`` integer, the prompt each row answers.
+    A = 0 exactly for a group whose rewards are all equal, whatever their value (statistics in
+    float64, plus an exact all-equal test, so rounding never fakes a signal), and for a group of size
+    1 — where verl uses mean 0, std 1 (A = r/(1 + ε)); a lone response carries no relative signal.
     """
     _check_1d("rewards", rewards)
-    mean, std, count = group_mean_std(rewards, group_index)
+    mean, std, count = group_mean_std(rewards.double(), group_index)
     gi = group_index.long()
-    adv = (rewards - mean[gi]) / (std[gi] + eps)
-    return torch.where(count[gi] > 1, adv, torch.zeros_like(adv))
+    adv = (rewards.double() - mean[gi]) / (std[gi] + eps)
+    flat = _group_all_equal(rewards, group_index, mean.shape[0]) | (count <= 1)
+    return torch.where(flat[gi], torch.zeros_like(adv), adv).to(rewards.dtype)
 
 
 def self_reward_advantages(
@@ -381,18 +402,22 @@ def policy_loss(
     ref_logprobs: Tensor | None = None,
     kl_coef: float = 0.0,
     normalizer: float | Tensor | None = None,
+    clip_ratio_c: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO-clip loss with asymmetric clipping (ε_low, ε_high) and an optional k3 KL term.
+    """PPO-clip loss with asymmetric clipping (ε_low, ε_high), optional dual-clip and k3 KL term.
 
-    Per token: ρ = exp(log π − log π_old); ℓ = max(−A·ρ, −A·clip(ρ, 1 − ε_low, 1 + ε_high))
-    [+ β_KL · (exp(log π_ref − log π) − (log π_ref − log π) − 1)].
+    Per token: ρ = exp(clamp(log π − log π_old, ±20)); ℓ = max(−A·ρ, −A·clip(ρ, 1 − ε_low, 1 + ε_high));
+    with dual-clip (``clip_ratio_c`` = c > 1, verl's ``clip_ratio_c``) ℓ = min(ℓ, −A·c) where A < 0,
+    so a token whose ratio exploded under a negative advantage cannot dominate the batch;
+    [+ β_KL · clamp(e^d − d − 1, ±10) with d = clamp(log π_ref − log π, ±20)].
     Aggregation over the ``[B, T]`` token losses with ``mask``:
     - ``token-mean``: Σ ℓ / #tokens (default; the paper's);
     - ``seq-mean-token-mean``: mean over rows of each row's token mean;
     - ``seq-mean-token-sum``: mean over rows of each row's token sum (Dr. GRPO).
     ``normalizer`` replaces the local denominator (#tokens or #rows) so micro-batches of one
     mini-batch add up to the full-batch loss. Rows with no tokens contribute nothing.
-    Returns (loss, stats) with stats ``clip_fraction``, ``kl``, ``ratio_mean`` (detached).
+    Returns (loss, stats) with stats ``clip_fraction``, ``dual_clip_fraction``, ``kl``, ``ratio_mean``
+    (detached, token means).
     """
     _check_2d("logprobs", logprobs)
     B, T = logprobs.shape
@@ -403,19 +428,26 @@ def policy_loss(
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     if clip_low < 0 or clip_high < 0:
         raise ValueError("clip_low and clip_high must be >= 0")
+    if clip_ratio_c is not None and not clip_ratio_c > 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 (or None = off), got {clip_ratio_c}")
     m = mask.to(logprobs.dtype)
     zero = torch.zeros_like(logprobs)
-    log_ratio = torch.where(mask.bool(), logprobs - old_logprobs, zero)
+    log_ratio = torch.where(mask.bool(), logprobs - old_logprobs, zero).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = log_ratio.exp()
     adv = advantages.to(logprobs.dtype).unsqueeze(1)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
+    dual = torch.zeros_like(mask, dtype=torch.bool)
+    if clip_ratio_c is not None:
+        bound = -adv * clip_ratio_c
+        dual = (adv < 0) & (per_token > bound)
+        per_token = torch.where(adv < 0, torch.minimum(per_token, bound), per_token)
     kl = zero
     if ref_logprobs is not None:
         _check_2d("ref_logprobs", ref_logprobs, (B, T))
-        d = torch.where(mask.bool(), ref_logprobs - logprobs, zero)
-        kl = d.exp() - d - 1.0
+        d = torch.where(mask.bool(), ref_logprobs - logprobs, zero).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        kl = (d.exp() - d - 1.0).clamp(-KL_CLAMP, KL_CLAMP)
         if kl_coef:
             per_token = per_token + kl_coef * kl
     per_token = per_token * m
@@ -435,6 +467,7 @@ def policy_loss(
         n = n_tok.clamp(min=1)
         stats = {
             "clip_fraction": ((clipped > unclipped).to(m.dtype) * m).sum() / n,
+            "dual_clip_fraction": (dual.to(m.dtype) * m).sum() / n,
             "kl": (kl * m).sum() / n,
             "ratio_mean": (ratio * m).sum() / n,
         }

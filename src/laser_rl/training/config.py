@@ -181,6 +181,10 @@ class LossConfig:
 
     clip_low: float = _f(0.2, "PPO clip: ratio lower bound 1 − clip_low.")
     clip_high: float = _f(0.2, "PPO clip: ratio upper bound 1 + clip_high.")
+    clip_ratio_c: float | None = _f(
+        None,
+        "Dual-clip constant c for negative advantages (verl's clip_ratio_c; null = off); the paper's runs used 3.0.",
+    )
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = _f(
         "token-mean",
         "How per-token losses are averaged: over all tokens, or per sequence then over sequences.",
@@ -682,6 +686,7 @@ def _validate(cfg: TrainConfig, where: Locator) -> None:
     lo = cfg.loss
     check(0 <= lo.clip_low < 1, "loss.clip_low", "must be in [0, 1)")
     check(lo.clip_high >= 0, "loss.clip_high", "must be ≥ 0")
+    check(lo.clip_ratio_c is None or lo.clip_ratio_c > 1, "loss.clip_ratio_c", "must be > 1 or null (off)")
     check(lo.kl_coef >= 0, "loss.kl_coef", "must be ≥ 0")
     check(lo.ppo_epochs >= 1, "loss.ppo_epochs", "must be ≥ 1")
     check(lo.mini_batches >= 1, "loss.mini_batches", "must be ≥ 1")

@@ -698,7 +698,7 @@ def laser_loss(
     old = out.token_logprobs.detach() if on_policy else sub.old_logprobs
     pg, stats = core.policy_loss(
         out.token_logprobs, old, sub.advantages, sub.pred_mask, lo.clip_low, lo.clip_high, lo.aggregation,
-        ref_logprobs=ref_logprobs, kl_coef=lo.kl_coef, normalizer=normalizer,
+        ref_logprobs=ref_logprobs, kl_coef=lo.kl_coef, normalizer=normalizer, clip_ratio_c=lo.clip_ratio_c,
     )
     mse = pg.new_zeros(())
     if alpha is not None:
