@@ -31,7 +31,7 @@ def slow_auroc(scores, labels):
     pos = [s for s, y in zip(scores, labels) if y]
     neg = [s for s, y in zip(scores, labels) if not y]
     if not pos or not neg:
-        return 0.0
+        return None
     total = sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg)
     return total / (len(pos) * len(neg))
 
@@ -88,7 +88,7 @@ def slow_within_problem_auroc(records, field="self_rewarding_scores"):
         truth = [bool(a) for a in r["acc_list"]]
         if 0 < sum(truth) < len(truth):
             per_problem.append(slow_auroc(r[field], truth))
-    return sum(per_problem) / len(per_problem) if per_problem else 0.0
+    return sum(per_problem) / len(per_problem) if per_problem else None
 
 
 def slow_metrics(records, ks):
@@ -102,18 +102,19 @@ def slow_metrics(records, ks):
     fn = sum((not p) and t for p, t in zip(pred, truth))
 
     def div(a, b):
-        return a / b if b else 0.0
+        return a / b if b else None
 
     tpr, tnr, prec = div(tp, tp + fn), div(tn, tn + fp), div(tp, tp + fp)
+    hm = None if tpr is None or tnr is None else (2 * tpr * tnr / (tpr + tnr) if tpr + tnr else 0.0)
     out = {
         "accuracy": sum(truth) / len(truth),
         "verification": {
             "tpr": tpr,
             "tnr": tnr,
-            "hm_tpr_tnr": div(2 * tpr * tnr, tpr + tnr),
+            "hm_tpr_tnr": hm,
             "precision": prec,
             "recall": tpr,
-            "f1": div(2 * prec * tpr, prec + tpr),
+            "f1": div(2 * tp, 2 * tp + fp + fn),
             "accuracy": (tp + tn) / len(truth),
             "auroc": slow_auroc(scores, truth),
             "ece": slow_ece(scores, truth),
@@ -166,6 +167,8 @@ def assert_close(a, b):
     for key in a:
         if isinstance(a[key], dict):
             assert_close(a[key], b[key])
+        elif b[key] is None:
+            assert a[key] is None, key
         else:
             assert a[key] == pytest.approx(b[key], abs=1e-12), key
 
@@ -179,10 +182,11 @@ def test_auroc_matches_pairwise_definition_with_ties():
         n = int(rng.integers(2, 30))
         s = rng.integers(0, 5, n).astype(float) / 4  # many ties
         y = rng.random(n) < 0.5
-        assert auroc(s, y) == pytest.approx(slow_auroc(list(s), list(y)), abs=1e-12)
+        want = slow_auroc(list(s), list(y))
+        assert auroc(s, y) == (None if want is None else pytest.approx(want, abs=1e-12))
     assert auroc([0.1, 0.9], [False, True]) == 1.0
     assert auroc([0.5, 0.5], [False, True]) == 0.5
-    assert auroc([0.1, 0.2], [True, True]) == 0.0  # one class only: denominator 0 -> 0
+    assert auroc([0.1, 0.2], [True, True]) is None  # one class only: undefined, not 0
 
 
 def test_ece_bins_edges_and_clamping():
@@ -196,7 +200,7 @@ def test_ece_bins_edges_and_clamping():
     # hand-computed: bins {0.0: [0.05 (wrong)]}, {0.9-1.0 closed: [1.0 (right), 1.3->1.0 (wrong)]}
     # = 1/3*|0.05-0| + 2/3*|1.0-0.5| = 0.35
     assert expected_calibration_error([0.05, 1.0, 1.3], [False, True, False]) == pytest.approx(0.35)
-    assert expected_calibration_error([], []) == 0.0
+    assert expected_calibration_error([], []) is None
 
 
 def test_pass_at_k_unbiased_estimator():
@@ -321,12 +325,15 @@ def test_all_correct_all_wrong_and_no_answers():
 
     right = compute_metrics([rec([True, True], ["1", "1"], [0.9, 0.2])])
     assert right["accuracy"] == 1.0 and right["voting"]["maj@2"] == 1.0 and right["voting"]["pass@1"] == 1.0
-    assert right["verification"]["tnr"] == 0.0 and right["verification"]["auroc"] == 0.0  # no negatives
-    assert right["verification"]["tpr"] == 0.5
+    rv = right["verification"]
+    assert rv["tnr"] is None and rv["auroc"] is None and rv["hm_tpr_tnr"] is None  # no negatives: undefined
+    assert rv["within_problem_auroc"] is None and rv["mixed_problems"] == 0
+    assert rv["tpr"] == 0.5 and rv["precision"] == 1.0 and rv["f1"] == pytest.approx(2 / 3)
     wrong = compute_metrics([rec([False, False], ["2", "3"], [0.9, 0.2])])
     assert wrong["accuracy"] == 0.0 and wrong["voting"]["pass@2"] == 0.0
-    assert wrong["verification"]["precision"] == 0.0 and wrong["verification"]["f1"] == 0.0
-    assert wrong["verification"]["hm_tpr_tnr"] == 0.0  # tpr = 0 (no positives)
+    wv = wrong["verification"]
+    assert wv["precision"] == 0.0 and wv["f1"] == 0.0 and wv["tnr"] == 0.5  # defined: a false positive exists
+    assert wv["tpr"] is None and wv["recall"] is None and wv["hm_tpr_tnr"] is None  # no positives
     silent = compute_metrics([rec([True, False], [None, None], [1.0, 1.0])])
     assert silent["voting"]["maj@2"] == 0.0 and silent["voting"]["weighted_maj@2"] == 0.0  # no votes = wrong
     assert silent["voting"]["best_of@2"] == 1.0  # best-of ignores answers; the first of the tie is right
@@ -525,3 +532,31 @@ def test_within_problem_auroc_separates_difficulty_from_ranking():
     assert ver["within_problem_auroc"] == 0.5 and ver["mixed_problems"] == 2
     records[0]["self_rewarding_scores"] = [0.9, 0.9, 0.9, 0.1]  # now ranks problem 0's responses perfectly
     assert compute_metrics(records, ks=[4])["verification"]["within_problem_auroc"] == 0.75
+
+
+def test_undefined_metrics_are_null_in_json_and_na_in_text(tmp_path, capsys):
+    """One class only: AUROC, TNR, hm and within-problem AUROC are undefined, never a misleading 0."""
+    import json
+
+    from laser_rl.cli import main
+
+    src = tmp_path / "scored.jsonl"
+    rec = {"problem": "p", "answer": "1", "responses": ["a", "b"], "pred_answers": ["1", "1"],
+           "acc_list": [True, True], "self_rewarding_scores": [0.9, 0.2]}
+    src.write_text(json.dumps(rec) + "\n")
+    out = tmp_path / "m.json"
+    assert main(["metrics", "--input", str(src), "--out", str(out), "--report", str(tmp_path / "rep")]) == 0
+    v = json.loads(out.read_text())["verification"]
+    assert v["auroc"] is None and v["tnr"] is None and v["hm_tpr_tnr"] is None and v["within_problem_auroc"] is None
+    text = capsys.readouterr().out
+    assert "tnr n/a" in text and "auroc n/a" in text and "tpr 0.500" in text
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "n/a" in report and "None" not in report
+
+
+def test_mean_defined_skips_undefined_values():
+    from laser_rl.evaluation.metrics import format_metric, mean_defined
+
+    assert mean_defined([0.5, None, 1.0, float("nan")]) == 0.75
+    assert mean_defined([None]) is None
+    assert format_metric(None) == "n/a" and format_metric(0.5, ".1f", 100) == "50.0"

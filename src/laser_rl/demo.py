@@ -151,7 +151,8 @@ def plot_training_curves(runs: dict[str, list[dict[str, Any]]], path: Path, wind
     for ax in axes:
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a panel can be empty (e.g. hm undefined at every step)
+            ax.legend()
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -161,23 +162,24 @@ def plot_training_curves(runs: dict[str, list[dict[str, Any]]], path: Path, wind
 
 
 def render_summary_table(summary: dict[str, Any]) -> str:
+    from laser_rl.evaluation.metrics import format_metric
+
     cols = ["accuracy", "pass@8", "maj@8", "weighted_maj@8", "best_of@8", "hm_tpr_tnr", "auroc", "within_problem_auroc",
             "ece", "train_seconds"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name in MODELS:
         m = summary[name]
-        cells = [f"{m[c]:.1f}" if c == "train_seconds" else f"{100 * m[c]:.1f}" for c in cols]
+        cells = [format_metric(m[c], ".1f", 1 if c == "train_seconds" else 100) for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     base_lines = ["", "Free confidence baselines from the sampled-token log-probs (no training needed):", "",
                   "| model | score | AUROC | within-problem AUROC | weighted maj@8 |", "|---|---|---|---|---|"]
     for name in MODELS:
         m = summary[name]
-        base_lines.append(f"| {name} | LaSeR self-reward | {100 * m['auroc']:.1f} | "
-                          f"{100 * m['within_problem_auroc']:.1f} | {100 * m['weighted_maj@8']:.1f} |")
-        for b in ("mean_logprob", "min_logprob"):
-            if f"{b}_auroc" in m:
-                base_lines.append(f"| {name} | {b.replace('_', ' ')} | {100 * m[f'{b}_auroc']:.1f} | "
-                                  f"{100 * m[f'{b}_within_problem_auroc']:.1f} | {100 * m[f'{b}_weighted_maj@8']:.1f} |")
+        rows = [("LaSeR self-reward", "")] + [(b.replace("_", " "), f"{b}_") for b in ("mean_logprob", "min_logprob")
+                                              if f"{b}_auroc" in m]
+        for label, prefix in rows:
+            cells = [format_metric(m[f"{prefix}{c}"], ".1f", 100) for c in ("auroc", "within_problem_auroc", "weighted_maj@8")]
+            base_lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines + base_lines)
 
 

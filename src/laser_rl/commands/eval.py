@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from laser_rl.evaluation.metrics import verification_line
     from laser_rl.evaluation.runner import EvalOptions, run_eval
 
     opts = EvalOptions(
@@ -46,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
     ver = metrics["verification"]
     ks = sorted({int(key.split("@")[1]) for key in v})
     print(f"accuracy {metrics['accuracy']:.4f} over {metrics['num_problems']} problems x {args.n} responses")
-    print(f"self-verification: tpr {ver['tpr']:.3f} tnr {ver['tnr']:.3f} hm {ver['hm_tpr_tnr']:.3f} "
-          f"auroc {ver['auroc']:.3f} within-problem auroc {ver['within_problem_auroc']:.3f} ece {ver['ece']:.3f}")
+    print(f"self-verification: {verification_line(ver)}")
     print(json.dumps({f"{m}@{ks[-1]}": v[f"{m}@{ks[-1]}"] for m in ("maj", "weighted_maj", "best_of", "pass")}))
     print(f"wrote {args.out}/samples.jsonl, metrics.json, report.md")
     return 0

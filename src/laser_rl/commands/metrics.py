@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from laser_rl.evaluation.metrics import auto_equivalence, compute_metrics, load_records
+    from laser_rl.evaluation.metrics import auto_equivalence, compute_metrics, load_records, verification_line
     from laser_rl.io import write_json_atomic
 
     records, locations = load_records(args.input)
@@ -54,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
     v = metrics["verification"]
     print(f"accuracy {metrics['accuracy']:.4f} ({metrics['num_problems']} problems, {metrics['num_responses']} "
           f"responses; answers grouped by {mode} equivalence)")
-    print(f"tpr {v['tpr']:.3f} tnr {v['tnr']:.3f} hm {v['hm_tpr_tnr']:.3f} auroc {v['auroc']:.3f} within-problem auroc {v['within_problem_auroc']:.3f} ece {v['ece']:.3f}")
+    print(verification_line(v))
     print(json.dumps(metrics["voting"]))
     return 0

@@ -6,8 +6,13 @@ Pure Python/NumPy (no model, no torch), so ``laser metrics`` runs anywhere. Conv
 - ``verification``: pooled over all responses, "predicted correct" ⇔ score > 0.5, truth = ``acc_list``.
   ``hm_tpr_tnr`` is the paper's "F1" (harmonic mean of TPR and TNR); ``f1`` is the usual
   precision/recall F1. AUROC counts ties as 1/2. ECE uses 10 equal-width bins of clamp(score, 0, 1),
-  bin i = [i/10, (i+1)/10) and the last bin closed, weighted by bin size. Any ratio whose
-  denominator is 0 (e.g. TPR with no correct response, AUROC with one class only) is 0.
+  bin i = [i/10, (i+1)/10) and the last bin closed, weighted by bin size.
+- **Undefined metrics are ``None``** (``null`` in JSON, ``n/a`` in text and reports), never 0, which
+  would read as "perfectly wrong": a ratio whose denominator is 0 (TPR with no correct response, TNR
+  with no incorrect one, precision with no predicted-correct response), AUROC with one class only,
+  within-problem AUROC when no problem has both classes, the harmonic mean when TPR or TNR is
+  undefined, F1 = 2TP/(2TP + FP + FN) when TP + FP + FN = 0. Averages skip undefined values (the
+  within-problem AUROC averages only problems with both classes; :func:`mean_defined` elsewhere).
 - ``voting``: per problem, only the first k responses; averaged over problems.
   ``maj@k`` counts each distinct answer, ``weighted_maj@k`` sums clamp(score, 0, 1) per distinct answer;
   the largest total wins, ties go to the answer that appears first; the vote is correct iff
@@ -15,7 +20,7 @@ Pure Python/NumPy (no model, no torch), so ``laser metrics`` runs anywhere. Conv
   problem where none of the first k responses has an answer counts as wrong. ``best_of@k`` takes the
   highest raw score (first on ties). ``pass@k`` is the unbiased 1 − C(n−c, k)/C(n, k) over all n.
 - ``within_problem_auroc``: the AUROC of the score among *one problem's own responses*, averaged over
-  the problems that have both correct and wrong responses (``mixed_problems`` of them; 0 when none).
+  the problems that have both correct and wrong responses (``mixed_problems`` of them; None when none).
   Pooled AUROC also rewards a score that only tracks problem difficulty; weighted voting and best-of-k
   need the score to rank the responses of the same problem, which is what this measures.
 - ``baselines`` (only when every record has ``mean_logprobs`` / ``min_logprobs``): the pooled AUROC of
@@ -69,22 +74,49 @@ def exact_same_answer(a: str, b: str) -> bool:
 # --------------------------------------------------------------------------- primitives
 
 
-def ratio(num: float, den: float) -> float:
-    """num/den, with the issue's convention that a ratio whose denominator is 0 is 0."""
-    return float(num) / float(den) if den else 0.0
+def ratio(num: float, den: float) -> float | None:
+    """num/den; ``None`` (undefined) when the denominator is 0."""
+    return float(num) / float(den) if den else None
 
 
-def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float:
+def mean_defined(values: Sequence[float | None]) -> float | None:
+    """The mean of the defined (not ``None``, not NaN) values; ``None`` when there are none."""
+    kept = [float(v) for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(kept)) if kept else None
+
+
+def format_metric(value: float | None, spec: str = ".3f", scale: float = 1.0) -> str:
+    """A metric for text output: ``n/a`` when undefined (``None`` or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return format(value * scale, spec)
+
+
+def verification_line(v: Mapping[str, Any]) -> str:
+    """One line of the headline verification metrics (``n/a`` where undefined), for the commands."""
+    keys = (("tpr", "tpr"), ("tnr", "tnr"), ("hm", "hm_tpr_tnr"), ("auroc", "auroc"),
+            ("within-problem auroc", "within_problem_auroc"), ("ece", "ece"))
+    return " ".join(f"{label} {format_metric(v[key])}" for label, key in keys)
+
+
+def harmonic_mean_tpr_tnr(tpr: float | None, tnr: float | None) -> float | None:
+    """The paper's self-verification "F1": 2·TPR·TNR/(TPR + TNR); 0 when both are 0, None when either is undefined."""
+    if tpr is None or tnr is None:
+        return None
+    return 2 * tpr * tnr / (tpr + tnr) if tpr + tnr else 0.0
+
+
+def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float | None:
     """Area under the ROC curve = P(score of a correct > score of an incorrect), ties counting 1/2.
 
-    Computed from average ranks (Mann-Whitney U), O(N log N). 0 when either class is empty.
+    Computed from average ranks (Mann-Whitney U), O(N log N). ``None`` when either class is empty.
     """
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=bool)
     n_pos = int(y.sum())
     n_neg = int(y.size - n_pos)
     if n_pos == 0 or n_neg == 0:
-        return 0.0
+        return None
     _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
     before = np.cumsum(counts) - counts  # number of values strictly below each distinct value
     avg_rank = before + (counts + 1) / 2.0  # 1-based average rank of each distinct value
@@ -102,12 +134,12 @@ def ece_bin_index(confidence: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
 
 def expected_calibration_error(
     scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray, bins: int = ECE_BINS
-) -> float:
-    """Σ_b (|b|/N)·|mean conf_b − accuracy_b| with conf = clamp(score, 0, 1); 0 for no responses."""
+) -> float | None:
+    """Σ_b (|b|/N)·|mean conf_b − accuracy_b| with conf = clamp(score, 0, 1); None for no responses."""
     conf = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
     y = np.asarray(labels, dtype=np.float64)
     if conf.size == 0:
-        return 0.0
+        return None
     idx = ece_bin_index(conf, bins)
     count = np.bincount(idx, minlength=bins).astype(np.float64)
     conf_sum = np.bincount(idx, weights=conf, minlength=bins)
@@ -316,8 +348,11 @@ def _resolve_ks(ks: Sequence[int] | None, n_min: int) -> list[int]:
 # --------------------------------------------------------------------------- metrics
 
 
-def verification_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, float]:
-    """Pooled binary-classification metrics of "score > 0.5" against the truth, plus AUROC and ECE."""
+def verification_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, float | None]:
+    """Pooled binary-classification metrics of "score > 0.5" against the truth, plus AUROC and ECE
+    (``None`` where undefined, see the module docstring)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
     pred = scores > 0.5
     tp = int(np.sum(pred & correct))
     tn = int(np.sum(~pred & ~correct))
@@ -325,24 +360,24 @@ def verification_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, f
     fn = int(np.sum(~pred & correct))
     tpr = ratio(tp, tp + fn)
     tnr = ratio(tn, tn + fp)
-    precision = ratio(tp, tp + fp)
     return {
         "tpr": tpr,
         "tnr": tnr,
-        "hm_tpr_tnr": ratio(2 * tpr * tnr, tpr + tnr),
-        "precision": precision,
+        "hm_tpr_tnr": harmonic_mean_tpr_tnr(tpr, tnr),
+        "precision": ratio(tp, tp + fp),
         "recall": tpr,
-        "f1": ratio(2 * precision * tpr, precision + tpr),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
         "accuracy": ratio(tp + tn, scores.size),
         "auroc": auroc(scores, correct),
         "ece": expected_calibration_error(scores, correct),
     }
 
 
-def within_problem_auroc(values: Sequence[np.ndarray], correct: Sequence[np.ndarray]) -> tuple[float, int]:
-    """Mean per-problem AUROC over the problems with both classes, and how many such problems there are."""
+def within_problem_auroc(values: Sequence[np.ndarray], correct: Sequence[np.ndarray]) -> tuple[float | None, int]:
+    """Mean per-problem AUROC over the problems with both classes (None when there are none), and
+    how many such problems there are."""
     per_problem = [auroc(v, c) for v, c in zip(values, correct) if 0 < int(c.sum()) < c.size]
-    return (float(np.mean(per_problem)) if per_problem else 0.0), len(per_problem)
+    return mean_defined(per_problem), len(per_problem)
 
 
 def compute_metrics(

@@ -14,7 +14,6 @@ canvas directly, so they work in threads and never open a window.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from laser_rl.evaluation.metrics import (
     ECE_BINS,
     VERIFICATION_KEYS,
     VOTING_METHODS,
+    format_metric,
     reliability_bins,
     validate_record,
 )
@@ -179,8 +179,8 @@ def plot_reliability(records_by_name: Mapping[str, Records], path: str | os.Path
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "—" if math.isnan(value) else f"{value:.3f}"
+    if value is None or isinstance(value, float):
+        return format_metric(value)
     return str(value)
 
 

@@ -428,6 +428,8 @@ class Trainer:
     # ------------------------------------------------------------------ metrics
 
     def _step_metrics(self, rewards, roll, scores, passed, stats, phase) -> dict[str, Any]:
+        from laser_rl.evaluation.metrics import verification_metrics
+
         g = self.acc.gather_for_metrics
         rewards_all = g(rewards)
         finished_all = g(roll.finished)
@@ -449,13 +451,11 @@ class Trainer:
         )
         if scores is not None:
             s = g(torch.where(roll.finished, scores, torch.zeros_like(scores)))
-            pred = s > 0.5
-            tpr = float((pred & correct).sum() / correct.sum()) if correct.any() else 0.0
-            tnr = float((~pred & ~correct).sum() / (~correct).sum()) if (~correct).any() else 0.0
+            v = verification_metrics(s.double().cpu().numpy(), correct.cpu().numpy())
             m.update(
-                sv_tpr=tpr, sv_tnr=tnr, sv_hm=2 * tpr * tnr / (tpr + tnr) if tpr + tnr > 0 else 0.0,
-                score_mean_correct=float(s[correct].mean()) if correct.any() else 0.0,
-                score_mean_incorrect=float(s[~correct].mean()) if (~correct).any() else 0.0,
+                sv_tpr=v["tpr"], sv_tnr=v["tnr"], sv_hm=v["hm_tpr_tnr"], sv_auroc=v["auroc"],
+                score_mean_correct=float(s[correct].mean()) if correct.any() else None,
+                score_mean_incorrect=float(s[~correct].mean()) if (~correct).any() else None,
             )
             if passed.numel():
                 m["filter_pass_fraction"] = float(g(passed.float()).mean())
@@ -579,6 +579,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         from tqdm.auto import tqdm
 
+        from laser_rl.evaluation.metrics import format_metric
+
         cfg = self.cfg
         t_start = time.perf_counter()
         metrics_path = self.out / METRICS_FILE
@@ -598,10 +600,11 @@ class Trainer:
             if self.acc.is_main_process:  # the starting point, and the collapse guard's baseline
                 initial = self.evaluate()
                 self.guard.eval_baseline = initial["eval_accuracy"]
-                self._print("initial evaluation: " + ", ".join(f"{k}={v:.3f}" for k, v in initial.items()))
+                self._print("initial evaluation: " + ", ".join(f"{k}={format_metric(v)}" for k, v in initial.items()))
                 if writer is not None:
                     for k, v in initial.items():
-                        writer.add_scalar(k, v, 0)
+                        if v is not None:
+                            writer.add_scalar(k, v, 0)
             self.acc.wait_for_everyone()
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", disable=not self.acc.is_main_process or cfg.logging.progress == "none", dynamic_ncols=True)
         while self.step < cfg.train.steps:
@@ -630,9 +633,9 @@ class Trainer:
                     wandb_run.log(m, step=self.step)
                 post = {"reward": f"{m['reward_mean']:.3f}", "len": f"{m['response_length']:.0f}", "s/step": f"{m['time_step']:.2f}"}
                 if "sv_hm" in m:
-                    post["sv_hm"] = f"{m['sv_hm']:.2f}"
+                    post["sv_hm"] = format_metric(m["sv_hm"], ".2f")
                 if "eval_accuracy" in m:
-                    post["eval_acc"] = f"{m['eval_accuracy']:.3f}"
+                    post["eval_acc"] = format_metric(m["eval_accuracy"])
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
                 if bar.disable and self.step % cfg.train.log_every == 0:
