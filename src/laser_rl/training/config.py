@@ -258,15 +258,9 @@ class LaserConfig:
 
     def resolve_beta_v(self, c_ref: float) -> float:
         """β_v for a measured/configured c_ref: ``auto`` puts a correct response's target at target_logprob."""
-        if self.beta_v != "auto":
-            return float(self.beta_v)
-        from laser_rl.core.laser import derive_beta_v
+        from laser_rl.score_params import resolve_beta_v
 
-        if not self.target_logprob > c_ref:
-            raise LaserError(
-                f"laser.beta_v=auto needs laser.target_logprob ({self.target_logprob}) > c_ref ({c_ref})"
-            )
-        return derive_beta_v(c_ref, self.target_logprob)
+        return resolve_beta_v(self.beta_v, c_ref, self.target_logprob, "laser.beta_v")
 
 
 @dataclass

@@ -184,11 +184,11 @@ def measure(
 
 
 def _beta_v_for(c_ref: float, target_logprob: float, warn: Callable[[str], None]) -> tuple[float, bool]:
-    """β_v from c_ref (core.laser.derive_beta_v); a fallback of 1.0 when c_ref is above the target."""
-    from laser_rl.core.laser import derive_beta_v
+    """β_v = auto for c_ref (score_params.resolve_beta_v); a fallback of 1.0 when c_ref is not well below the target."""
+    from laser_rl.score_params import resolve_beta_v
 
     if c_ref < target_logprob - 0.5:
-        return derive_beta_v(c_ref, target_logprob), False
+        return resolve_beta_v("auto", c_ref, target_logprob), False
     warn(
         f"warning: c_ref = {c_ref:.2f} is not below the target log-prob {target_logprob} (the model is barely "
         "trained), so no β_v keeps z improbable; saving the fallback β_v = 1.0"

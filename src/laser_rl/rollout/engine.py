@@ -1,0 +1,73 @@
+"""The generation-engine seam: what the rollout pipeline needs from whatever generates responses.
+
+An engine turns prompt ids into a :class:`~laser_rl.rollout.sampler.Rollout` (response ids, mask,
+sampled-token log-probs, finished flags and, where the engine can read it, lp_z = log π(z | x, y, EOS)).
+The trainer, ``laser eval``, calibration, the base-model measurement and the benchmark all reach
+generation through :func:`laser_rl.rollout.pipeline.rollout_verify_score`, so a second engine (vLLM,
+a sharded model, TRL's) plugs in here without touching them. An engine that cannot read lp_z in its
+loop sets ``reads_score = False``; the pipeline then scores the finished responses teacher-forced
+(:func:`laser_rl.rollout.scorer.score_responses`, one forward each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from laser_rl.rollout.sampler import Rollout, SamplingConfig, sample
+
+
+class GenerationEngine(Protocol):
+    """Generates one response per prompt under sampling settings."""
+
+    #: The engine returns lp_z read one step after EOS (``Rollout.lp_z``); otherwise lp_z is all NaN.
+    reads_score: bool
+    #: Ids that end a response (the pipeline strips them from decoded text).
+    stop_ids: list[int]
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        *,
+        generator: torch.Generator | None = None,
+        row_seeds: Sequence[int] | None = None,
+    ) -> Rollout:
+        """Responses for ``prompts`` (token ids). ``row_seeds`` (one per prompt) make each row's
+        randomness independent of the batch it is in; otherwise ``generator`` drives the batch."""
+        ...
+
+
+@dataclass
+class SamplerEngine:
+    """The built-in KV-cache sampler (:func:`laser_rl.rollout.sampler.sample`) on a Hugging Face model.
+
+    ``z_id`` set: lp_z is read inside the decoding loop (at most one extra step per batch) and z is
+    never sampled. ``suppress_ids``: ids never sampled (pad, embedding rows beyond the tokenizer).
+    """
+
+    model: Any
+    pad_id: int
+    stop_ids: list[int]
+    z_id: int | None = None
+    suppress_ids: Sequence[int] = field(default_factory=tuple)
+
+    @property
+    def reads_score(self) -> bool:
+        return self.z_id is not None
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        *,
+        generator: torch.Generator | None = None,
+        row_seeds: Sequence[int] | None = None,
+    ) -> Rollout:
+        return sample(
+            self.model, prompts, pad_id=self.pad_id, stop_ids=self.stop_ids, config=sampling, z_id=self.z_id,
+            suppress_ids=self.suppress_ids, generator=generator, row_seeds=row_seeds,
+        )
