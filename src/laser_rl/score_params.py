@@ -106,12 +106,15 @@ class ScoreParams:
             raise LaserError(f"{path}: {e}") from None
 
 
-def resolve_beta_v(beta_v: float | str, c_ref: float, target_logprob: float, what: str = "beta_v") -> float:
+def resolve_beta_v(
+    beta_v: float | str, c_ref: float, target_logprob: float, what: str = "beta_v", target_what: str = "target_logprob"
+) -> float:
     """β_v from a setting: a positive number as is, or ``"auto"`` = 1/(target_logprob − c_ref), which puts
     a correct response's target log π(z) = c_ref + 1/β_v at ``target_logprob`` (core.derive_beta_v).
 
     The paper's β_v = 0.1 assumes c_ref ≈ −23; with c_ref ≈ −12 it would ask for log π(z) = −2, making z
-    a likely token: ``auto`` keeps it improbable whatever the model. ``what`` names the setting in errors.
+    a likely token: ``auto`` keeps it improbable whatever the model. ``what`` / ``target_what`` name the
+settings in errors.
     """
     from laser_rl.core.laser import derive_beta_v
 
@@ -122,7 +125,7 @@ def resolve_beta_v(beta_v: float | str, c_ref: float, target_logprob: float, wha
         return value
     if not target_logprob > c_ref:
         raise LaserError(
-            f"{what}=auto needs the target log-prob ({target_logprob:g}) above c_ref ({c_ref:g}): z is not an "
+            f"{what}=auto needs {target_what} ({target_logprob:g}) above c_ref ({c_ref:g}): z is not an "
             "improbable token on this model, so no β_v keeps it improbable"
         )
     return derive_beta_v(c_ref, target_logprob)

@@ -260,7 +260,7 @@ class LaserConfig:
         """β_v for a measured/configured c_ref: ``auto`` puts a correct response's target at target_logprob."""
         from laser_rl.score_params import resolve_beta_v
 
-        return resolve_beta_v(self.beta_v, c_ref, self.target_logprob, "laser.beta_v")
+        return resolve_beta_v(self.beta_v, c_ref, self.target_logprob, "laser.beta_v", "laser.target_logprob")
 
 
 @dataclass
