@@ -15,8 +15,8 @@ import torch
 
 from laser_rl.cli import main
 from laser_rl.core.laser import find_eos
-from laser_rl.rollout import SamplingConfig, sample, score_responses
-from laser_rl.training.batch import build_train_batch
+from laser_rl.rollout import Rollout, SamplingConfig, sample, score_responses
+from laser_rl.training.batch import build_sequences
 from laser_rl.training.policy import PolicyWithScore, chunked_token_logprobs
 from laser_rl.training.trainer import metric_keys_without_timing
 
@@ -54,10 +54,7 @@ def test_one_forward_matches_sampler_and_teacher_forced_scorer(tiny_model_dir):
     roll = sample(model, prompts, pad_id=tok.pad_token_id, stop_ids=stops, config=SamplingConfig(max_new_tokens=16),
                   z_id=z, generator=torch.Generator().manual_seed(0))
     assert roll.finished.any() and (~roll.finished).any(), "fixture should give both finished and truncated rows"
-    B = len(prompts)
-    batch = build_train_batch(prompts, roll.response_ids, roll.response_mask, roll.logprobs, stop_ids=stops,
-                              pad_id=tok.pad_token_id, z_id=z, advantages=torch.zeros(B), rewards=torch.zeros(B),
-                              mse_weights=torch.zeros(B))
+    batch = build_sequences(prompts, roll, pad_id=tok.pad_token_id, z_id=z, stop_ids=stops)
     out = PolicyWithScore(model, chunk_size=7)(batch.input_ids, batch.attention_mask, batch.position_ids,
                                                  batch.pred_mask, batch.eos_column, batch.finished)
     # policy log-probs of the response tokens equal the sampler's (T = 1), in the same order
@@ -90,8 +87,9 @@ def test_train_batch_layout_with_eos_in_last_column():
     prompts = [[5, 6], [7]]
     resp = torch.tensor([[8, eos, pad], [9, 9, eos]])  # row 1's EOS is the batch's last column
     mask = resp != pad
-    b = build_train_batch(prompts, resp, mask, torch.zeros(2, 3), stop_ids=[eos], pad_id=pad, z_id=z,
-                          advantages=torch.zeros(2), rewards=torch.zeros(2), mse_weights=torch.zeros(2))
+    finished = torch.tensor([True, True])
+    roll = Rollout(resp, mask, torch.zeros(2, 3), finished, ~finished, torch.full((2,), float("nan")))
+    b = build_sequences(prompts, roll, pad_id=pad, z_id=z, stop_ids=[eos])
     assert b.input_ids.tolist() == [[5, 6, 8, eos, z], [7, 9, 9, eos, z]]
     assert b.eos_column.tolist() == [3, 3]
     # column t predicts t+1: response tokens only, never z

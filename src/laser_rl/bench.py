@@ -440,16 +440,12 @@ def bench_laser_vs_grpo_step(ctx: BenchContext) -> dict[str, float]:
 
 
 def _laser_vs_grpo_step(ctx: BenchContext, bm: BenchModel) -> float:
-    from types import SimpleNamespace
-
     from laser_rl.core import laser as core
     from laser_rl.rollout import SamplingConfig, sample
     from laser_rl.score_params import ScoreParams
-    from laser_rl.training.batch import build_train_batch
+    from laser_rl.training.batch import build_sequences
     from laser_rl.training.policy import PolicyWithScore
-    from laser_rl.training.trainer import laser_loss
 
-    loss_cfg = SimpleNamespace(clip_low=0.2, clip_high=0.2, aggregation="token-mean", kl_coef=0.0, clip_ratio_c=None)
     gen = torch.Generator().manual_seed(ctx.seed)
     stops = sorted(bm.stop_ids)
     prompts = bm.prompts
@@ -459,19 +455,22 @@ def _laser_vs_grpo_step(ctx: BenchContext, bm: BenchModel) -> float:
     rewards = (torch.rand(B, generator=gen) < 0.5).float()
     adv = core.grpo_advantages(rewards, torch.arange(B) // 4)
     weights = core.class_balance_weights(rewards, roll.finished)
-    batch = build_train_batch(prompts, roll.response_ids, roll.response_mask, roll.logprobs, stop_ids=stops,
-                              pad_id=bm.pad_id, z_id=bm.z_id, advantages=adv, rewards=rewards, mse_weights=weights)
+    seq = build_sequences(prompts, roll, pad_id=bm.pad_id, z_id=bm.z_id, stop_ids=stops)
     policy = PolicyWithScore(bm.model)
     optim = torch.optim.AdamW(bm.model.parameters(), lr=0.0)  # lr 0: every step sees the same weights
     score = ScoreParams("z", bm.z_id, 0.1, -10.0)
-    normalizer = batch.pred_mask.sum().float()
+    normalizer = seq.pred_mask.sum().float()
+    loss_cfg = core.PolicyLossConfig()
 
     def step(laser: bool) -> None:
-        out = policy(batch.input_ids, batch.attention_mask, batch.position_ids, batch.pred_mask,
-                     batch.eos_column, batch.finished, 1.0, laser)
-        loss, *_ = laser_loss(out, batch, loss_cfg, alpha=0.1 if laser else None, score=score,
-                              normalizer=normalizer, weight_sum=weights.sum(), on_policy=True)
-        loss.backward()
+        out = policy(seq.input_ids, seq.attention_mask, seq.position_ids, seq.pred_mask,
+                     seq.eos_column, seq.finished, 1.0, laser)
+        terms = core.laser_loss(
+            out.token_logprobs, out.token_logprobs.detach(), adv, seq.pred_mask, loss_cfg, normalizer=normalizer,
+            alpha=0.1 if laser else None, scores=score.score(out.lp_z) if laser else None, rewards=rewards,
+            finished=seq.finished, mse_weights=weights, mse_weight_sum=weights.sum(),
+        )
+        terms.total.backward()
         optim.step()
         optim.zero_grad(set_to_none=True)
 

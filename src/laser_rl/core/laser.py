@@ -472,3 +472,62 @@ def policy_loss(
             "ratio_mean": (ratio * m).sum() / n,
         }
     return loss, stats
+
+
+# --------------------------------------------------------------------------------------------
+# spec §2.8: the full LaSeR loss of one micro-batch
+
+
+@dataclass(frozen=True)
+class PolicyLossConfig:
+    """Settings of :func:`policy_loss` (the trainer's ``loss.*`` keys of the same names)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    aggregation: str = "token-mean"
+    kl_coef: float = 0.0
+    clip_ratio_c: float | None = None
+
+
+@dataclass
+class LaserLossTerms:
+    total: Tensor  # scalar: policy + α·mse, what is back-propagated
+    policy: Tensor  # scalar: the PPO-clip term (+ β_KL·KL)
+    mse: Tensor  # scalar: the class-balanced self-reward MSE L_sr (0 without the MSE)
+    stats: dict[str, Tensor]  # policy_loss's detached token statistics
+
+
+def laser_loss(
+    token_logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    config: PolicyLossConfig,
+    *,
+    normalizer: float | Tensor | None = None,
+    alpha: float | None = None,
+    scores: Tensor | None = None,
+    rewards: Tensor | None = None,
+    finished: Tensor | None = None,
+    mse_weights: Tensor | None = None,
+    mse_weight_sum: float | Tensor | None = None,
+    ref_logprobs: Tensor | None = None,
+) -> LaserLossTerms:
+    """loss = PPO-clip(A') + α·L_sr (spec §2.8; L_sr is Eq. 14); ``alpha=None`` = plain GRPO (no MSE).
+
+    ``token_logprobs``/``old_logprobs``/``mask``/``ref_logprobs`` ``[B, T]``; ``advantages`` ``[B]`` the
+    final A' (after Eq. 15); ``scores`` ``[B]`` r_s from the *same* forward as ``token_logprobs``
+    (differentiable through lp_z); ``rewards``/``finished``/``mse_weights`` ``[B]``. For gradient
+    accumulation pass the whole batch's ``normalizer`` and ``mse_weight_sum``, so the micro-batch
+    losses add up to the full-batch loss.
+    """
+    pg, stats = policy_loss(
+        token_logprobs, old_logprobs, advantages, mask, config.clip_low, config.clip_high, config.aggregation,
+        ref_logprobs=ref_logprobs, kl_coef=config.kl_coef, normalizer=normalizer, clip_ratio_c=config.clip_ratio_c,
+    )
+    mse = pg.new_zeros(())
+    if alpha is not None:
+        if scores is None or rewards is None or finished is None:
+            raise ValueError("the MSE term (alpha set) needs scores, rewards and finished")
+        mse = class_balanced_mse(scores, rewards, finished, weights=mse_weights, weight_sum=mse_weight_sum)
+    return LaserLossTerms(pg + (alpha or 0.0) * mse, pg, mse, stats)

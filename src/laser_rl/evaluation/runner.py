@@ -108,6 +108,7 @@ def load_scoring_model(
         select_self_reward_token,
         validate_token_id,
     )
+    from laser_rl.rollout.engine import never_sampled_ids
     from laser_rl.rollout.sampler import vocab_size
 
     folder = check_model_folder(model_dir)
@@ -155,14 +156,6 @@ def load_scoring_model(
     )
     suppress = never_sampled_ids(len(tokenizer), vocab, stop_ids, pad_id)
     return ScoringModel(model, tokenizer, folder, params, stop_ids, pad_id, suppress, saved)
-
-
-def never_sampled_ids(tokenizer_size: int, vocab: int, stop_ids: Sequence[int], pad_id: int) -> list[int]:
-    """Ids to mask when sampling: pad (unless it doubles as a stop id) and embedding rows the
-    tokenizer cannot decode (Qwen's embedding is larger than its vocabulary). z is masked by the sampler."""
-    stops = set(stop_ids)
-    suppress = [pad_id] if pad_id not in stops else []
-    return suppress + [i for i in range(tokenizer_size, vocab) if i not in stops]
 
 
 def model_fingerprint(folder: str | os.PathLike[str]) -> str:

@@ -67,7 +67,34 @@ class SamplerEngine:
         generator: torch.Generator | None = None,
         row_seeds: Sequence[int] | None = None,
     ) -> Rollout:
+        seeding = {"generator": generator} if row_seeds is None else {"row_seeds": row_seeds}
         return sample(
             self.model, prompts, pad_id=self.pad_id, stop_ids=self.stop_ids, config=sampling, z_id=self.z_id,
-            suppress_ids=self.suppress_ids, generator=generator, row_seeds=row_seeds,
+            suppress_ids=self.suppress_ids, **seeding,
         )
+
+
+#: Generation engines the trainer and the commands can build by name (``rollout.engine``).
+ENGINES = ("hf",)
+
+
+def build_engine(
+    name: str, model: Any, *, pad_id: int, stop_ids: list[int], z_id: int | None, suppress_ids: Sequence[int] = ()
+) -> GenerationEngine:
+    """The engine called ``name``: ``hf`` = :class:`SamplerEngine` (built in, reads lp_z in its loop)."""
+    from laser_rl.errors import LaserError
+
+    if name == "hf":
+        return SamplerEngine(model, pad_id, stop_ids, z_id, tuple(suppress_ids))
+    raise LaserError(
+        f"rollout.engine={name}: only the built-in hf sampler is wired in so far (it reads the self-reward score "
+        "inside the sampling loop); use rollout.engine=hf, or the TRL adapter (docs/trl.md) for vLLM generation"
+    )
+
+
+def never_sampled_ids(tokenizer_size: int, vocab: int, stop_ids: Sequence[int], pad_id: int) -> list[int]:
+    """Ids to mask when sampling: pad (unless it doubles as a stop id) and embedding rows the
+    tokenizer cannot decode (Qwen's embedding is larger than its vocabulary). z is masked by the sampler."""
+    stops = set(stop_ids)
+    suppress = [pad_id] if pad_id not in stops else []
+    return suppress + [i for i in range(tokenizer_size, vocab) if i not in stops]

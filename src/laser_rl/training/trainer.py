@@ -20,7 +20,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,14 @@ from accelerate.utils import set_seed
 
 from laser_rl.core import laser as core
 from laser_rl.errors import LaserError
-from laser_rl.evaluation.runner import never_sampled_ids
 from laser_rl.io import read_jsonl, write_jsonl_atomic
-from laser_rl.rollout import SamplingConfig, sample
+from laser_rl.rollout import SamplingConfig
+from laser_rl.rollout.engine import build_engine, never_sampled_ids
+from laser_rl.rollout.pipeline import RolloutBatch, rollout_verify_score
 from laser_rl.score_params import ScoreParams
 from laser_rl.tasks.base import Problem, TaskData
 from laser_rl.tasks.registry import load_task_data
-from laser_rl.training.batch import TrainBatch, build_train_batch
+from laser_rl.training.batch import Sequences, TrainBatch, build_sequences
 from laser_rl.training.checkpoint import (
     finalize_checkpoint,
     latest_checkpoint,
@@ -46,7 +47,7 @@ from laser_rl.training.checkpoint import (
 )
 from laser_rl.training.config import TrainConfig, config_to_dict
 from laser_rl.training.data import ProblemSource
-from laser_rl.training.policy import PolicyWithScore
+from laser_rl.training.policy import PolicyOutput, PolicyWithScore
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
@@ -74,6 +75,30 @@ class _GuardState:
     bad_eval: int = 0
 
 
+@dataclass
+class UpdateStats:
+    """What one optimiser pass over a batch reports (means over its optimiser steps)."""
+
+    policy_loss: float = 0.0
+    sr_loss: float = 0.0
+    clip_fraction: float = 0.0
+    dual_clip_fraction: float = 0.0
+    kl: float = 0.0
+    grad_norm: float = 0.0
+
+    def add_micro_batch(self, terms: core.LaserLossTerms, n_micro: int) -> None:
+        """Losses add up over micro-batches (they are normalised by the whole mini-batch); token
+        statistics are averaged."""
+        self.policy_loss += float(terms.policy.detach())
+        self.sr_loss += float(terms.mse.detach())
+        self.clip_fraction += float(terms.stats["clip_fraction"]) / n_micro
+        self.dual_clip_fraction += float(terms.stats["dual_clip_fraction"]) / n_micro
+        self.kl += float(terms.stats["kl"]) / n_micro
+
+    def averaged(self, n_updates: int) -> UpdateStats:
+        return UpdateStats(**{k: v / max(n_updates, 1) for k, v in asdict(self).items()})
+
+
 GUARD_WINDOW = 10  # steps averaged for the training-reward baseline and its running mean
 
 
@@ -97,11 +122,6 @@ class Trainer:
                 f"data.prompts_per_step ({cfg.data.prompts_per_step}) must be divisible by the number of processes ({self.world})"
             )
         set_seed(cfg.train.seed + self.rank)
-        if cfg.rollout.engine != "hf":
-            raise LaserError(
-                f"rollout.engine={cfg.rollout.engine}: only the built-in hf sampler is wired into the trainer so far "
-                "(it reads the self-reward score inside the sampling loop); use rollout.engine=hf"
-            )
 
         self.resume_from = latest_checkpoint(self.out) if resume else None
         if resume and self.resume_from is None:
@@ -144,6 +164,8 @@ class Trainer:
         )
         self.scheduler = self._make_scheduler()
         self.policy, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
+        self.engine = build_engine(cfg.rollout.engine, self.model, pad_id=self.pad_id, stop_ids=self.stop_ids,
+                                   z_id=self.z_id, suppress_ids=self.suppress_ids)
 
         self.step = 0
         self.source = ProblemSource(self.train_data, cfg.train.seed, cfg.data.shuffle)
@@ -205,7 +227,7 @@ class Trainer:
                 "probability, which can leak z into generation; lower beta_v or use beta_v: auto",
                 stacklevel=2,
             )
-        self.score = ScoreParams(token_str, self.z_id, float(beta_v), float(c_ref), c_std)
+        self.score = ScoreParams(token_str, self.z_id, float(beta_v), float(c_ref), c_std, reference=lc.reference)
 
     def _calibrate(self, model: torch.nn.Module) -> tuple[float, float]:
         from laser_rl.calibrate import calibrate_c_ref
@@ -275,31 +297,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ one RL step
 
-    def _rollout(self, problems: list[Problem], prompt_ids: list[list[int]]) -> dict[str, Any]:
-        cfg, n = self.cfg, self.cfg.rollout.n
-        prompts = [p for p in prompt_ids for _ in range(n)]
+    def _rollout(self, problems: list[Problem], prompt_ids: list[list[int]]) -> RolloutBatch:
+        cfg = self.cfg
         gen = torch.Generator(device=self.acc.device).manual_seed(_seed_for(cfg.train.seed, self.step, self.rank, 1))
-        self.model.eval()
-        bs = cfg.rollout.batch_size or len(prompts)
-        parts = [
-            sample(self.model, prompts[i : i + bs], pad_id=self.pad_id, stop_ids=self.stop_ids, config=self._sampling(),
-                   z_id=self.z_id, suppress_ids=self.suppress_ids, generator=gen)
-            for i in range(0, len(prompts), bs)
-        ]
-        self.model.train()
-        roll = _concat_rollouts(parts, self.pad_id)
-        texts = self.tokenizer.batch_decode(_strip_stops(roll.responses(), self.stop_ids), skip_special_tokens=True)
-        answers = [p.answer for p in problems for _ in range(n)]
-        verifier = self.train_data.verifier
-        rewards = torch.tensor([float(verifier.reward(t, a)) for t, a in zip(texts, answers)], device=self.acc.device)
-        group = torch.arange(len(problems), device=self.acc.device).repeat_interleave(n)
-        return {"prompts": prompts, "roll": roll, "rewards": rewards, "group": group}
-
-    def _rollout_scores(self, lp_z: torch.Tensor, ref_lp_z: torch.Tensor | None) -> torch.Tensor:
-        assert self.score is not None
-        if ref_lp_z is not None and self.cfg.laser.reference == "model":
-            return core.self_reward_score_with_reference(lp_z, ref_lp_z, self.score.beta_v)
-        return core.self_reward_score(lp_z, self.score.beta_v, self.score.c_ref)
+        n = cfg.rollout.n
+        return rollout_verify_score(
+            self.engine, self.tokenizer, prompt_ids, [p.answer for p in problems], self.train_data.verifier,
+            sampling=self._sampling(), n=n, batch_size=cfg.rollout.batch_size or len(prompt_ids) * n,
+            score=self.score, generator=gen, correct_threshold=cfg.laser.correct_threshold,
+        )
 
     def train_step(self) -> dict[str, Any]:
         cfg, lc = self.cfg, self.cfg.laser
@@ -307,87 +313,77 @@ class Trainer:
         local = cfg.data.prompts_per_step // self.world
         problems, prompts = self._next_problems(cfg.data.prompts_per_step)
         mine = slice(self.rank * local, (self.rank + 1) * local)
-        r = self._rollout(problems[mine], prompts[mine])
-        roll, rewards, group = r["roll"], r["rewards"], r["group"]
+        rb = self._rollout(problems[mine], prompts[mine])
         t_roll = time.perf_counter() - t0
 
         phase = core.laser_phase(self.step, lc.reasoning_warmup_steps, lc.self_reward_warmup_steps)
-        use_mse = lc.enabled and phase.mse
         alpha = core.alpha_schedule(self.step, lc.alpha, lc.reasoning_warmup_steps, lc.alpha_warmup_steps)
-        advantages = core.grpo_advantages(rewards, group)
-        finished = roll.finished
-        # global class-balance weights: counts over the whole (all-process) batch
-        weights = self._global_mse_weights(rewards, finished)
-        batch = build_train_batch(
-            r["prompts"], roll.response_ids, roll.response_mask, roll.logprobs, stop_ids=self.stop_ids,
-            pad_id=self.pad_id, z_id=self.z_id if self.z_id is not None else _any_free_id(self.pad_id, self.stop_ids),
-            advantages=advantages, rewards=rewards, mse_weights=weights,
-        ).to(self.acc.device)
-        ref = self._reference_pass(batch) if self.ref_policy is not None else None
-        scores = None
+        z_id = self.z_id if self.z_id is not None else _any_free_id(self.pad_id, self.stop_ids)
+        seq = build_sequences(rb.prompt_ids, rb.rollout, pad_id=self.pad_id, z_id=z_id, stop_ids=self.stop_ids)
+        seq = seq.to(self.acc.device)
+        ref = self._reference_pass(seq) if self.ref_policy is not None else None
+        scores = rb.scores
+        if self.score is not None and scores is None:  # reference: model — the score needs the reference pass
+            assert ref is not None
+            scores = self.score.score(rb.rollout.lp_z, ref.lp_z, rb.finished)
+        advantages = core.grpo_advantages(rb.rewards, rb.group)
         passed = torch.zeros(0, dtype=torch.bool)
-        if self.score is not None:
-            scores = self._rollout_scores(roll.lp_z, ref[1] if ref else None)
-            if lc.enabled and phase.integration:
-                batch.advantages, passed = core.self_reward_advantages(
-                    advantages, scores, finished, group, lc.tau, lc.filter_threshold
-                )
-                batch.advantages = batch.advantages.float()
-        ref_lp_z = ref[1] if ref is not None and lc.reference == "model" else None
-        stats = self._update(batch, alpha if use_mse else None, ref[0] if ref else None, ref_lp_z)
+        if lc.enabled and phase.integration and scores is not None:
+            advantages, passed = core.self_reward_advantages(
+                advantages, scores, rb.finished, rb.group, lc.tau, lc.filter_threshold
+            )
+        batch = TrainBatch(
+            seq, advantages.float(), rb.rewards, self._global_mse_weights(rb.correct, rb.finished),
+            ref_logprobs=None if ref is None else ref.token_logprobs,
+            ref_lp_z=ref.lp_z if ref is not None and self.score is not None and self.score.reference == "model" else None,
+        )
+        update = self._update(batch, alpha if lc.enabled and phase.mse else None)
         self.scheduler.step()
         t_update = time.perf_counter() - t0 - t_roll
 
-        metrics = self._step_metrics(rewards, roll, scores, passed, stats, phase)
-        if lc.enabled:
-            metrics["alpha"] = alpha
-            metrics["loss"] = metrics["policy_loss"] + alpha * metrics["sr_loss"]
-        metrics["skipped_prompts"] = self.skipped_prompts
+        metrics = self._step_metrics(rb, scores, passed, update, phase, alpha)
         metrics.update(time_rollout=t_roll, time_update=t_update, time_step=time.perf_counter() - t0)
         return metrics
 
-    def _global_mse_weights(self, rewards: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
+    def _global_mse_weights(self, correct: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
+        """Class-balance weights (Eq. 14) with the counts of the whole, all-process batch."""
         lc = self.cfg.laser
-        correct = (rewards > lc.correct_threshold) & finished
-        local = torch.stack([correct.sum(), (finished & ~correct).sum()]).float()
+        local = torch.stack([(correct & finished).sum(), (finished & ~correct).sum()]).float()
         counts = self.acc.reduce(local, reduction="sum")
         return core.class_balance_weights(
-            rewards.float(), finished, lc.class_balanced, lc.correct_threshold, class_counts=(counts[0], counts[1])
+            correct.float(), finished, lc.class_balanced, 0.5, class_counts=(counts[0], counts[1])
         )
 
     @torch.no_grad()
-    def _reference_pass(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _reference_pass(self, seq: Sequences) -> PolicyOutput:
         assert self.ref_policy is not None
-        out = self.ref_policy(batch.input_ids, batch.attention_mask, batch.position_ids, batch.pred_mask,
-                              batch.eos_column, batch.finished, self.cfg.rollout.temperature)
-        return out.token_logprobs, out.lp_z
+        return self.ref_policy(seq.input_ids, seq.attention_mask, seq.position_ids, seq.pred_mask,
+                               seq.eos_column, seq.finished, self.cfg.rollout.temperature)
 
-    def _forward(self, sub: TrainBatch, with_score: bool = True) -> Any:
-        return self.policy(sub.input_ids, sub.attention_mask, sub.position_ids, sub.pred_mask,
-                           sub.eos_column, sub.finished, self.cfg.rollout.temperature, with_score)
+    def _forward(self, seq: Sequences, with_score: bool = True) -> PolicyOutput:
+        return self.policy(seq.input_ids, seq.attention_mask, seq.position_ids, seq.pred_mask,
+                           seq.eos_column, seq.finished, self.cfg.rollout.temperature, with_score)
 
-    def _update(
-        self, batch: TrainBatch, alpha: float | None, ref_logprobs: torch.Tensor | None, ref_lp_z: torch.Tensor | None
-    ) -> dict[str, float]:
+    def _update(self, batch: TrainBatch, alpha: float | None) -> UpdateStats:
         """One optimiser pass over the batch; ``alpha`` weighs the MSE term (``None``: no MSE, plain GRPO)."""
         cfg, lo = self.cfg, self.cfg.loss
-        B = batch.input_ids.shape[0]
+        B = batch.seq.input_ids.shape[0]
+        device = batch.seq.input_ids.device
         on_policy = lo.ppo_epochs == 1 and lo.mini_batches == 1
         if not on_policy:  # old log-probs from the same code path as the update (not the sampler's)
             with torch.no_grad():
-                batch.old_logprobs = self._forward(batch, with_score=False).token_logprobs.detach()
+                recomputed = self._forward(batch.seq, with_score=False).token_logprobs.detach()
+            batch = replace(batch, seq=replace(batch.seq, old_logprobs=recomputed))
+        loss_cfg = core.PolicyLossConfig(lo.clip_low, lo.clip_high, lo.aggregation, lo.kl_coef, lo.clip_ratio_c)
         gen = torch.Generator().manual_seed(_seed_for(cfg.train.seed, self.step, self.rank, 2))
-        sums: dict[str, float] = {"policy_loss": 0.0, "sr_loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "grad_norm": 0.0}
+        total = UpdateStats()
         n_updates = 0
         micro = lo.micro_batch_size or B
         for _ in range(lo.ppo_epochs):
-            order = torch.randperm(B, generator=gen).to(batch.input_ids.device) if lo.mini_batches > 1 else torch.arange(B, device=batch.input_ids.device)
+            order = torch.randperm(B, generator=gen).to(device) if lo.mini_batches > 1 else torch.arange(B, device=device)
             for mb in order.chunk(lo.mini_batches):
-                pm = batch.pred_mask[mb]
-                if lo.aggregation == "token-mean":
-                    count = pm.sum().float()
-                else:
-                    count = (pm.sum(dim=1) > 0).sum().float()
+                pm = batch.seq.pred_mask[mb]
+                count = pm.sum().float() if lo.aggregation == "token-mean" else (pm.sum(dim=1) > 0).sum().float()
                 # DDP averages gradients over processes, hence the division by the world size
                 normalizer = self.acc.reduce(count, reduction="sum") / self.world
                 w_sum = self.acc.reduce(batch.mse_weights[mb].sum(), reduction="sum") / self.world
@@ -396,29 +392,31 @@ class Trainer:
                     sub = batch.select(rows)
                     sync = self.acc.no_sync(self.policy) if i < len(chunks) - 1 else contextlib.nullcontext()
                     with sync:
-                        out = self._forward(sub, with_score=alpha is not None)
-                        ref_lp = ref_logprobs[rows][:, : sub.pred_mask.shape[1]] if ref_logprobs is not None else None
-                        loss, pg, mse, st = laser_loss(
-                            out, sub, lo, alpha=alpha, score=self.score,
-                            normalizer=normalizer, weight_sum=w_sum, on_policy=on_policy, ref_logprobs=ref_lp,
-                            ref_lp_z=ref_lp_z[rows] if ref_lp_z is not None else None,
+                        out = self._forward(sub.seq, with_score=alpha is not None)
+                        scores = None
+                        if alpha is not None:
+                            assert self.score is not None
+                            scores = self.score.score(out.lp_z, sub.ref_lp_z)
+                        old = out.token_logprobs.detach() if on_policy else sub.seq.old_logprobs
+                        terms = core.laser_loss(
+                            out.token_logprobs, old, sub.advantages, sub.seq.pred_mask, loss_cfg,
+                            normalizer=normalizer, alpha=alpha, scores=scores, rewards=sub.rewards,
+                            finished=sub.seq.finished, mse_weights=sub.mse_weights, mse_weight_sum=w_sum,
+                            ref_logprobs=sub.ref_logprobs,
                         )
-                        sums["sr_loss"] += float(mse.detach())
-                        if cfg.guard.nan_check and not torch.isfinite(loss):
-                            raise LaserError(self._stop_message(f"loss is {float(loss)} at step {self.step}"))
-                        self.acc.backward(loss)
-                    sums["policy_loss"] += float(pg.detach())
-                    sums["clip_fraction"] += float(st["clip_fraction"]) / len(chunks)
-                    sums["kl"] += float(st["kl"]) / len(chunks)
+                        if cfg.guard.nan_check and not torch.isfinite(terms.total):
+                            raise LaserError(self._stop_message(f"loss is {float(terms.total)} at step {self.step}"))
+                        self.acc.backward(terms.total)
+                    total.add_micro_batch(terms, len(chunks))
                 max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
                 grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), max_norm)
                 if cfg.guard.nan_check and not torch.isfinite(grad_norm):
                     raise LaserError(self._stop_message(f"gradient norm is {float(grad_norm)} at step {self.step}"))
-                sums["grad_norm"] += float(grad_norm)
+                total.grad_norm += float(grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 n_updates += 1
-        return {k: v / n_updates for k, v in sums.items()}
+        return total.averaged(n_updates)
 
     def _stop_message(self, why: str) -> str:
         last = latest_checkpoint(self.out)
@@ -427,18 +425,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ metrics
 
-    def _step_metrics(self, rewards, roll, scores, passed, stats, phase) -> dict[str, Any]:
+    def _step_metrics(
+        self, rb: RolloutBatch, scores: torch.Tensor | None, passed: torch.Tensor, update: UpdateStats,
+        phase: core.LaserPhase, alpha: float,
+    ) -> dict[str, Any]:
+        """The step's record in metrics.jsonl: batch-level and global across processes."""
         from laser_rl.evaluation.metrics import verification_metrics
 
         g = self.acc.gather_for_metrics
-        rewards_all = g(rewards)
-        finished_all = g(roll.finished)
-        lengths_all = g(roll.response_mask.sum(dim=1).float())
+        rewards_all = g(rb.rewards)
+        correct = g(rb.correct)
+        finished_all = g(rb.finished)
+        lengths_all = g(rb.rollout.lengths.float())
+        stats = asdict(update)
         stats_t = self.acc.reduce(torch.tensor([stats[k] for k in sorted(stats)], device=self.acc.device), reduction="mean")
         m: dict[str, Any] = {"step": self.step}
         m.update({k: float(v) for k, v in zip(sorted(stats), stats_t)})
-        m["loss"] = m["policy_loss"]  # train_step adds α·sr_loss for LaSeR
-        correct = rewards_all > self.cfg.laser.correct_threshold
+        lc = self.cfg.laser
+        m["loss"] = m["policy_loss"] + (alpha * m["sr_loss"] if lc.enabled else 0.0)
         m.update(
             rollouts=int(rewards_all.numel()),
             reward_mean=float(rewards_all.mean()),
@@ -446,11 +450,13 @@ class Trainer:
             truncation_rate=float((~finished_all).float().mean()),
             response_length=float(lengths_all.mean()),
             lr=float(self.scheduler.get_last_lr()[0]),
-            phase_mse=bool(self.cfg.laser.enabled and phase.mse),
-            phase_integration=bool(self.cfg.laser.enabled and phase.integration),
+            phase_mse=bool(lc.enabled and phase.mse),
+            phase_integration=bool(lc.enabled and phase.integration),
         )
+        if lc.enabled:
+            m["alpha"] = alpha
         if scores is not None:
-            s = g(torch.where(roll.finished, scores, torch.zeros_like(scores)))
+            s = g(scores)
             v = verification_metrics(s.double().cpu().numpy(), correct.cpu().numpy())
             m.update(
                 sv_tpr=v["tpr"], sv_tnr=v["tnr"], sv_hm=v["hm_tpr_tnr"], sv_auroc=v["auroc"],
@@ -459,6 +465,7 @@ class Trainer:
             )
             if passed.numel():
                 m["filter_pass_fraction"] = float(g(passed.float()).mean())
+        m["skipped_prompts"] = self.skipped_prompts
         return m
 
     # ------------------------------------------------------------------ evaluation
@@ -495,8 +502,7 @@ class Trainer:
         if self.score is not None:
             extra = dict(self.score.extra, stop_ids=self.stop_ids, prompt_style=self.prompt_style, step=self.step,
                          max_new_tokens=self.cfg.rollout.max_new_tokens)
-            ScoreParams(self.score.token, self.score.token_id, self.score.beta_v, self.score.c_ref,
-                        self.score.c_ref_std, extra).save(folder)
+            replace(self.score, extra=extra).save(folder)
         task = self.base_path / "task.json"
         if task.is_file():
             (folder / "task.json").write_text(task.read_text())
@@ -676,44 +682,6 @@ class Trainer:
                           config=config_to_dict(self.cfg), dir=str(self.out))
 
 
-# ---------------------------------------------------------------------- the loss
-
-
-def laser_loss(
-    out: Any,
-    sub: TrainBatch,
-    lo: Any,
-    *,
-    alpha: float | None,
-    score: ScoreParams | None,
-    normalizer: torch.Tensor | float,
-    weight_sum: torch.Tensor | float,
-    on_policy: bool,
-    ref_logprobs: torch.Tensor | None = None,
-    ref_lp_z: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """loss = PPO-clip(A') + α·L_sr (spec §2.8) for one micro-batch; ``alpha=None`` = plain GRPO.
-
-    The score is β_v·(lp_z − c_ref), or β_v·(lp_z − lp_z_ref) when ``ref_lp_z`` (the frozen reference
-    model's log π(z | x, y, EOS)) is given. Returns (loss, policy loss, self-reward MSE, policy-loss
-    stats). On-policy (one epoch, one mini-batch) the old log-probs are the detached current ones.
-    """
-    old = out.token_logprobs.detach() if on_policy else sub.old_logprobs
-    pg, stats = core.policy_loss(
-        out.token_logprobs, old, sub.advantages, sub.pred_mask, lo.clip_low, lo.clip_high, lo.aggregation,
-        ref_logprobs=ref_logprobs, kl_coef=lo.kl_coef, normalizer=normalizer, clip_ratio_c=lo.clip_ratio_c,
-    )
-    mse = pg.new_zeros(())
-    if alpha is not None:
-        assert score is not None
-        if ref_lp_z is not None:
-            s = core.self_reward_score_with_reference(out.lp_z, ref_lp_z, score.beta_v)
-        else:
-            s = core.self_reward_score(out.lp_z, score.beta_v, score.c_ref)
-        mse = core.class_balanced_mse(s, sub.rewards, sub.finished, weights=sub.mse_weights, weight_sum=weight_sum)
-    return pg + (alpha or 0.0) * mse, pg, mse, stats
-
-
 # ---------------------------------------------------------------------- small helpers
 
 
@@ -729,32 +697,6 @@ def _any_free_id(pad_id: int, stop_ids: list[int]) -> int:
     while i == pad_id or i in stop_ids:
         i += 1
     return i
-
-
-def _strip_stops(responses: list[list[int]], stop_ids: list[int]) -> list[list[int]]:
-    stops = set(stop_ids)
-    return [r[:-1] if r and r[-1] in stops else r for r in responses]
-
-
-def _concat_rollouts(parts: list[Any], pad_id: int) -> Any:
-    """Join rollouts sampled in several generation batches (they may differ in length)."""
-    if len(parts) == 1:
-        return parts[0]
-    from laser_rl.rollout import Rollout
-
-    T = max(p.response_ids.shape[1] for p in parts)
-
-    def pad(t: torch.Tensor, value: float | int | bool) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, T - t.shape[1]), value=value)
-
-    return Rollout(
-        response_ids=torch.cat([pad(p.response_ids, pad_id) for p in parts]),
-        response_mask=torch.cat([pad(p.response_mask, False) for p in parts]),
-        logprobs=torch.cat([pad(p.logprobs, 0.0) for p in parts]),
-        finished=torch.cat([p.finished for p in parts]),
-        truncated=torch.cat([p.truncated for p in parts]),
-        lp_z=torch.cat([p.lp_z for p in parts]),
-    )
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
