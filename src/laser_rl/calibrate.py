@@ -82,7 +82,10 @@ def measure_self_reward_logprobs(
     """
     import torch
 
-    from laser_rl.rollout import SamplingConfig, sample
+    from laser_rl.rollout import SamplingConfig
+    from laser_rl.rollout.engine import SamplerEngine, never_sampled_ids
+    from laser_rl.rollout.pipeline import generate
+    from laser_rl.rollout.sampler import model_device, vocab_size
 
     if samples_per_problem < 1:
         raise LaserError(f"--samples-per-problem must be >= 1, got {samples_per_problem}")
@@ -99,29 +102,12 @@ def measure_self_reward_logprobs(
     if config is None:
         config = SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     stops = [int(s) for s in stop_ids]
-    # A pad token that is not a stop id would otherwise be a sampleable, meaningless token.
-    suppress = [pad_id] if pad_id not in stops and pad_id != z_id else []
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-
-    values: list[torch.Tensor] = []
-    finished = 0
-    for start in range(0, len(rows), batch_size):
-        rollout = sample(
-            model,
-            rows[start : start + batch_size],
-            pad_id=pad_id,
-            stop_ids=stops,
-            config=config,
-            z_id=z_id,
-            suppress_ids=suppress,
-            generator=generator,
-        )
-        values.append(rollout.lp_z[rollout.finished].float().cpu())
-        finished += int(rollout.finished.sum())
-        if progress is not None:
-            progress(min(start + batch_size, len(rows)), len(rows))
-    lp = torch.cat(values)
+    suppress = never_sampled_ids(len(tokenizer), vocab_size(model), stops, pad_id)
+    engine = SamplerEngine(model, pad_id, stops, z_id, suppress)
+    generator = torch.Generator(device=model_device(model)).manual_seed(seed)
+    rollout = generate(engine, rows, config, batch_size=batch_size, generator=generator, progress=progress)
+    lp = rollout.lp_z[rollout.finished].float().cpu()
+    finished = int(rollout.finished.sum())
     total = len(rows)
     need = min_finished if min_finished is not None else max(2, math.ceil(0.1 * total))
     if finished < max(need, 1):

@@ -146,41 +146,27 @@ def measure(
     """Sample one response per problem at temperature 1, verify it, and read lp_z (if ``z_id``)."""
     import torch
 
-    from laser_rl.rollout.sampler import SamplingConfig, sample
+    from laser_rl.rollout.engine import SamplerEngine
+    from laser_rl.rollout.pipeline import rollout_verify_score
+    from laser_rl.rollout.sampler import SamplingConfig
 
-    verifier = ArithVerifier()
     eos = tokenizer.eos_token_id
     suppress = tuple(i for i in {tokenizer.pad_token_id, z_id} if i is not None and i != eos)
+    engine = SamplerEngine(model, tokenizer.pad_token_id, [eos], z_id, suppress)
     config = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens)
-    rewards: list[float] = []
-    lp_z: list[Any] = []
-    finished = 0
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for i in range(0, len(problems), batch_size):
-                chunk = problems[i : i + batch_size]
-                rollout = sample(
-                    model,
-                    _encode(tokenizer, [p.problem for p in chunk]),
-                    pad_id=tokenizer.pad_token_id,
-                    stop_ids=[eos],
-                    config=config,
-                    z_id=z_id,
-                    suppress_ids=suppress,
-                    generator=generator,
-                )
-                texts = tokenizer.batch_decode(rollout.responses(), skip_special_tokens=True)
-                rewards += [verifier.reward(t, p.answer) for t, p in zip(texts, chunk)]
-                finished += int(rollout.finished.sum())
-                if z_id is not None:
-                    lp_z.append(rollout.lp_z[rollout.finished].float())
+            rb = rollout_verify_score(
+                engine, tokenizer, _encode(tokenizer, [p.problem for p in problems]), [p.answer for p in problems],
+                ArithVerifier(), sampling=config, batch_size=batch_size, generator=generator,
+            )
     finally:
         model.train(was_training)
-    lp = torch.cat(lp_z) if lp_z else torch.empty(0)
+    lp = rb.rollout.lp_z[rb.finished].float() if z_id is not None else torch.empty(0)
     n = max(len(problems), 1)
-    return Measurement(accuracy=sum(rewards) / n, lp_z=lp, finished=finished / n)
+    return Measurement(accuracy=float(rb.rewards.sum()) / n, lp_z=lp, finished=float(rb.finished.sum()) / n)
 
 
 def _beta_v_for(c_ref: float, target_logprob: float, warn: Callable[[str], None]) -> tuple[float, bool]:
