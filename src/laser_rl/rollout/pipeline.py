@@ -122,14 +122,15 @@ def rollout_verify_score(
     ``score``: the score parameters (None = no score, e.g. a GRPO run without z). A score that needs a
     reference model (``reference: model``) is left to the caller, which has the reference forward:
     ``scores`` is then None and the caller calls ``score.score(lp_z, ref_lp_z, finished)``.
-    ``row_seeds`` (one per prompt) seed each prompt's n rows independently of the batch (evaluation);
-    otherwise ``generator`` drives every batch in turn (training).
+    ``row_seeds`` (one per response row, prompt-major) seed every row independently of the batch it is
+    sampled in (evaluation); otherwise ``generator`` drives every batch in turn (training).
     """
     if len(prompt_ids) != len(answers):
         raise ValueError(f"got {len(prompt_ids)} prompts but {len(answers)} answers")
     rows = [list(p) for p in prompt_ids for _ in range(n)]
-    seeds = None if row_seeds is None else [s * n + j for s in row_seeds for j in range(n)]
-    rollout = generate(engine, rows, sampling, batch_size=batch_size, generator=generator, row_seeds=seeds,
+    if row_seeds is not None and len(row_seeds) != len(rows):
+        raise ValueError(f"row_seeds has {len(row_seeds)} entries for {len(rows)} response rows")
+    rollout = generate(engine, rows, sampling, batch_size=batch_size, generator=generator, row_seeds=row_seeds,
                        progress=progress)
     texts = decode_responses(tokenizer, rollout, engine.stop_ids)
     row_answers = [a for a in answers for _ in range(n)]
