@@ -4,9 +4,10 @@ An engine turns prompt ids into a :class:`~laser_rl.rollout.sampler.Rollout` (re
 sampled-token log-probs, finished flags and, where the engine can read it, lp_z = log π(z | x, y, EOS)).
 The trainer, ``laser eval``, calibration, the base-model measurement and the benchmark all reach
 generation through :func:`laser_rl.rollout.pipeline.rollout_verify_score`, so a second engine (vLLM,
-a sharded model, TRL's) plugs in here without touching them. An engine that cannot read lp_z in its
-loop sets ``reads_score = False``; the pipeline then scores the finished responses teacher-forced
-(:func:`laser_rl.rollout.scorer.score_responses`, one forward each).
+a sharded model, TRL's) plugs in here and is chosen by name in :func:`build_engine`, without touching
+them. An engine that cannot read lp_z inside its loop fills it teacher-forced before returning
+(:func:`laser_rl.rollout.scorer.score_responses`, one forward over the finished responses), or sets
+``reads_score = False`` and serves only runs without a self-reward score.
 """
 
 from __future__ import annotations
