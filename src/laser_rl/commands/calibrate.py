@@ -126,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         stop_ids=stop_ids,
         data_sample_texts=problems[:200],
         force=args.force_token,
+        force_option="--force-token",
+        add_option=None,
     )
     pad_id = tokenizer.pad_token_id
     # Load the model only once the cheap checks have passed.

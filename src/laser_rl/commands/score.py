@@ -14,6 +14,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model folder (with laser.json when trained here)")
     g = parser.add_argument_group("self-reward score (default: the model folder's laser.json)")
     g.add_argument("--token", default=None, help="the self-reward token z (a special token string or id)")
+    g.add_argument("--force-token", action="store_true", help="accept an ordinary or used token as --token")
     g.add_argument("--beta-v", type=finite_float, default=None, help="score scale beta_v")
     g.add_argument("--c-ref", type=finite_float, default=None, help="reference constant c_ref")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     count = score_file(
         args.model, args.input, args.out, batch_size=args.batch_size, token=args.token, beta_v=args.beta_v,
         c_ref=args.c_ref, prompt_style=args.prompt_style, device=args.device, dtype=args.dtype,
+        force_token=args.force_token,
     )
     print(f"scored {count} responses; wrote {args.out}")
     return 0

@@ -99,9 +99,11 @@ def load_scoring_model(
     c_ref: float | None = None,
     device: str | None = None,
     dtype: str = "auto",
+    force_token: bool = False,
 ) -> ScoringModel:
     """Load model + tokenizer and resolve z, β_v, c_ref: flags override ``laser.json``; a folder
-    without ``laser.json`` needs all three flags (no silent default)."""
+    without ``laser.json`` needs all three flags (no silent default). z is checked on the tokenizer
+    before the model loads; ``force_token`` accepts an ordinary or used token as z."""
     from laser_rl.integrations.hf import check_model_folder, load_model, load_tokenizer, resolve_stop_ids
     from laser_rl.integrations.special_token import (
         parse_token_arg,
@@ -129,12 +131,13 @@ def load_scoring_model(
     if not isinstance(saved_stops, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in saved_stops):
         raise LaserError(f"{folder / 'laser.json'}: extra.stop_ids must be a list of token ids, got {saved_stops!r}")
     stop_ids = resolve_stop_ids(tokenizer, saved_stops, model_path=folder)
-    model = load_model(folder, dtype=dtype, device=device)
-    vocab = vocab_size(model)
     pad_id = int(tokenizer.pad_token_id)
 
     if token is not None:
-        token_str, z_id, _ = select_self_reward_token(tokenizer, parse_token_arg(token), stop_ids=stop_ids)
+        token_str, z_id, _ = select_self_reward_token(
+            tokenizer, parse_token_arg(token), stop_ids=stop_ids, force=force_token,
+            force_option="--force-token", add_option=None,
+        )
     else:
         assert saved is not None
         token_str, z_id = saved.token, saved.token_id
@@ -144,6 +147,8 @@ def load_scoring_model(
                 f"{folder / 'laser.json'}: token {token_str!r} has id {z_id}, but the tokenizer's token "
                 f"{z_id} is {name!r}; fix laser.json or pass --token"
             )
+    model = load_model(folder, dtype=dtype, device=device)  # after the cheap checks
+    vocab = vocab_size(model)
     validate_token_id(z_id, vocab, stop_ids, pad_id)
     params = ScoreParams(
         token=token_str,
@@ -208,6 +213,7 @@ class EvalOptions:
     dtype: str = "auto"
     save_ids: bool = False
     progress: bool = True
+    force_token: bool = False
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -380,7 +386,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
         raise LaserError(f"--out {out} exists and is not a folder")
 
     sm = load_scoring_model(opts.model, token=opts.token, beta_v=opts.beta_v, c_ref=opts.c_ref,
-                            device=opts.device, dtype=opts.dtype)
+                            device=opts.device, dtype=opts.dtype, force_token=opts.force_token)
     data = load_eval_data(opts.data, sm.folder)
     problems = list(data.problems)
     total = len(problems) if opts.limit is None else min(opts.limit, len(problems))
@@ -511,6 +517,7 @@ def score_file(
     prompt_style: str = "auto",
     device: str | None = None,
     dtype: str = "auto",
+    force_token: bool = False,
 ) -> int:
     """Add ``self_rewarding_scores`` to every record of ``input_path``; write ``out_path`` atomically.
 
@@ -544,7 +551,8 @@ def score_file(
         if fin is not None and (not isinstance(fin, list) or len(fin) != n or not all(isinstance(v, bool) for v in fin)):
             raise LaserError(f"{where}: field 'finished' must be a list of {n} booleans")
 
-    sm = load_scoring_model(model_dir, token=token, beta_v=beta_v, c_ref=c_ref, device=device, dtype=dtype)
+    sm = load_scoring_model(model_dir, token=token, beta_v=beta_v, c_ref=c_ref, device=device, dtype=dtype,
+                            force_token=force_token)
     style = default_prompt_style(sm) if prompt_style == "auto" else prompt_style
     need_prompt = [i for i, r in enumerate(records) if "prompt_ids" not in r]
     built = _prompts(sm, [records[i]["problem"] for i in need_prompt], style, input_path)
