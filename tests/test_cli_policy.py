@@ -87,3 +87,37 @@ def test_ordinary_token_message_names_the_commands_force_option(tiny_model_dir, 
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2 and "ordinary text token" in err and "(or pass --force-token to override)" in err
+
+
+# ------------------------------------------------------------------ eval samples: seeded per problem
+
+
+def _eval(model_dir: Path, out: Path, *extra: str) -> int:
+    return main(["eval", "--model", str(model_dir), "--data", "arith", "--n", "3", "--out", str(out),
+                 "--max-new-tokens", "10", *extra])
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
+def _same_samples(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for key in ("problem", "responses", "finished", "response_lengths", "acc_list"):
+            assert x[key] == y[key], key
+        for key in ("self_rewarding_scores", "mean_logprobs"):  # the batch's padding may move the last bits
+            assert x[key] == pytest.approx(y[key], abs=1e-5), key
+
+
+def test_eval_samples_do_not_depend_on_limit_resume_or_batch_size(tiny_model_dir, tmp_path, one_thread):
+    grown = tmp_path / "grown"
+    assert _eval(tiny_model_dir, grown, "--limit", "4", "--batch-size", "9") == 0
+    assert _eval(tiny_model_dir, grown, "--limit", "8", "--batch-size", "9") == 0  # resumes at problem 4
+    fresh = tmp_path / "fresh"
+    assert _eval(tiny_model_dir, fresh, "--limit", "8", "--batch-size", "9") == 0  # chunks start at 0, 3, 6
+    _same_samples(_records(grown), _records(fresh))
+    other_batch = tmp_path / "batch"
+    assert _eval(tiny_model_dir, other_batch, "--limit", "8", "--batch-size", "5") == 0
+    _same_samples(_records(other_batch), _records(fresh))
+    assert len({r for rec in _records(fresh) for r in rec["responses"]}) > 8  # really sampled, not constant

@@ -22,9 +22,10 @@ Conventions:
 - Resuming: rerunning with the same folder skips the problems already in ``samples.jsonl`` (an
   incomplete last line from a crash is dropped and redone). A different model, data, n, seed,
   sampling setting or score parameter is an error, not a silent mix; ``--limit`` and
-  ``--batch-size`` may change. Randomness is seeded per chunk of problems from ``(seed, index of the
-  chunk's first problem)``, so a run resumed at a chunk boundary with the same batch size draws the
-  same samples as an uninterrupted one.
+  ``--batch-size`` may change. Randomness is seeded per response from ``(seed, problem index,
+  response index)`` (:func:`response_seeds`; the sampler gives each row its own generator), so a
+  problem gets the same samples whatever the batch size, ``--limit`` or resume point, and ``--n 4``
+  draws the first four responses of ``--n 8``.
 - ``--limit M``: the metrics and report cover the first M problems, even when the file holds more.
 - Stop ids: :func:`laser_rl.integrations.hf.resolve_stop_ids` (EOS, the chat template's end-of-turn
   token, generation_config's EOS ids) plus ``laser.json``'s ``extra.stop_ids`` — the same set the
@@ -271,12 +272,17 @@ def _check_resume(out: Path, config: dict[str, Any]) -> None:
         )
 
 
-def _chunk_generator(seed: int, start: int, device: Any) -> Any:
+def response_seeds(seed: int, first_problem: int, num_problems: int, n: int) -> list[int]:
+    """Sampler seeds of the ``n`` responses of problems ``first_problem ..`` (problem-major order):
+    each a hash of ``(seed, problem index, response index)``, so it does not depend on how the
+    problems are batched."""
     import numpy as np
-    import torch
 
-    state = int(np.random.SeedSequence([seed, start]).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator(device=device).manual_seed(state)
+    return [
+        int(np.random.SeedSequence([seed, i, j]).generate_state(1, dtype=np.uint64)[0])
+        for i in range(first_problem, first_problem + num_problems)
+        for j in range(n)
+    ]
 
 
 def sample_records(
@@ -288,11 +294,13 @@ def sample_records(
     batch_size: int,
     sampling: Any,
     verifier: Any,
-    generator: Any,
+    generator: Any = None,
+    row_seeds: Sequence[int] | None = None,
     save_ids: bool = False,
 ) -> list[dict[str, Any]]:
     """Sample n responses for each problem, verify and self-score them, and build their records
-    (the ``samples.jsonl`` format). Shared by ``laser eval`` and the trainer's periodic evaluation."""
+    (the ``samples.jsonl`` format). Shared by ``laser eval`` and the trainer's periodic evaluation.
+    Randomness: one ``generator`` for all, or ``row_seeds`` (one per response, problem-major)."""
     import torch
 
     from laser_rl.core.laser import self_reward_score
@@ -310,7 +318,7 @@ def sample_records(
         roll = sampler.sample(
             sm.model, rows[start : start + batch_size], pad_id=sm.pad_id, stop_ids=sm.stop_ids,
             config=sampling, z_id=sm.params.token_id if sm.params else None, suppress_ids=sm.suppress_ids,
-            generator=generator,
+            generator=generator, row_seeds=None if row_seeds is None else row_seeds[start : start + batch_size],
         )
         mask = roll.response_mask
         lengths = mask.sum(dim=1).clamp(min=1)
@@ -454,9 +462,9 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
             for start in range(todo.start, todo.stop, per_chunk):
                 chunk = problems[start : min(start + per_chunk, total)]
                 prompt_ids = all_prompt_ids[start : start + len(chunk)]
-                gen = _chunk_generator(opts.seed, start, sm.model.device)
+                seeds = response_seeds(opts.seed, start, len(chunk), n)
                 records = sample_records(sm, chunk, prompt_ids, n=opts.n, batch_size=opts.batch_size, sampling=sampling,
-                                         verifier=data.verifier, generator=gen, save_ids=opts.save_ids)
+                                         verifier=data.verifier, row_seeds=seeds, save_ids=opts.save_ids)
                 f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
                 f.flush()
                 os.fsync(f.fileno())
