@@ -121,3 +121,79 @@ def test_eval_samples_do_not_depend_on_limit_resume_or_batch_size(tiny_model_dir
     assert _eval(tiny_model_dir, other_batch, "--limit", "8", "--batch-size", "5") == 0
     _same_samples(_records(other_batch), _records(fresh))
     assert len({r for rec in _records(fresh) for r in rec["responses"]}) > 8  # really sampled, not constant
+
+
+# ------------------------------------------------------------------ calibrate honours the folder's max_new_tokens
+
+
+def test_calibrate_uses_the_folders_max_new_tokens(tiny_model_dir, tmp_path, capsys, one_thread):
+    import shutil
+
+    from laser_rl.score_params import ScoreParams
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    params = ScoreParams.load(folder)
+    ScoreParams(params.token, params.token_id, params.beta_v, params.c_ref, params.c_ref_std,
+                dict(params.extra, max_new_tokens=16)).save(folder)
+    report = tmp_path / "cal.json"
+    # the README's form: no --max-new-tokens (1024 would not fit the tiny model's 256 positions)
+    assert main(["calibrate", "--model", str(folder), "--data", "arith", "--n", "12", "--json", str(report),
+                 "--quiet"]) == 0, capsys.readouterr().err
+    assert json.loads(report.read_text())["max_new_tokens"] == 16
+    # the flag wins over the folder
+    assert main(["calibrate", "--model", str(folder), "--data", "arith", "--n", "12", "--json", str(report),
+                 "--max-new-tokens", "20", "--quiet", "--overwrite"]) == 0, capsys.readouterr().err
+    assert json.loads(report.read_text())["max_new_tokens"] == 20
+
+
+# ------------------------------------------------------------------ output policy: refuse unless --overwrite
+
+
+def test_eval_refuses_an_unrelated_folder_and_resumes_its_own(tiny_model_dir, tmp_path, capsys, one_thread):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    assert _eval(tiny_model_dir, out, "--limit", "1") == 2
+    assert "--overwrite" in capsys.readouterr().err and [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert _eval(tiny_model_dir, out, "--limit", "1", "--overwrite") == 0  # replaced: starts over
+    assert not (out / "notes.txt").exists() and len(_records(out)) == 1
+    assert _eval(tiny_model_dir, out, "--limit", "2") == 0  # its own folder: resumed without --overwrite
+    assert len(_records(out)) == 2
+    capsys.readouterr()
+    assert _eval(tiny_model_dir, out, "--limit", "2", "--seed", "5") == 2  # other settings: refused ...
+    assert "--overwrite" in capsys.readouterr().err
+    assert _eval(tiny_model_dir, out, "--limit", "1", "--seed", "5", "--overwrite") == 0  # ... or started over
+    assert len(_records(out)) == 1 and json.loads((out / "eval_config.json").read_text())["seed"] == 5
+
+
+def test_score_metrics_calibrate_bench_refuse_an_existing_file(tiny_model_dir, tmp_path, capsys, one_thread):
+    run = tmp_path / "run"
+    assert _eval(tiny_model_dir, run, "--limit", "2") == 0
+    samples = str(run / "samples.jsonl")
+    taken = tmp_path / "taken.json"
+    taken.write_text("keep")
+    commands = {
+        "score": ["score", "--model", str(tiny_model_dir), "--input", samples, "--out", str(taken)],
+        "metrics": ["metrics", "--input", samples, "--out", str(taken)],
+        "calibrate": ["calibrate", "--model", str(tiny_model_dir), "--data", "arith", "--n", "12",
+                      "--max-new-tokens", "16", "--quiet", "--json", str(taken)],
+        "bench": ["bench", "--out", str(taken), "--reps", "1", "--batch", "2", "--max-new-tokens", "2", "--no-large"],
+    }
+    for name, argv in commands.items():
+        capsys.readouterr()
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert f"{taken}: file exists (pass --overwrite to replace it)" in err, name
+        assert taken.read_text() == "keep", name
+    for name in ("score", "metrics", "calibrate"):
+        assert main([*commands[name], "--overwrite"]) == 0, name
+        assert taken.read_text() != "keep"
+        taken.write_text("keep")
+    # metrics --report into a non-empty folder is refused too
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "x").write_text("x")
+    capsys.readouterr()
+    assert main(["metrics", "--input", samples, "--out", str(tmp_path / "m.json"), "--report", str(report)]) == 2
+    assert "--report" in capsys.readouterr().err and not (tmp_path / "m.json").exists()

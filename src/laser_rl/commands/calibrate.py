@@ -28,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-new-tokens",
         type=int,
-        default=1024,
-        help="response length limit; truncated responses have no score (default 1024)",
+        default=None,
+        help="response length limit; truncated responses have no score "
+        "(default: laser.json extra.max_new_tokens, else 1024, capped to the model's context)",
     )
     parser.add_argument(
         "--token",
@@ -58,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--save", action="store_true", help="write z, c_ref (+ std) and beta_v to DIR/laser.json"
     )
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     parser.add_argument(
         "--problem-key", default="problem", help="problem column of a data file (DeepMath-103K: question)"
     )
@@ -83,26 +85,30 @@ def run(args: argparse.Namespace) -> int:
     from laser_rl.calibrate import measure_self_reward_logprobs
     from laser_rl.core.laser import correct_target_logprob, derive_beta_v
     from laser_rl.errors import LaserError
+    from laser_rl.evaluation.runner import resolve_max_new_tokens
     from laser_rl.integrations.hf import build_prompts, load_model, load_tokenizer, resolve_stop_ids
     from laser_rl.integrations.special_token import (
         parse_token_arg,
         select_self_reward_token,
         validate_token_id,
     )
-    from laser_rl.io import write_json_atomic
+    from laser_rl.io import check_output_file, write_json_atomic
+    from laser_rl.rollout.sampler import context_length
     from laser_rl.score_params import FILENAME, ScoreParams
     from laser_rl.tasks.registry import load_task_data
 
     for flag, value in (
         ("--n", args.n),
         ("--samples-per-problem", args.samples_per_problem),
-        ("--max-new-tokens", args.max_new_tokens),
+        ("--max-new-tokens", 1 if args.max_new_tokens is None else args.max_new_tokens),
         ("--batch-size", args.batch_size),
     ):
         if value < 1:
             raise LaserError(f"{flag} must be >= 1, got {value}")
     if args.beta_v is not None and not args.beta_v > 0:
         raise LaserError(f"--beta-v must be > 0, got {args.beta_v}")
+    if args.json:
+        check_output_file(args.json, args.overwrite, flag="--json")
     folder = Path(args.model).expanduser()
     if args.save and not folder.is_dir():
         raise LaserError(f"--save needs a local model folder; {folder} is not one")
@@ -141,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
         )
 
     prompts = build_prompts(tokenizer, problems, data.prompt_style)
+    max_new_tokens = resolve_max_new_tokens(
+        args.max_new_tokens, existing.extra if existing is not None else {}, context_length(model),
+        max(len(p) for p in prompts), f"--data {args.data}", lambda msg: print(f"laser calibrate: {msg}", file=sys.stderr),
+    )
     quiet = args.quiet
 
     def progress(done: int, total: int) -> None:
@@ -156,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         pad_id=pad_id,
         n=args.n,
         samples_per_problem=args.samples_per_problem,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         batch_size=args.batch_size,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -182,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         "suggested_beta_v": suggested_beta,
         "target_logprob": args.target_logprob,
         "beta_v": beta_v,
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": max_new_tokens,
         "samples_per_problem": args.samples_per_problem,
         "seed": args.seed,
     }

@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--input", required=True, metavar="FILE", help="JSONL, one record per problem with 'responses'")
     parser.add_argument("--out", required=True, metavar="FILE", help="output JSONL (the input records plus scores)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="sequences per forward pass")
     parser.add_argument("--prompt-style", choices=("auto", "raw", "chat"), default="auto",
                         help="how to rebuild prompts from 'problem' when records have no prompt_ids "
@@ -33,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from laser_rl.evaluation.runner import score_file
+    from laser_rl.io import check_output_file
+
+    check_output_file(args.out, args.overwrite)
 
     count = score_file(
         args.model, args.input, args.out, batch_size=args.batch_size, token=args.token, beta_v=args.beta_v,

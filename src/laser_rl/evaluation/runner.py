@@ -46,6 +46,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -54,7 +55,7 @@ from typing import Any
 
 from laser_rl.errors import LaserError
 from laser_rl.evaluation.metrics import compute_metrics, load_records
-from laser_rl.io import write_json_atomic, write_jsonl_atomic
+from laser_rl.io import check_output_dir, write_json_atomic, write_jsonl_atomic
 from laser_rl.score_params import ScoreParams
 
 CONFIG_FILE = "eval_config.json"
@@ -215,6 +216,7 @@ class EvalOptions:
     save_ids: bool = False
     progress: bool = True
     force_token: bool = False
+    overwrite: bool = False
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -268,7 +270,7 @@ def _check_resume(out: Path, config: dict[str, Any]) -> None:
     if diffs:
         raise LaserError(
             f"{out} holds an evaluation with other settings ({'; '.join(diffs)}); use another --out "
-            "or delete the folder to start over"
+            "or pass --overwrite to start over"
         )
 
 
@@ -378,6 +380,34 @@ def _prompts(sm: ScoringModel, problems: Sequence[str], style: str, what: str) -
         ) from None
 
 
+def resolve_max_new_tokens(
+    requested: int | None,
+    saved_extra: Mapping[str, Any],
+    context: int | None,
+    longest_prompt: int,
+    data: str,
+    say: Callable[[str], None],
+) -> int:
+    """The response length limit: ``--max-new-tokens``, else ``laser.json``'s ``extra.max_new_tokens``
+    (what the model was trained with), else 1024. A default is capped to fit the model's ``context``
+    after the longest prompt (and said); an explicit flag that does not fit is an error."""
+    if requested is not None:
+        if context is not None and longest_prompt + requested > context:
+            raise LaserError(
+                f"--max-new-tokens {requested} + the longest prompt ({longest_prompt} tokens) exceeds the model's "
+                f"context of {context} positions; use at most {context - longest_prompt}"
+            )
+        return requested
+    saved = saved_extra.get("max_new_tokens")
+    max_new = saved if isinstance(saved, int) and not isinstance(saved, bool) and saved > 0 else DEFAULT_MAX_NEW_TOKENS
+    if context is not None and longest_prompt + max_new > context:
+        if context - longest_prompt < 1:
+            raise LaserError(f"{data}: a prompt of {longest_prompt} tokens fills the model's context of {context}")
+        max_new = context - longest_prompt
+        say(f"max_new_tokens capped at {max_new} (context {context} - longest prompt {longest_prompt})")
+    return max_new
+
+
 def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or resume) an evaluation; returns the metrics dict (also written to ``metrics.json``)."""
     from laser_rl.rollout.sampler import SamplingConfig, context_length
@@ -389,9 +419,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
         _positive_int(opts.limit, "--limit")
     if opts.prompt_style not in ("auto", "raw", "chat"):
         raise LaserError(f"--prompt-style must be auto, raw or chat, got {opts.prompt_style!r}")
-    out = Path(opts.out)
-    if out.exists() and not out.is_dir():
-        raise LaserError(f"--out {out} exists and is not a folder")
+    out = check_output_dir(opts.out, opts.overwrite, resumable_marker=CONFIG_FILE)
 
     sm = load_scoring_model(opts.model, token=opts.token, beta_v=opts.beta_v, c_ref=opts.c_ref,
                             device=opts.device, dtype=opts.dtype, force_token=opts.force_token)
@@ -404,21 +432,8 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     # on the longest one, and must not change when --limit does (resume checks the settings).
     all_prompt_ids = _prompts(sm, [p.problem for p in problems], style, f"--data {opts.data}")
     longest = max(len(ids) for ids in all_prompt_ids)
-    ctx = context_length(sm.model)
-    max_new = opts.max_new_tokens
-    if max_new is None:
-        saved = sm.params.extra.get("max_new_tokens")
-        max_new = saved if isinstance(saved, int) and not isinstance(saved, bool) and saved > 0 else DEFAULT_MAX_NEW_TOKENS
-        if ctx is not None and longest + max_new > ctx:
-            if ctx - longest < 1:
-                raise LaserError(f"--data {opts.data}: a prompt of {longest} tokens fills the model's context of {ctx}")
-            max_new = ctx - longest
-            say(f"laser eval: max_new_tokens capped at {max_new} (context {ctx} - longest prompt {longest})")
-    elif ctx is not None and longest + max_new > ctx:
-        raise LaserError(
-            f"--max-new-tokens {max_new} + the longest prompt ({longest} tokens) exceeds the model's context "
-            f"of {ctx} positions; use at most {ctx - longest}"
-        )
+    max_new = resolve_max_new_tokens(opts.max_new_tokens, sm.params.extra, context_length(sm.model), longest,
+                                     f"--data {opts.data}", lambda msg: say(f"laser eval: {msg}"))
     sampling = SamplingConfig(temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k, max_new_tokens=max_new)
 
     config = {
@@ -436,6 +451,8 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
         "stop_ids": sm.stop_ids,
         "equivalence": type(data.verifier).__name__,
     }
+    if opts.overwrite and out.exists():  # start over (checked above: the user asked for it)
+        shutil.rmtree(out)
     _check_resume(out, config)
     samples_path = out / SAMPLES_FILE
     done, locations = _read_samples(samples_path)
