@@ -197,3 +197,42 @@ def test_score_metrics_calibrate_bench_refuse_an_existing_file(tiny_model_dir, t
     capsys.readouterr()
     assert main(["metrics", "--input", samples, "--out", str(tmp_path / "m.json"), "--report", str(report)]) == 2
     assert "--report" in capsys.readouterr().err and not (tmp_path / "m.json").exists()
+
+
+# ------------------------------------------------------------------ --dtype spellings and --quiet
+
+
+@pytest.mark.parametrize("command", ["eval", "score", "calibrate"])
+def test_dtype_spellings_are_the_same_everywhere(command, tmp_path, capsys):
+    from laser_rl.cli import build_parser
+
+    parser = build_parser()
+    required = {
+        "eval": ["--model", "m", "--data", "arith", "--n", "1", "--out", "o"],
+        "score": ["--model", "m", "--input", "i", "--out", "o"],
+        "calibrate": ["--model", "m", "--data", "arith"],
+    }[command]
+    for given, expected in [("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16"), ("auto", "auto"),
+                            ("float32", "float32"), ("BFloat16", "bfloat16"), ("float16", "float16")]:
+        assert parser.parse_args([command, *required, "--dtype", given]).dtype == expected
+    with pytest.raises(SystemExit) as exit_:
+        main([command, *required, "--dtype", "half"])
+    assert exit_.value.code == 2
+    assert "--dtype: expected one of auto, float32, bfloat16, float16, fp32, bf16, fp16" in capsys.readouterr().err
+
+
+def test_quiet_calibrate_draws_no_progress_bar(tiny_model_dir, tmp_path, capfd, one_thread):
+    from transformers.utils import logging as hf_logging
+
+    try:
+        assert main(["calibrate", "--model", str(tiny_model_dir), "--data", "arith", "--n", "12",
+                     "--max-new-tokens", "16", "--quiet"]) == 0
+        err = capfd.readouterr().err
+        assert "\r" not in err and "%|" not in err and "it/s" not in err
+        assert not hf_logging.is_progress_bar_enabled()  # transformers' loading bar is off as well
+    finally:
+        hf_logging.enable_progress_bar()
+    # without --quiet, a log (stderr is not a terminal here) gets no carriage-return progress either
+    assert main(["calibrate", "--model", str(tiny_model_dir), "--data", "arith", "--n", "12",
+                 "--max-new-tokens", "16"]) == 0
+    assert "sampled" not in capfd.readouterr().err

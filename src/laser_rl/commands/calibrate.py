@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from laser_rl.commands._types import DTYPE_HELP, dtype_name
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model folder (or hub id)")
@@ -66,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--answer-key", default="answer", help="answer column of a data file (DeepMath-103K: final_answer)"
     )
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    parser.add_argument("--dtype", type=dtype_name, default="auto", help=DTYPE_HELP)
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the folder")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -86,7 +88,13 @@ def run(args: argparse.Namespace) -> int:
     from laser_rl.core.laser import correct_target_logprob, derive_beta_v
     from laser_rl.errors import LaserError
     from laser_rl.evaluation.runner import resolve_max_new_tokens
-    from laser_rl.integrations.hf import build_prompts, load_model, load_tokenizer, resolve_stop_ids
+    from laser_rl.integrations.hf import (
+        build_prompts,
+        disable_progress_bars,
+        load_model,
+        load_tokenizer,
+        resolve_stop_ids,
+    )
     from laser_rl.integrations.special_token import (
         parse_token_arg,
         select_self_reward_token,
@@ -109,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         raise LaserError(f"--beta-v must be > 0, got {args.beta_v}")
     if args.json:
         check_output_file(args.json, args.overwrite, flag="--json")
+    if args.quiet:
+        disable_progress_bars()  # transformers' own loading bar too
     folder = Path(args.model).expanduser()
     if args.save and not folder.is_dir():
         raise LaserError(f"--save needs a local model folder; {folder} is not one")
@@ -151,11 +161,14 @@ def run(args: argparse.Namespace) -> int:
         args.max_new_tokens, existing.extra if existing is not None else {}, context_length(model),
         max(len(p) for p in prompts), f"--data {args.data}", lambda msg: print(f"laser calibrate: {msg}", file=sys.stderr),
     )
-    quiet = args.quiet
+    from tqdm import tqdm
+
+    # the same bar as laser eval: drawn on a terminal only (disable=None), never under --quiet
+    bar = tqdm(unit="response", desc="laser calibrate", disable=True if args.quiet else None)
 
     def progress(done: int, total: int) -> None:
-        if not quiet:
-            print(f"\rsampled {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        bar.total = total
+        bar.update(done - bar.n)
 
     summary, _ = measure_self_reward_logprobs(
         model,
@@ -174,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         style=data.prompt_style,
         progress=progress,
     )
+    bar.close()
     c_ref = summary.suggested_c_ref()
     try:
         suggested_beta: float | None = derive_beta_v(c_ref, args.target_logprob)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from laser_rl.commands._types import finite_float, positive_int
+from laser_rl.commands._types import DTYPE_HELP, dtype_name, finite_float, positive_int
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--beta-v", type=finite_float, default=None, help="score scale beta_v")
     g.add_argument("--c-ref", type=finite_float, default=None, help="reference constant c_ref")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
+    parser.add_argument("--dtype", type=dtype_name, default="auto", help=DTYPE_HELP)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
