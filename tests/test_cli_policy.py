@@ -236,3 +236,15 @@ def test_quiet_calibrate_draws_no_progress_bar(tiny_model_dir, tmp_path, capfd, 
     assert main(["calibrate", "--model", str(tiny_model_dir), "--data", "arith", "--n", "12",
                  "--max-new-tokens", "16"]) == 0
     assert "sampled" not in capfd.readouterr().err
+
+
+def test_quiet_eval_disables_transformers_bars(tiny_model_dir, tmp_path, capfd, one_thread):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    try:
+        assert _eval(tiny_model_dir, tmp_path / "q", "--limit", "1", "--quiet") == 0
+        assert not hf_logging.is_progress_bar_enabled()
+        assert "%|" not in capfd.readouterr().err
+    finally:
+        hf_logging.enable_progress_bar()

@@ -38,12 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from laser_rl.evaluation.runner import EvalOptions, run_eval
 
+    if args.quiet:
+        from laser_rl.integrations.hf import disable_progress_bars
+
+        disable_progress_bars()
+
     opts = EvalOptions(
         model=args.model, data=args.data, n=args.n, out=args.out, limit=args.limit, batch_size=args.batch_size,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
         seed=args.seed, token=args.token, beta_v=args.beta_v, c_ref=args.c_ref, prompt_style=args.prompt_style,
         device=args.device, dtype=args.dtype, save_ids=args.save_ids, force_token=args.force_token,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, progress=not args.quiet,
     )
     metrics = run_eval(opts)
     v = metrics["voting"]

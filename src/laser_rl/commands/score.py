@@ -18,6 +18,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--beta-v", type=finite_float, default=None, help="score scale beta_v")
     g.add_argument("--c-ref", type=finite_float, default=None, help="reference constant c_ref")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (transformers' loading bar included)")
     parser.add_argument("--dtype", type=dtype_name, default="auto", help=DTYPE_HELP)
 
 
@@ -37,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from laser_rl.io import check_output_file
 
     check_output_file(args.out, args.overwrite)
+    if args.quiet:
+        from laser_rl.integrations.hf import disable_progress_bars
+
+        disable_progress_bars()
 
     count = score_file(
         args.model, args.input, args.out, batch_size=args.batch_size, token=args.token, beta_v=args.beta_v,
