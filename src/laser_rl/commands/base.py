@@ -75,8 +75,8 @@ def model_shape(args: argparse.Namespace) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from laser_rl.tasks.arith import ArithConfig
     from laser_rl.io import check_output_dir
+    from laser_rl.tasks.arith import ArithConfig
 
     task_defaults = ArithConfig()
     try:
