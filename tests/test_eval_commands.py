@@ -147,7 +147,7 @@ def test_eval_writes_samples_metrics_and_report(model_dir, tmp_path, capsys):
     stripped.write_text(
         "".join(json.dumps({k: v for k, v in r.items() if not k.endswith("_ids")}) + "\n" for r in records)
     )
-    assert main(["score", "--model", str(model_dir), "--input", str(stripped), "--out", str(scored)]) == 0
+    assert main(["score", "--model", str(model_dir), "--input", str(stripped), "--out", str(scored), "--overwrite"]) == 0
     again = [json.loads(line) for line in _lines(scored)]
     flat = [s for r in again for s in r["self_rewarding_scores"]]
     assert flat == pytest.approx([s for r in rescored for s in r["self_rewarding_scores"]], abs=1e-5)

@@ -357,7 +357,7 @@ def test_calibrate_cli_saves_laser_json(model_dir, tmp_path, capsys):
     # A second run keeps the saved beta_v and token; an explicit bad token is a user error (exit 2).
     params.beta_v = 0.25
     params.save(folder)
-    assert main(argv) == 0
+    assert main([*argv, "--overwrite"]) == 0  # the report file exists now
     again = ScoreParams.load(folder)
     assert (again.beta_v, again.token_id, again.c_ref) == (
         0.25,

@@ -359,3 +359,23 @@ def test_bench_runs_end_to_end_on_the_tiny_model(tmp_path) -> None:  # noqa: ANN
     assert results["extra_models"] == 1.0
     assert results["lp_z_in_loop_vs_teacher_forced_max_abs_diff_tiny"] < ATOL or results[
         "finished_fraction_tiny"] == 0
+
+
+def test_row_seeds_make_a_row_independent_of_its_batch(model: LlamaForCausalLM) -> None:
+    pad, eos, z, _ = ids_of(model)
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=10)
+    seeds = [101, 202, 303, 404]
+    whole = sample(model, prompts, pad_id=pad, stop_ids=[eos], config=cfg, z_id=z, row_seeds=seeds)
+    # the same rows, reversed and split into other batches, draw the same tokens
+    parts = [sample(model, prompts[i::-1][:2], pad_id=pad, stop_ids=[eos], config=cfg, z_id=z,
+                    row_seeds=seeds[i::-1][:2]) for i in (1, 3)]
+    by_row = {1: parts[0].responses()[0], 0: parts[0].responses()[1], 3: parts[1].responses()[0],
+              2: parts[1].responses()[1]}
+    assert [by_row[i] for i in range(4)] == whole.responses()
+    assert len({tuple(r) for r in whole.responses()}) > 1
+    with pytest.raises(LaserError, match="either generator or row_seeds"):
+        sample(model, prompts, pad_id=pad, stop_ids=[eos], config=cfg, row_seeds=seeds,
+               generator=torch.Generator().manual_seed(0))
+    with pytest.raises(LaserError, match="row_seeds has 2 entries for 4 prompts"):
+        sample(model, prompts, pad_id=pad, stop_ids=[eos], config=cfg, row_seeds=seeds[:2])

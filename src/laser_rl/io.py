@@ -1,4 +1,11 @@
-"""Small file helpers shared by every command: atomic writes and JSONL with file:line errors."""
+"""Small file helpers shared by every command: the output policy, atomic writes and JSONL with
+file:line errors.
+
+Output policy (every command): an existing output file, or a non-empty output folder, is refused
+unless ``--overwrite`` is given; then it is replaced. The one exception is a folder a command resumes
+(``laser eval`` resumes a folder holding its ``eval_config.json``). See :func:`check_output_file`
+and :func:`check_output_dir`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,34 @@ from pathlib import Path
 from typing import Any
 
 from laser_rl.errors import LaserError
+
+
+def check_output_file(path: str | os.PathLike[str], overwrite: bool, flag: str = "--out") -> Path:
+    """Refuse to clobber a file: ``path`` must not exist unless ``overwrite`` (checked before any work)."""
+    p = Path(path)
+    if p.is_dir():
+        raise LaserError(f"{flag} {p}: is a folder, expected a file name")
+    if p.exists() and not overwrite:
+        raise LaserError(f"{flag} {p}: file exists (pass --overwrite to replace it)")
+    return p
+
+
+def check_output_dir(
+    path: str | os.PathLike[str], overwrite: bool, flag: str = "--out", resumable_marker: str | None = None
+) -> Path:
+    """Refuse to write into a non-empty folder unless ``overwrite``.
+
+    ``resumable_marker``: a file name that marks the command's own folder (``eval_config.json``);
+    such a folder is accepted, for the command to resume.
+    """
+    out = Path(path)
+    if out.exists():
+        if not out.is_dir():
+            raise LaserError(f"{flag} {out}: exists and is not a folder")
+        own = resumable_marker is not None and (out / resumable_marker).is_file()
+        if not overwrite and not own and any(out.iterdir()):
+            raise LaserError(f"{flag} {out}: folder exists and is not empty (pass --overwrite to replace it)")
+    return out
 
 
 @contextlib.contextmanager

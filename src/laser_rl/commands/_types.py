@@ -28,3 +28,19 @@ positive_int = _number(int, lambda v: v >= 1, ">= 1")
 finite_float = _number(float, math.isfinite, "finite")
 probability = _number(float, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
 non_negative_float = _number(float, lambda v: 0.0 <= v < math.inf, "a finite number >= 0")
+
+#: ``--dtype`` values every command accepts (the config's model.dtype uses the long names).
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPE_HELP = (
+    "auto (bfloat16 on a CUDA GPU that supports it, else float32), float32, bfloat16, float16 (aliases fp32, bf16, fp16)"
+)
+
+
+def dtype_name(text: str) -> str:
+    """A ``--dtype`` value → its long name (``bf16`` → ``bfloat16``)."""
+    name = DTYPE_ALIASES.get(text.lower(), text.lower())
+    if name not in DTYPES:
+        choices = ", ".join([*DTYPES, *DTYPE_ALIASES])
+        raise argparse.ArgumentTypeError(f"expected one of {choices}, got {text!r}")
+    return name

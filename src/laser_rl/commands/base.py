@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def model_shape(args: argparse.Namespace) -> dict[str, int]:
@@ -75,8 +75,8 @@ def model_shape(args: argparse.Namespace) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from laser_rl.io import check_output_dir
     from laser_rl.tasks.arith import ArithConfig
-    from laser_rl.training.sft import check_output_dir
 
     task_defaults = ArithConfig()
     try:
@@ -98,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.overwrite)  # before any work
 
     from laser_rl.training.sft import train_base_model
+
+    if args.quiet:
+        from laser_rl.integrations.hf import disable_progress_bars
+
+        disable_progress_bars()  # transformers' own saving bar too
 
     result = train_base_model(
         args.out,

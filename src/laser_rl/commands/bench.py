@@ -9,6 +9,7 @@ from laser_rl.errors import LaserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="FILE.json", help="also write the results as JSON (atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument(
         "--model",
         metavar="DIR",
@@ -33,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from laser_rl.bench import format_table, run_bench
-    from laser_rl.io import write_json_atomic
+    from laser_rl.io import check_output_file, write_json_atomic
 
+    if args.out:
+        check_output_file(args.out, args.overwrite)
     for name in ("reps", "batch", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise LaserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from laser_rl.commands._types import DTYPE_HELP, dtype_name
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model folder (or hub id)")
@@ -28,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-new-tokens",
         type=int,
-        default=1024,
-        help="response length limit; truncated responses have no score (default 1024)",
+        default=None,
+        help="response length limit; truncated responses have no score "
+        "(default: laser.json extra.max_new_tokens, else 1024, capped to the model's context)",
     )
     parser.add_argument(
         "--token",
@@ -58,13 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--save", action="store_true", help="write z, c_ref (+ std) and beta_v to DIR/laser.json"
     )
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     parser.add_argument(
         "--problem-key", default="problem", help="problem column of a data file (DeepMath-103K: question)"
     )
     parser.add_argument(
         "--answer-key", default="answer", help="answer column of a data file (DeepMath-103K: final_answer)"
     )
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    parser.add_argument("--dtype", type=dtype_name, default="auto", help=DTYPE_HELP)
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the folder")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -83,26 +87,38 @@ def run(args: argparse.Namespace) -> int:
     from laser_rl.calibrate import measure_self_reward_logprobs
     from laser_rl.core.laser import correct_target_logprob, derive_beta_v
     from laser_rl.errors import LaserError
-    from laser_rl.integrations.hf import build_prompts, load_model, load_tokenizer, resolve_stop_ids
+    from laser_rl.evaluation.runner import resolve_max_new_tokens
+    from laser_rl.integrations.hf import (
+        build_prompts,
+        disable_progress_bars,
+        load_model,
+        load_tokenizer,
+        resolve_stop_ids,
+    )
     from laser_rl.integrations.special_token import (
         parse_token_arg,
         select_self_reward_token,
         validate_token_id,
     )
-    from laser_rl.io import write_json_atomic
+    from laser_rl.io import check_output_file, write_json_atomic
+    from laser_rl.rollout.sampler import context_length
     from laser_rl.score_params import FILENAME, ScoreParams
     from laser_rl.tasks.registry import load_task_data
 
     for flag, value in (
         ("--n", args.n),
         ("--samples-per-problem", args.samples_per_problem),
-        ("--max-new-tokens", args.max_new_tokens),
+        ("--max-new-tokens", 1 if args.max_new_tokens is None else args.max_new_tokens),
         ("--batch-size", args.batch_size),
     ):
         if value < 1:
             raise LaserError(f"{flag} must be >= 1, got {value}")
     if args.beta_v is not None and not args.beta_v > 0:
         raise LaserError(f"--beta-v must be > 0, got {args.beta_v}")
+    if args.json:
+        check_output_file(args.json, args.overwrite, flag="--json")
+    if args.quiet:
+        disable_progress_bars()  # transformers' own loading bar too
     folder = Path(args.model).expanduser()
     if args.save and not folder.is_dir():
         raise LaserError(f"--save needs a local model folder; {folder} is not one")
@@ -126,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         stop_ids=stop_ids,
         data_sample_texts=problems[:200],
         force=args.force_token,
+        force_option="--force-token",
+        add_option=None,
     )
     pad_id = tokenizer.pad_token_id
     # Load the model only once the cheap checks have passed.
@@ -139,11 +157,18 @@ def run(args: argparse.Namespace) -> int:
         )
 
     prompts = build_prompts(tokenizer, problems, data.prompt_style)
-    quiet = args.quiet
+    max_new_tokens = resolve_max_new_tokens(
+        args.max_new_tokens, existing.extra if existing is not None else {}, context_length(model),
+        max(len(p) for p in prompts), f"--data {args.data}", lambda msg: print(f"laser calibrate: {msg}", file=sys.stderr),
+    )
+    from tqdm import tqdm
+
+    # the same bar as laser eval: drawn on a terminal only (disable=None), never under --quiet
+    bar = tqdm(unit="response", desc="laser calibrate", disable=True if args.quiet else None)
 
     def progress(done: int, total: int) -> None:
-        if not quiet:
-            print(f"\rsampled {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        bar.total = total
+        bar.update(done - bar.n)
 
     summary, _ = measure_self_reward_logprobs(
         model,
@@ -154,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         pad_id=pad_id,
         n=args.n,
         samples_per_problem=args.samples_per_problem,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         batch_size=args.batch_size,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -162,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         style=data.prompt_style,
         progress=progress,
     )
+    bar.close()
     c_ref = summary.suggested_c_ref()
     try:
         suggested_beta: float | None = derive_beta_v(c_ref, args.target_logprob)
@@ -180,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         "suggested_beta_v": suggested_beta,
         "target_logprob": args.target_logprob,
         "beta_v": beta_v,
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": max_new_tokens,
         "samples_per_problem": args.samples_per_problem,
         "seed": args.seed,
     }

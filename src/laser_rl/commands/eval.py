@@ -15,7 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="arith[:test], a benchmark name (math500, amc23, aime24, aime25, OlympiadBench) or a data file")
     parser.add_argument("--n", required=True, type=positive_int, help="responses sampled per problem")
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder (samples.jsonl, metrics.json, report.md, plots); an existing one is resumed")
+                        help="output folder (samples.jsonl, metrics.json, report.md, plots); an existing eval folder "
+                             "is resumed, any other non-empty folder refused unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over: replace --out even if it is not empty or holds other settings")
     parser.add_argument("--limit", type=positive_int, default=None, metavar="M", help="evaluate the first M problems only")
     parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="sequences per sampling call; problems are sampled in chunks of max(1, batch_size // n)")
@@ -36,11 +39,17 @@ def run(args: argparse.Namespace) -> int:
     from laser_rl.evaluation.metrics import verification_line
     from laser_rl.evaluation.runner import EvalOptions, run_eval
 
+    if args.quiet:
+        from laser_rl.integrations.hf import disable_progress_bars
+
+        disable_progress_bars()
+
     opts = EvalOptions(
         model=args.model, data=args.data, n=args.n, out=args.out, limit=args.limit, batch_size=args.batch_size,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
         seed=args.seed, token=args.token, beta_v=args.beta_v, c_ref=args.c_ref, prompt_style=args.prompt_style,
-        device=args.device, dtype=args.dtype, save_ids=args.save_ids,
+        device=args.device, dtype=args.dtype, save_ids=args.save_ids, force_token=args.force_token,
+        overwrite=args.overwrite, progress=not args.quiet,
     )
     metrics = run_eval(opts)
     v = metrics["voting"]

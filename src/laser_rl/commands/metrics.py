@@ -24,13 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--equivalence", choices=("auto", "exact", "math"), default="auto",
                         help="how answers are grouped for voting; auto: exact when every answer is a plain "
                              "integer, else math-verify")
-    parser.add_argument("--report", metavar="DIR", default=None, help="also write report.md and plots into DIR")
+    parser.add_argument("--report", metavar="DIR", default=None,
+                        help="also write report.md and plots into DIR (empty or new unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out (and write into a non-empty --report)")
 
 
 def run(args: argparse.Namespace) -> int:
     from laser_rl.evaluation.metrics import auto_equivalence, compute_metrics, load_records, verification_line
-    from laser_rl.io import write_json_atomic
+    from laser_rl.io import check_output_dir, check_output_file, write_json_atomic
 
+    check_output_file(args.out, args.overwrite)
+    if args.report:
+        check_output_dir(args.report, args.overwrite, flag="--report")
     records, locations = load_records(args.input)
     mode = auto_equivalence(records) if args.equivalence == "auto" else args.equivalence
     same_answer = None

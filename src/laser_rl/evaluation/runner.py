@@ -22,9 +22,10 @@ Conventions:
 - Resuming: rerunning with the same folder skips the problems already in ``samples.jsonl`` (an
   incomplete last line from a crash is dropped and redone). A different model, data, n, seed,
   sampling setting or score parameter is an error, not a silent mix; ``--limit`` and
-  ``--batch-size`` may change. Randomness is seeded per chunk of problems from ``(seed, index of the
-  chunk's first problem)``, so a run resumed at a chunk boundary with the same batch size draws the
-  same samples as an uninterrupted one.
+  ``--batch-size`` may change. Randomness is seeded per response from ``(seed, problem index,
+  response index)`` (:func:`response_seeds`; the sampler gives each row its own generator), so a
+  problem gets the same samples whatever the batch size, ``--limit`` or resume point, and ``--n 4``
+  draws the first four responses of ``--n 8``.
 - ``--limit M``: the metrics and report cover the first M problems, even when the file holds more.
 - Stop ids: :func:`laser_rl.integrations.hf.resolve_stop_ids` (EOS, the chat template's end-of-turn
   token, generation_config's EOS ids) plus ``laser.json``'s ``extra.stop_ids`` — the same set the
@@ -45,6 +46,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -53,7 +55,7 @@ from typing import Any
 
 from laser_rl.errors import LaserError
 from laser_rl.evaluation.metrics import compute_metrics, load_records
-from laser_rl.io import write_json_atomic, write_jsonl_atomic
+from laser_rl.io import check_output_dir, write_json_atomic, write_jsonl_atomic
 from laser_rl.score_params import ScoreParams
 
 CONFIG_FILE = "eval_config.json"
@@ -99,9 +101,11 @@ def load_scoring_model(
     c_ref: float | None = None,
     device: str | None = None,
     dtype: str = "auto",
+    force_token: bool = False,
 ) -> ScoringModel:
     """Load model + tokenizer and resolve z, β_v, c_ref: flags override ``laser.json``; a folder
-    without ``laser.json`` needs all three flags (no silent default)."""
+    without ``laser.json`` needs all three flags (no silent default). z is checked on the tokenizer
+    before the model loads; ``force_token`` accepts an ordinary or used token as z."""
     from laser_rl.integrations.hf import check_model_folder, load_model, load_tokenizer, resolve_stop_ids
     from laser_rl.integrations.special_token import (
         parse_token_arg,
@@ -130,12 +134,13 @@ def load_scoring_model(
     if not isinstance(saved_stops, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in saved_stops):
         raise LaserError(f"{folder / 'laser.json'}: extra.stop_ids must be a list of token ids, got {saved_stops!r}")
     stop_ids = resolve_stop_ids(tokenizer, saved_stops, model_path=folder)
-    model = load_model(folder, dtype=dtype, device=device)
-    vocab = vocab_size(model)
     pad_id = int(tokenizer.pad_token_id)
 
     if token is not None:
-        token_str, z_id, _ = select_self_reward_token(tokenizer, parse_token_arg(token), stop_ids=stop_ids)
+        token_str, z_id, _ = select_self_reward_token(
+            tokenizer, parse_token_arg(token), stop_ids=stop_ids, force=force_token,
+            force_option="--force-token", add_option=None,
+        )
     else:
         assert saved is not None
         token_str, z_id = saved.token, saved.token_id
@@ -145,6 +150,8 @@ def load_scoring_model(
                 f"{folder / 'laser.json'}: token {token_str!r} has id {z_id}, but the tokenizer's token "
                 f"{z_id} is {name!r}; fix laser.json or pass --token"
             )
+    model = load_model(folder, dtype=dtype, device=device)  # after the cheap checks
+    vocab = vocab_size(model)
     validate_token_id(z_id, vocab, stop_ids, pad_id)
     params = ScoreParams(
         token=token_str,
@@ -201,6 +208,8 @@ class EvalOptions:
     dtype: str = "auto"
     save_ids: bool = False
     progress: bool = True
+    force_token: bool = False
+    overwrite: bool = False
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -254,16 +263,21 @@ def _check_resume(out: Path, config: dict[str, Any]) -> None:
     if diffs:
         raise LaserError(
             f"{out} holds an evaluation with other settings ({'; '.join(diffs)}); use another --out "
-            "or delete the folder to start over"
+            "or pass --overwrite to start over"
         )
 
 
-def _chunk_generator(seed: int, start: int, device: Any) -> Any:
+def response_seeds(seed: int, first_problem: int, num_problems: int, n: int) -> list[int]:
+    """Sampler seeds of the ``n`` responses of problems ``first_problem ..`` (problem-major order):
+    each a hash of ``(seed, problem index, response index)``, so it does not depend on how the
+    problems are batched."""
     import numpy as np
-    import torch
 
-    state = int(np.random.SeedSequence([seed, start]).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator(device=device).manual_seed(state)
+    return [
+        int(np.random.SeedSequence([seed, i, j]).generate_state(1, dtype=np.uint64)[0])
+        for i in range(first_problem, first_problem + num_problems)
+        for j in range(n)
+    ]
 
 
 def sample_records(
@@ -275,11 +289,13 @@ def sample_records(
     batch_size: int,
     sampling: Any,
     verifier: Any,
-    generator: Any,
+    generator: Any = None,
+    row_seeds: Sequence[int] | None = None,
     save_ids: bool = False,
 ) -> list[dict[str, Any]]:
     """Sample n responses for each problem, verify and self-score them, and build their records
-    (the ``samples.jsonl`` format). Shared by ``laser eval`` and the trainer's periodic evaluation."""
+    (the ``samples.jsonl`` format). Shared by ``laser eval`` and the trainer's periodic evaluation.
+    Randomness: one ``generator`` for all, or ``row_seeds`` (one per response, problem-major)."""
     import torch
 
     from laser_rl.core.laser import self_reward_score
@@ -297,7 +313,7 @@ def sample_records(
         roll = sampler.sample(
             sm.model, rows[start : start + batch_size], pad_id=sm.pad_id, stop_ids=sm.stop_ids,
             config=sampling, z_id=sm.params.token_id if sm.params else None, suppress_ids=sm.suppress_ids,
-            generator=generator,
+            generator=generator, row_seeds=None if row_seeds is None else row_seeds[start : start + batch_size],
         )
         mask = roll.response_mask
         lengths = mask.sum(dim=1).clamp(min=1)
@@ -357,6 +373,34 @@ def _prompts(sm: ScoringModel, problems: Sequence[str], style: str, what: str) -
         ) from None
 
 
+def resolve_max_new_tokens(
+    requested: int | None,
+    saved_extra: Mapping[str, Any],
+    context: int | None,
+    longest_prompt: int,
+    data: str,
+    say: Callable[[str], None],
+) -> int:
+    """The response length limit: ``--max-new-tokens``, else ``laser.json``'s ``extra.max_new_tokens``
+    (what the model was trained with), else 1024. A default is capped to fit the model's ``context``
+    after the longest prompt (and said); an explicit flag that does not fit is an error."""
+    if requested is not None:
+        if context is not None and longest_prompt + requested > context:
+            raise LaserError(
+                f"--max-new-tokens {requested} + the longest prompt ({longest_prompt} tokens) exceeds the model's "
+                f"context of {context} positions; use at most {context - longest_prompt}"
+            )
+        return requested
+    saved = saved_extra.get("max_new_tokens")
+    max_new = saved if isinstance(saved, int) and not isinstance(saved, bool) and saved > 0 else DEFAULT_MAX_NEW_TOKENS
+    if context is not None and longest_prompt + max_new > context:
+        if context - longest_prompt < 1:
+            raise LaserError(f"{data}: a prompt of {longest_prompt} tokens fills the model's context of {context}")
+        max_new = context - longest_prompt
+        say(f"max_new_tokens capped at {max_new} (context {context} - longest prompt {longest_prompt})")
+    return max_new
+
+
 def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or resume) an evaluation; returns the metrics dict (also written to ``metrics.json``)."""
     from laser_rl.rollout.sampler import SamplingConfig, context_length
@@ -368,12 +412,10 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
         _positive_int(opts.limit, "--limit")
     if opts.prompt_style not in ("auto", "raw", "chat"):
         raise LaserError(f"--prompt-style must be auto, raw or chat, got {opts.prompt_style!r}")
-    out = Path(opts.out)
-    if out.exists() and not out.is_dir():
-        raise LaserError(f"--out {out} exists and is not a folder")
+    out = check_output_dir(opts.out, opts.overwrite, resumable_marker=CONFIG_FILE)
 
     sm = load_scoring_model(opts.model, token=opts.token, beta_v=opts.beta_v, c_ref=opts.c_ref,
-                            device=opts.device, dtype=opts.dtype)
+                            device=opts.device, dtype=opts.dtype, force_token=opts.force_token)
     data = load_eval_data(opts.data, sm.folder)
     problems = list(data.problems)
     total = len(problems) if opts.limit is None else min(opts.limit, len(problems))
@@ -383,21 +425,8 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     # on the longest one, and must not change when --limit does (resume checks the settings).
     all_prompt_ids = _prompts(sm, [p.problem for p in problems], style, f"--data {opts.data}")
     longest = max(len(ids) for ids in all_prompt_ids)
-    ctx = context_length(sm.model)
-    max_new = opts.max_new_tokens
-    if max_new is None:
-        saved = sm.params.extra.get("max_new_tokens")
-        max_new = saved if isinstance(saved, int) and not isinstance(saved, bool) and saved > 0 else DEFAULT_MAX_NEW_TOKENS
-        if ctx is not None and longest + max_new > ctx:
-            if ctx - longest < 1:
-                raise LaserError(f"--data {opts.data}: a prompt of {longest} tokens fills the model's context of {ctx}")
-            max_new = ctx - longest
-            say(f"laser eval: max_new_tokens capped at {max_new} (context {ctx} - longest prompt {longest})")
-    elif ctx is not None and longest + max_new > ctx:
-        raise LaserError(
-            f"--max-new-tokens {max_new} + the longest prompt ({longest} tokens) exceeds the model's context "
-            f"of {ctx} positions; use at most {ctx - longest}"
-        )
+    max_new = resolve_max_new_tokens(opts.max_new_tokens, sm.params.extra, context_length(sm.model), longest,
+                                     f"--data {opts.data}", lambda msg: say(f"laser eval: {msg}"))
     sampling = SamplingConfig(temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k, max_new_tokens=max_new)
 
     config = {
@@ -415,6 +444,8 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
         "stop_ids": sm.stop_ids,
         "equivalence": type(data.verifier).__name__,
     }
+    if opts.overwrite and out.exists():  # start over (checked above: the user asked for it)
+        shutil.rmtree(out)
     _check_resume(out, config)
     samples_path = out / SAMPLES_FILE
     done, locations = _read_samples(samples_path)
@@ -441,9 +472,9 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
             for start in range(todo.start, todo.stop, per_chunk):
                 chunk = problems[start : min(start + per_chunk, total)]
                 prompt_ids = all_prompt_ids[start : start + len(chunk)]
-                gen = _chunk_generator(opts.seed, start, sm.model.device)
+                seeds = response_seeds(opts.seed, start, len(chunk), n)
                 records = sample_records(sm, chunk, prompt_ids, n=opts.n, batch_size=opts.batch_size, sampling=sampling,
-                                         verifier=data.verifier, generator=gen, save_ids=opts.save_ids)
+                                         verifier=data.verifier, row_seeds=seeds, save_ids=opts.save_ids)
                 f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
                 f.flush()
                 os.fsync(f.fileno())
@@ -504,6 +535,7 @@ def score_file(
     prompt_style: str = "auto",
     device: str | None = None,
     dtype: str = "auto",
+    force_token: bool = False,
 ) -> int:
     """Add ``self_rewarding_scores`` to every record of ``input_path``; write ``out_path`` atomically.
 
@@ -537,7 +569,8 @@ def score_file(
         if fin is not None and (not isinstance(fin, list) or len(fin) != n or not all(isinstance(v, bool) for v in fin)):
             raise LaserError(f"{where}: field 'finished' must be a list of {n} booleans")
 
-    sm = load_scoring_model(model_dir, token=token, beta_v=beta_v, c_ref=c_ref, device=device, dtype=dtype)
+    sm = load_scoring_model(model_dir, token=token, beta_v=beta_v, c_ref=c_ref, device=device, dtype=dtype,
+                            force_token=force_token)
     style = default_prompt_style(sm) if prompt_style == "auto" else prompt_style
     need_prompt = [i for i, r in enumerate(records) if "prompt_ids" not in r]
     built = _prompts(sm, [records[i]["problem"] for i in need_prompt], style, input_path)

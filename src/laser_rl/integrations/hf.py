@@ -165,6 +165,31 @@ def load_model(
     return model.to(dev).eval()
 
 
+def config_vocab_size(path: str | os.PathLike[str], *, trust_remote_code: bool = False) -> int:
+    """The model's vocabulary size from its config alone (no weights loaded): cheap checks of a
+    token id can run before a multi-gigabyte model load."""
+    from transformers import AutoConfig
+
+    local = _is_local(path)
+    src = str(check_model_folder(path)) if local else os.fspath(path)
+    try:
+        config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code, local_files_only=local)
+    except (OSError, ValueError, KeyError) as e:
+        raise LaserError(f"{src}: cannot read the model's config ({e})") from None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab = getattr(text, "vocab_size", None)
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+        raise LaserError(f"{src}: the model's config has no vocab_size")
+    return vocab
+
+
+def disable_progress_bars() -> None:
+    """Silence transformers' own loading/saving bars (``--quiet``, or when a command draws its own)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(path: str | os.PathLike[str], *, trust_remote_code: bool = False) -> Any:
     """A tokenizer with an EOS token and a pad token.
 

@@ -152,6 +152,8 @@ def select_self_reward_token(
     data_sample_texts: Sequence[str] = (),
     force: bool = False,
     add_if_missing: bool = False,
+    force_option: str | None = "force=True",
+    add_option: str | None = "add_if_missing=True",
 ) -> tuple[str, int, bool]:
     """Pick or check z; returns ``(token_str, token_id, added)``.
 
@@ -161,6 +163,10 @@ def select_self_reward_token(
     ``add_if_missing`` adds ``token`` (or :data:`ADDED_TOKEN` for ``auto`` when no special token is
     free) as a special token; ``added`` is then True and the caller MUST call
     ``model.resize_token_embeddings(len(tokenizer))`` (see :func:`resize_embeddings_if_needed`).
+
+    ``force_option`` / ``add_option``: how the calling command spells ``force`` / ``add_if_missing``
+    (``--force-token``, ``laser.add_token_if_missing=true``); error messages name them, and say
+    nothing of an override the command does not offer (``None``).
     """
     stops = {int(s) for s in stop_ids}
     pad_id = tokenizer.pad_token_id
@@ -186,8 +192,9 @@ def select_self_reward_token(
         if not add_if_missing:
             raise LaserError(
                 "no free special token for the self-reward token z (every special token is EOS, pad, a stop "
-                "id or used by the chat template/data): name one with --token, or allow adding "
-                f"{ADDED_TOKEN!r} (then the model's embeddings are resized)"
+                "id or used by the chat template/data): name one"
+                + (f", or set {add_option} to add {ADDED_TOKEN!r} (the model's embeddings are then resized)"
+                   if add_option else "")
             )
         return _add_token(tokenizer, ADDED_TOKEN, stops, pad_id)
 
@@ -205,13 +212,17 @@ def select_self_reward_token(
             raise LaserError("self-reward token: empty string")
         vocab_id = token_id_or_none(tokenizer, token)
         if vocab_id is None:
-            ids = tokenizer.encode(token, add_special_tokens=False)
+            try:
+                ids = tokenizer.encode(token, add_special_tokens=False)
+                problem = f"it encodes to {len(ids)} tokens {ids}"
+            except Exception as e:  # noqa: BLE001 - tokenizers raise bare Exceptions (no [UNK] in a word vocabulary)
+                ids, problem = [], f"the tokenizer cannot encode it ({e})"
             if len(ids) != 1:
                 if add_if_missing:
                     return _add_token(tokenizer, token, stops, pad_id)
                 raise LaserError(
-                    f"self-reward token {token!r} is not a single token: it encodes to {len(ids)} tokens {ids}; "
-                    "name a special token of the tokenizer (or allow adding it as a new token)"
+                    f"self-reward token {token!r} is not a single token: {problem}; name a special "
+                    "token of the tokenizer" + (f" (or set {add_option} to add it as a new token)" if add_option else "")
                 )
             vocab_id = ids[0]
         token_id = int(vocab_id)
@@ -232,14 +243,14 @@ def select_self_reward_token(
         if token_id not in _added_ids(tokenizer):
             raise LaserError(
                 f"self-reward token {name!r} (id {token_id}) is an ordinary text token: its probability after "
-                "EOS depends on the input, so c_ref would not be a constant; choose a special token "
-                "(or pass force to override)"
+                "EOS depends on the input, so c_ref would not be a constant; choose a special token"
+                + (f" (or pass {force_option} to override)" if force_option else "")
             )
         reason = _used_reason(name, token_id, template, rendered, samples)
         if reason is not None:
             raise LaserError(
-                f"self-reward token {name!r} (id {token_id}) is not unused: {reason}; choose another "
-                "(or pass force to override)"
+                f"self-reward token {name!r} (id {token_id}) is not unused: {reason}; choose another"
+                + (f" (or pass {force_option} to override)" if force_option else "")
             )
     return name, token_id, False
 

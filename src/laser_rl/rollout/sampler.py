@@ -15,7 +15,8 @@ Other design points:
   so they stop costing compute.
 - Random numbers are drawn once per (step, original row) before decoding (inverse-CDF sampling), so
   a row's sampled tokens do not depend on when other rows finish or on batch compaction: the same
-  seed gives the same tokens with and without the score.
+  seed gives the same tokens with and without the score. With ``row_seeds`` each row draws its
+  numbers from its own seed, so a row's tokens do not depend on the batch it is sampled in either.
 - z and ``suppress_ids`` are never sampled (their logits are masked to -inf); the score and the
   recorded log-probs use the unmasked logits, exactly what a training forward pass recomputes.
 """
@@ -251,6 +252,7 @@ def sample(
     z_id: int | None = None,
     suppress_ids: Iterable[int] = (),
     generator: torch.Generator | None = None,
+    row_seeds: Sequence[int] | None = None,
 ) -> Rollout:
     """Sample one response per prompt with a KV cache and read lp_z one step after each stop token.
 
@@ -259,8 +261,17 @@ def sample(
     ``suppress_ids`` are never sampled. With ``z_id`` given, a row that emits its stop token is
     fed that token once more (the next step's input, computed for the other rows anyway) and
     ``lp_z = log_softmax(float32 logits)[z_id]`` is read from that forward; then the row is frozen.
+
+    Randomness: ``generator`` draws every row's numbers from one stream (they depend on the row's
+    place in the batch); ``row_seeds`` (one integer per prompt, instead of ``generator``) gives each
+    row its own stream, so the same seed and prompt give the same response in any batch.
     """
     cfg = config
+    if row_seeds is not None:
+        if generator is not None:
+            raise LaserError("pass either generator or row_seeds, not both")
+        if len(row_seeds) != len(prompts):
+            raise LaserError(f"row_seeds has {len(row_seeds)} entries for {len(prompts)} prompts")
     if not isinstance(cfg, SamplingConfig):
         raise LaserError(f"config must be a SamplingConfig, got {type(cfg).__name__}")
     vocab = vocab_size(model)
@@ -302,7 +313,8 @@ def sample(
     model.eval()
     try:
         with torch.inference_mode():
-            steps, lp_z = _decode(model, ids, mask_buf, lengths, T, cfg, stops, banned, z_id, generator)
+            uniforms = _uniforms(B, T, cfg, generator, row_seeds, device)
+            steps, lp_z = _decode(model, ids, mask_buf, lengths, T, cfg, stops, banned, z_id, uniforms)
     finally:
         model.train(was_training)
 
@@ -320,6 +332,28 @@ def sample(
         truncated=~finished,
         lp_z=lp_z,
     )
+
+
+def _uniforms(
+    rows: int,
+    steps: int,
+    cfg: SamplingConfig,
+    generator: torch.Generator | None,
+    row_seeds: Sequence[int] | None,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """One uniform in (0, 1] per (row, step), drawn up front (None when greedy).
+
+    With ``row_seeds``, row i's numbers are the first ``steps`` of a CPU generator seeded with
+    ``row_seeds[i]``: independent of the batch and of the device (one generator call per row).
+    """
+    if cfg.temperature == 0:
+        return None
+    if row_seeds is not None:
+        draws = [torch.rand(steps, generator=torch.Generator().manual_seed(int(seed))) for seed in row_seeds]
+        return (1.0 - torch.stack(draws)).to(device)
+    gdev = generator.device if generator is not None else device
+    return (1.0 - torch.rand((rows, steps), generator=generator, device=gdev)).to(device)
 
 
 def _lut(ids: frozenset[int] | set[int], size: int, device: torch.device) -> torch.Tensor:
@@ -438,7 +472,7 @@ def _decode(
     stops: frozenset[int],
     banned: set[int],
     z_id: int | None,
-    generator: torch.Generator | None,
+    u_buf: torch.Tensor | None,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The decoding loop. Returns ((tokens[B, T], logprobs[B, T]) unmasked, lp_z[B]).
 
@@ -452,12 +486,8 @@ def _decode(
     out_lp = torch.zeros((B, T), dtype=torch.float32, device=device)
     lp_z = torch.full((B,), float("nan"), dtype=torch.float32, device=device)
 
-    # One uniform in (0, 1] per (original row, step), drawn up front: sampling is then independent
-    # of batch composition and compaction (the same seed gives the same tokens with or without z).
-    u_buf = None
-    if cfg.temperature > 0:
-        gdev = generator.device if generator is not None else device
-        u_buf = (1.0 - torch.rand((B, T), generator=generator, device=gdev)).to(device)
+    # u_buf: one uniform in (0, 1] per (original row, step), drawn up front (see _uniforms): sampling
+    # is then independent of compaction (the same seed gives the same tokens with or without z).
 
     cache = DynamicCache(config=model.config)
     positions = (mask_buf[:, :P].long().cumsum(dim=1) - 1).clamp_(min=0)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from laser_rl.errors import LaserError
+from laser_rl.io import check_output_dir
 from laser_rl.tasks.arith import ArithConfig, ArithVerifier, save_task, solution, train_problem
 from laser_rl.tasks.base import Problem
 
@@ -70,17 +71,6 @@ class SFTConfig:
             if not ok:
                 value = getattr(self, name.lstrip("-").replace("-", "_"))
                 raise LaserError(f"{name}: invalid value {value!r}")
-
-
-def check_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
-    """Refuse to clobber: ``out_dir`` must not exist, be an empty folder, or ``overwrite`` must be set."""
-    out = Path(out_dir)
-    if out.exists():
-        if not out.is_dir():
-            raise LaserError(f"--out {out}: exists and is not a folder")
-        if any(out.iterdir()) and not overwrite:
-            raise LaserError(f"--out {out}: folder exists and is not empty (pass --overwrite to replace it)")
-    return out
 
 
 # ----------------------------------------------------------------------------------------- batches

@@ -108,11 +108,9 @@ def _seed_for(seed: int, step: int, rank: int, salt: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
-        from transformers.utils import logging as hf_logging
+        from laser_rl.integrations.hf import disable_progress_bars, load_tokenizer, resolve_stop_ids
 
-        from laser_rl.integrations.hf import load_tokenizer, resolve_stop_ids
-
-        hf_logging.disable_progress_bar()  # weight loading/saving bars would interleave with ours
+        disable_progress_bars()  # weight loading/saving bars would interleave with ours
         self.cfg = cfg
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
         self.out = Path(cfg.output_dir)
@@ -132,24 +130,28 @@ class Trainer:
         self.base_path = Path(cfg.model.path)
 
         self.tokenizer = load_tokenizer(model_path)
-        model = self._load_model(model_path)
-        if cfg.model.gradient_checkpointing:  # renamed in transformers 5
-            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         self.stop_ids = resolve_stop_ids(self.tokenizer, cfg.rollout.stop_tokens)
         self.pad_id = self.tokenizer.pad_token_id
-        self.suppress_ids = never_sampled_ids(len(self.tokenizer), model.get_input_embeddings().num_embeddings,
-                                              self.stop_ids, self.pad_id)
 
         # ---- data
         self.train_data = self._load_data(cfg.data.train)
         self.eval_data = self._load_data(cfg.data.eval) if cfg.data.eval else None
         self.prompt_style = self.train_data.prompt_style if cfg.data.prompt_style == "auto" else cfg.data.prompt_style
 
-        # ---- the self-reward token and score parameters
+        # ---- the self-reward token, checked on the tokenizer and config.json before the (maybe 7B) model loads
         self.z_id: int | None = None
         self.score: ScoreParams | None = None
-        if cfg.laser.enabled or cfg.laser.token != "auto" or ScoreParams.load(model_path):
-            self._setup_score(model, model_path)
+        saved = ScoreParams.load(model_path)
+        use_score = cfg.laser.enabled or cfg.laser.token != "auto" or saved is not None
+        token_str = self._select_token(model_path, saved) if use_score else None
+
+        model = self._load_model(model_path)
+        if cfg.model.gradient_checkpointing:  # renamed in transformers 5
+            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+        self.suppress_ids = never_sampled_ids(len(self.tokenizer), model.get_input_embeddings().num_embeddings,
+                                              self.stop_ids, self.pad_id)
+        if token_str is not None:
+            self._setup_score(model, token_str, saved)
 
         self.policy = PolicyWithScore(model, chunk_size=cfg.loss.logit_chunk_size or 1024)
         self.ref_policy: PolicyWithScore | None = None
@@ -198,21 +200,30 @@ class Trainer:
             options["answer_key"] = d.answer_key
         return load_task_data(spec, **options)
 
-    def _setup_score(self, model: torch.nn.Module, model_path: str) -> None:
-        from laser_rl.integrations.special_token import select_self_reward_token
+    def _select_token(self, model_path: str, saved: ScoreParams | None) -> str:
+        """Choose and check z (``self.z_id``) from the tokenizer and config.json alone: a bad
+        ``laser.token`` fails in a second, not after a model load. Returns the token string."""
+        from laser_rl.integrations.hf import config_vocab_size
+        from laser_rl.integrations.special_token import select_self_reward_token, validate_token_id
 
         lc = self.cfg.laser
-        saved = ScoreParams.load(model_path)
         token = lc.token
         if token == "auto" and saved is not None:
             token = saved.token
         sample_texts = [p.problem for p in ProblemSource(self.train_data, 0, False).take(200)]
         token_str, self.z_id, added = select_self_reward_token(
             self.tokenizer, token, stop_ids=self.stop_ids, data_sample_texts=sample_texts,
-            add_if_missing=lc.add_token_if_missing,
+            add_if_missing=lc.add_token_if_missing, force_option=None, add_option="laser.add_token_if_missing=true",
         )
-        if added:
-            model.resize_token_embeddings(len(self.tokenizer))
+        vocab = config_vocab_size(model_path, trust_remote_code=self.cfg.model.trust_remote_code)
+        validate_token_id(self.z_id, max(vocab, len(self.tokenizer)) if added else vocab, self.stop_ids, self.pad_id)
+        return token_str
+
+    def _setup_score(self, model: torch.nn.Module, token_str: str, saved: ScoreParams | None) -> None:
+        from laser_rl.integrations.special_token import resize_embeddings_if_needed
+
+        lc = self.cfg.laser
+        resize_embeddings_if_needed(model, self.tokenizer)  # z was added as a new token
         if self.resume_from and saved is not None:
             self.score = saved  # the run's own c_ref/β_v, recorded at its first step
             return
