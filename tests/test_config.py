@@ -11,6 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from laser_rl.commands.train import parse_train_argv
 from laser_rl.errors import LaserError
 from laser_rl.training.config import (
     DEFAULT_INSTRUCTION,
@@ -21,7 +22,6 @@ from laser_rl.training.config import (
     config_to_dict,
     config_to_yaml,
     load_config,
-    parse_train_argv,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,9 +291,11 @@ def test_override_values_use_yaml_rules() -> None:
         (["--resum"], "unknown option '--resum' (did you mean --resume?)"),
         (["--bogus"], "unknown option '--bogus'"),
         (["config.yaml"], "unexpected argument 'config.yaml'"),
-        (["--config"], "argument --config: expected a config file path"),
+        (["--config"], "argument --config/-c: expected one argument"),
+        (["--config="], "argument --config/-c: expected a config file path"),
         (["--config", "a.yaml", "--config", "b.yaml"], "given twice"),
-        (["--resume=1"], "takes no value"),
+        (["--resume=1"], "argument --resume: ignored explicit argument '1'"),
+        (["--", "b"], "unexpected argument 'b'"),
         (["=3"], "unexpected argument '=3'"),
     ],
 )
