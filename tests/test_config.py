@@ -444,3 +444,57 @@ def test_missing_or_unreadable_config_file(tmp_path: Path) -> None:
     )
     assert "not a file" in _error(lambda: load_config(tmp_path, []))
     assert "must be a mapping" in _error(lambda: config_from_dict([1, 2]))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ library-backed paths
+
+
+def test_nullable_float_key() -> None:
+    assert load_config(None, REQUIRED).loss.clip_ratio_c is None  # off unless set
+    cfg = load_config(None, [*REQUIRED, "loss.clip_ratio_c=3"])
+    assert cfg.loss.clip_ratio_c == 3.0 and isinstance(cfg.loss.clip_ratio_c, float)
+    assert load_config(None, [*REQUIRED, "loss.clip_ratio_c=3", "loss.clip_ratio_c="]).loss.clip_ratio_c is None
+    msg = _error(lambda: load_config(None, [*REQUIRED, "loss.clip_ratio_c=abc"]))
+    assert msg == "override 'loss.clip_ratio_c=abc': loss.clip_ratio_c: expected a number or null, got string 'abc'"
+    msg = _error(lambda: load_config(None, [*REQUIRED, "loss.clip_ratio_c=1"]))
+    assert msg == "override 'loss.clip_ratio_c=1': loss.clip_ratio_c must be > 1 or null (off), got 1.0"
+    assert config_from_yaml(config_to_yaml(cfg)) == cfg
+
+
+def test_empty_section_and_unsupported_values(tmp_path: Path) -> None:
+    f = tmp_path / "cfg.yaml"
+    # a section whose keys are all commented out reads as null: it means the defaults
+    f.write_text("output_dir: x\nmodel: {path: m}\ndata: {train: arith:train}\nlaser:\n  # alpha: 0.5\n")
+    assert load_config(f, []).laser == TrainConfig().laser
+    f.write_text("output_dir: !!binary aGk=\nmodel: {path: m}\ndata: {train: arith:train}\n")
+    assert _error(lambda: load_config(f, [])).startswith(f"{f}: unsupported value b'hi'")
+    f.write_text("output_dir: x\nmodel: {path: m}\ndata: {train: arith:train}\n1: 2\n")
+    assert _error(lambda: load_config(f, [])) == f"{f}:4: unknown key '1'"
+    msg = _error(lambda: config_from_dict({"train": {"steps": 3.0}}, source="ckpt/config.yaml"))
+    assert msg == "ckpt/config.yaml: train.steps: expected an integer, got number 3.0"
+
+
+def test_aggregations_have_one_owner() -> None:
+    from typing import get_args, get_type_hints
+
+    from laser_rl.core import AGGREGATIONS
+    from laser_rl.core import laser as core_laser
+    from laser_rl.training.config import LossConfig
+
+    assert core_laser.AGGREGATIONS is AGGREGATIONS
+    assert get_args(get_type_hints(LossConfig)["aggregation"]) == AGGREGATIONS
+    assert "expected one of 'token-mean', 'seq-mean-token-mean', 'seq-mean-token-sum'" in _error(
+        lambda: load_config(None, [*REQUIRED, "loss.aggregation=mean"])
+    )
+
+
+def test_loading_a_config_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from laser_rl.training.config import load_config, config_to_yaml; "
+        f"config_to_yaml(load_config({str(PAPER / 'orz-7b-laser.yaml')!r})); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # `laser train --print-config` stays fast

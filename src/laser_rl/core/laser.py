@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
-
+from laser_rl.core import AGGREGATIONS
 
 # --------------------------------------------------------------------------------------------
 # validation helpers

@@ -44,7 +44,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from laser_rl.core.laser import AGGREGATIONS
+from laser_rl.core import AGGREGATIONS
 from laser_rl.errors import LaserError
 
 __all__ = [
@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 DEFAULT_INSTRUCTION = " Please reason step by step, and put your final answer within \\boxed{}."
-Aggregation = Literal[AGGREGATIONS]  # the loss owns the names (core.laser); the schema only lists them
+Aggregation = Literal[AGGREGATIONS]  # core owns the names (the loss checks them too)
 
 
 def _f(default: Any, doc: str) -> Any:
