@@ -498,3 +498,19 @@ def test_loading_a_config_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # `laser train --print-config` stays fast
+
+
+def test_cli_print_config_round_trips(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from laser_rl.cli import main
+
+    paper = str(PAPER / "qwen2.5-7b-laser.yaml")
+    assert main(["train", "rollout.n=4", "--print-config", "--config", paper, "optim.lr=2e-6"]) == 0
+    text = capsys.readouterr().out
+    assert "# Peak learning rate of AdamW.\n  lr: 2.0e-06\n" in text  # help comments above their keys
+    expected = load_config(paper, ["rollout.n=4", "optim.lr=2e-6"])
+    assert config_from_yaml(text, "printed") == expected
+    (tmp_path / "printed.yaml").write_text(text, encoding="utf-8")
+    assert load_config(tmp_path / "printed.yaml") == expected
+    assert main(["train", "--config", paper, "laser.betav=0.2", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err == "laser train: error: override 'laser.betav=0.2': unknown key 'laser.betav' (did you mean laser.beta_v?)\n"

@@ -356,10 +356,11 @@ def _schema_keys() -> dict[str, Any]:
 
 @functools.cache
 def _validator() -> TypeAdapter[TrainConfig]:
-    # strict: no conversions but int -> float; forbid: unknown keys are errors; no NaN/inf values
+    """pydantic's validator for the schema, built on first use (import stays cheap)."""
+    # strict: nothing converted but int -> float; forbid: unknown keys are errors; no NaN/inf
     strict = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
-    for cls in {TrainConfig, *(tp for tp in _schema_keys().values() if dataclasses.is_dataclass(tp))}:
-        cls.__pydantic_config__ = strict  # type: ignore[attr-defined]
+    for cls in [TrainConfig, *(tp for tp in _schema_keys().values() if dataclasses.is_dataclass(tp))]:
+        cls.__pydantic_config__ = strict  # type: ignore[attr-defined]  # pydantic's hook for plain dataclasses
     return TypeAdapter(TrainConfig)
 
 
@@ -412,22 +413,24 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 class _Dumper(yaml.SafeDumper):
-    """Quotes any string that either YAML 1.1 or our 1.2 rules would read as a non-string; writes strings
-    with line breaks in double quotes and lists in flow style, so that every value stays on its key's line."""
+    """Quotes any string that either YAML 1.1 or our 1.2 rules would read as a non-string."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+    # plain or single-quoted, a line break would continue the value on the next line: escape it
+    style = '"' if any(c in text for c in "\n\r\x85\u2028\u2029") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+def _represent_list(dumper: yaml.SafeDumper, items: list[Any]) -> yaml.Node:
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=True)
 
 
 for _tag, _rx, _first in _RESOLVERS:
     _Loader.add_implicit_resolver(_tag, _rx, list(_first))
     _Dumper.add_implicit_resolver(_tag, _rx, list(_first))
-_Dumper.add_representer(
-    str,
-    lambda dumper, text: dumper.represent_scalar(
-        "tag:yaml.org,2002:str", text, style='"' if any(c in text for c in "\n\r\x85\u2028\u2029") else None
-    ),
-)
-
-
-_Dumper.add_representer(list, lambda dumper, items: dumper.represent_sequence("tag:yaml.org,2002:seq", items, True))
+_Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(list, _represent_list)
 
 
 def _dump(value: Any) -> str:
@@ -743,7 +746,6 @@ def config_fields() -> list[tuple[str, str, Any, str]]:
 # ---------------------------------------------------------------------------------------- overrides
 
 
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _NULLS = {"", "~", "null", "Null", "NULL"}
 
 
@@ -753,8 +755,6 @@ def _parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not eq or not key:
         raise LaserError(f"override '{text}': expected key=value (e.g. train.steps=100)")
-    if not _KEY_RE.match(key):
-        raise LaserError(f"override '{text}': '{key}' is not a dotted key like laser.beta_v")
     if key not in _schema_keys():
         raise LaserError(f"override '{text}': unknown key '{key}'{_suggest(key)}")
     try:
