@@ -11,6 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from laser_rl.commands.train import parse_train_argv
 from laser_rl.errors import LaserError
 from laser_rl.training.config import (
     DEFAULT_INSTRUCTION,
@@ -21,7 +22,6 @@ from laser_rl.training.config import (
     config_to_dict,
     config_to_yaml,
     load_config,
-    parse_train_argv,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,9 +292,11 @@ def test_override_values_use_yaml_rules() -> None:
         (["--resum"], "unknown option '--resum' (did you mean --resume?)"),
         (["--bogus"], "unknown option '--bogus'"),
         (["config.yaml"], "unexpected argument 'config.yaml'"),
-        (["--config"], "argument --config: expected a config file path"),
+        (["--config"], "argument --config/-c: expected one argument"),
+        (["--config="], "argument --config/-c: expected a config file path"),
         (["--config", "a.yaml", "--config", "b.yaml"], "given twice"),
-        (["--resume=1"], "takes no value"),
+        (["--resume=1"], "argument --resume: ignored explicit argument '1'"),
+        (["--", "b"], "unexpected argument 'b'"),
         (["=3"], "unexpected argument '=3'"),
     ],
 )
@@ -444,3 +446,73 @@ def test_missing_or_unreadable_config_file(tmp_path: Path) -> None:
     )
     assert "not a file" in _error(lambda: load_config(tmp_path, []))
     assert "must be a mapping" in _error(lambda: config_from_dict([1, 2]))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ library-backed paths
+
+
+def test_nullable_float_key() -> None:
+    assert load_config(None, REQUIRED).loss.clip_ratio_c is None  # off unless set
+    cfg = load_config(None, [*REQUIRED, "loss.clip_ratio_c=3"])
+    assert cfg.loss.clip_ratio_c == 3.0 and isinstance(cfg.loss.clip_ratio_c, float)
+    assert load_config(None, [*REQUIRED, "loss.clip_ratio_c=3", "loss.clip_ratio_c="]).loss.clip_ratio_c is None
+    msg = _error(lambda: load_config(None, [*REQUIRED, "loss.clip_ratio_c=abc"]))
+    assert msg == "override 'loss.clip_ratio_c=abc': loss.clip_ratio_c: expected a number or null, got string 'abc'"
+    msg = _error(lambda: load_config(None, [*REQUIRED, "loss.clip_ratio_c=1"]))
+    assert msg == "override 'loss.clip_ratio_c=1': loss.clip_ratio_c must be > 1 or null (off), got 1.0"
+    assert config_from_yaml(config_to_yaml(cfg)) == cfg
+
+
+def test_empty_section_and_unsupported_values(tmp_path: Path) -> None:
+    f = tmp_path / "cfg.yaml"
+    # a section whose keys are all commented out reads as null: it means the defaults
+    f.write_text("output_dir: x\nmodel: {path: m}\ndata: {train: arith:train}\nlaser:\n  # alpha: 0.5\n")
+    assert load_config(f, []).laser == TrainConfig().laser
+    f.write_text("output_dir: !!binary aGk=\nmodel: {path: m}\ndata: {train: arith:train}\n")
+    assert _error(lambda: load_config(f, [])).startswith(f"{f}: unsupported value b'hi'")
+    f.write_text("output_dir: x\nmodel: {path: m}\ndata: {train: arith:train}\n1: 2\n")
+    assert _error(lambda: load_config(f, [])) == f"{f}:4: unknown key '1'"
+    msg = _error(lambda: config_from_dict({"train": {"steps": 3.0}}, source="ckpt/config.yaml"))
+    assert msg == "ckpt/config.yaml: train.steps: expected an integer, got number 3.0"
+
+
+def test_aggregations_have_one_owner() -> None:
+    from typing import get_args, get_type_hints
+
+    from laser_rl.core import AGGREGATIONS
+    from laser_rl.core import laser as core_laser
+    from laser_rl.training.config import LossConfig
+
+    assert core_laser.AGGREGATIONS is AGGREGATIONS
+    assert get_args(get_type_hints(LossConfig)["aggregation"]) == AGGREGATIONS
+    assert "expected one of 'token-mean', 'seq-mean-token-mean', 'seq-mean-token-sum'" in _error(
+        lambda: load_config(None, [*REQUIRED, "loss.aggregation=mean"])
+    )
+
+
+def test_loading_a_config_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from laser_rl.training.config import load_config, config_to_yaml; "
+        f"config_to_yaml(load_config({str(PAPER / 'orz-7b-laser.yaml')!r})); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # `laser train --print-config` stays fast
+
+
+def test_cli_print_config_round_trips(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from laser_rl.cli import main
+
+    paper = str(PAPER / "qwen2.5-7b-laser.yaml")
+    assert main(["train", "rollout.n=4", "--print-config", "--config", paper, "optim.lr=2e-6"]) == 0
+    text = capsys.readouterr().out
+    assert "# Peak learning rate of AdamW.\n  lr: 2.0e-06\n" in text  # help comments above their keys
+    expected = load_config(paper, ["rollout.n=4", "optim.lr=2e-6"])
+    assert config_from_yaml(text, "printed") == expected
+    (tmp_path / "printed.yaml").write_text(text, encoding="utf-8")
+    assert load_config(tmp_path / "printed.yaml") == expected
+    assert main(["train", "--config", paper, "laser.betav=0.2", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err == "laser train: error: override 'laser.betav=0.2': unknown key 'laser.betav' (did you mean laser.beta_v?)\n"

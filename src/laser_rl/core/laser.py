@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+from laser_rl.core import AGGREGATIONS
+
 #: |log π − log π_old| and |log π_ref − log π| are clamped to this before exponentiating (verl's
 #: bound): one stale token would otherwise make the ratio, hence the loss, unbounded (e^25 ≈ 7e10).
 LOG_RATIO_CLAMP = 20.0
 #: The k3 KL estimate per token is clamped to [−KL_CLAMP, KL_CLAMP] (verl's low_var_kl bound).
 KL_CLAMP = 10.0
-
 
 # --------------------------------------------------------------------------------------------
 # validation helpers

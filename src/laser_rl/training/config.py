@@ -1,30 +1,38 @@
 """The ``laser train`` configuration: nested dataclasses, loaded from YAML plus ``key=value`` overrides.
 
-Why a hand-rolled loader instead of ``yaml.safe_load`` + ``**kwargs``: a training run is expensive, so
-a typo or a wrong type must fail *before* any model is loaded, with a message naming the file, the
-line, the key and the closest valid key. The schema is the dataclasses below; every field carries its
-help text in ``metadata["help"]`` (shown by ``config_to_yaml(..., comments=True)`` and
-``config_fields()``).
+A training run is expensive, so a typo or a wrong type must fail *before* any model is loaded, with a
+message naming the file, the line, the key and the closest valid key. The schema is the dataclasses
+below; every field carries its help text in ``metadata["help"]`` (shown by
+``config_to_yaml(..., comments=True)`` and ``config_fields()``).
 
-YAML is read with YAML 1.2 scalar rules (PyYAML defaults to YAML 1.1):
+Libraries, and why these: **pydantic v2** checks the types. Its strict JSON-mode validation of the
+plain dataclasses below is exactly the rule this project wants: an integer is promoted to a float where
+a float is expected and nothing else is converted (``"abc"`` for a float, ``3.5`` for an integer,
+``5`` for a string, ``true`` for a number, ``.nan`` anywhere are errors); ``Literal`` and unions such
+as ``float | Literal["auto"]`` work as written; unknown keys are rejected with their path. **PyYAML**
+reads the file and keeps a compose pass for the line of every key (and duplicate keys).
+OmegaConf structured configs (as torchtune and verl use) were tried first (2.4.0, which vendors its
+ANTLR runtime, so math-verify's antlr4 pin is no obstacle) and rejected for what they do to values:
+they convert ``"3"`` to 3, ``1`` to true, ``5`` to ``"5"`` and list items to strings, accept NaN, read
+``yes``, ``010`` and ``1:30`` with YAML 1.1 rules, reject an integer for ``float | Literal["auto"]``,
+treat ``${...}`` inside any string (an instruction text, a stop token) as an interpolation, and keep
+no line numbers; keeping today's behaviour would have meant a strict checker of our own on top.
 
-- booleans are only ``true``/``false`` (``yes``/``no``/``on``/``off`` stay strings, so a boolean or
-  integer field never silently accepts ``yes``);
-- ``1e-6`` is a float (YAML 1.1 needs ``1.0e-6``), ``010`` is ten (not octal eight), ``1:30`` is a
-  string (not sexagesimal 90), dates stay strings.
-
-Types are checked strictly: an integer is promoted to a float where a float is expected, nothing
-else is converted (``"abc"`` for a float, ``3.5`` for an integer, ``5`` for a string, ``true`` for a
-number are all errors).
+YAML is read with YAML 1.2 scalar rules (PyYAML defaults to YAML 1.1): booleans are only
+``true``/``false`` (``yes``/``no``/``on``/``off`` stay strings), ``1e-6`` is a float, ``010`` is ten,
+``1:30`` is a string (not sexagesimal 90) and dates stay strings. Override values use the same rules.
 
 Public API: :func:`load_config`, :func:`config_from_yaml`, :func:`config_from_dict`,
-:func:`config_to_dict`, :func:`config_to_yaml`, :func:`parse_train_argv`, :func:`config_fields`.
+:func:`config_to_dict`, :func:`config_to_yaml`, :func:`config_fields`. The ``laser train`` argument
+parser lives with its command (:func:`laser_rl.commands.train.parse_train_argv`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import json
 import math
 import re
 import types
@@ -34,7 +42,9 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from laser_rl.core import AGGREGATIONS
 from laser_rl.errors import LaserError
 
 __all__ = [
@@ -55,11 +65,10 @@ __all__ = [
     "config_to_dict",
     "config_to_yaml",
     "load_config",
-    "parse_train_argv",
 ]
 
 DEFAULT_INSTRUCTION = " Please reason step by step, and put your final answer within \\boxed{}."
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+Aggregation = Literal[AGGREGATIONS]  # core owns the names (the loss checks them too)
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -185,7 +194,7 @@ class LossConfig:
         None,
         "Dual-clip constant c for negative advantages (verl's clip_ratio_c; null = off); the paper's runs used 3.0.",
     )
-    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = _f(
+    aggregation: Aggregation = _f(
         "token-mean",
         "How per-token losses are averaged: over all tokens, or per sequence then over sequences.",
     )
@@ -316,238 +325,16 @@ class TrainConfig:
         return self.data.prompts_per_step * self.rollout.n
 
 
-# -------------------------------------------------------------------------------------- YAML dialect
+# ---------------------------------------------------------------------------------------- schema walk
 
 
-_BOOL_RE = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
-_INT_RE = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
-_FLOAT_RE = re.compile(
-    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-)
-_T_BOOL = "tag:yaml.org,2002:bool"
-_T_INT = "tag:yaml.org,2002:int"
-_T_FLOAT = "tag:yaml.org,2002:float"
-_T_TIMESTAMP = "tag:yaml.org,2002:timestamp"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 core-schema booleans/numbers and no timestamps."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if tag not in (_T_BOOL, _T_INT, _T_FLOAT, _T_TIMESTAMP)]
-    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-# int before float: both match "12", the first registered wins.
-_Loader.add_implicit_resolver(_T_BOOL, _BOOL_RE, list("tTfF"))
-_Loader.add_implicit_resolver(_T_INT, _INT_RE, list("-+0123456789"))
-_Loader.add_implicit_resolver(_T_FLOAT, _FLOAT_RE, list("-+0123456789."))
-
-
-def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
-    text = loader.construct_scalar(node)
-    sign, body = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
-    if body.startswith("0o"):
-        return sign * int(body[2:], 8)
-    if body.startswith("0x"):
-        return sign * int(body[2:], 16)
-    return sign * int(body, 10)
-
-
-_Loader.add_constructor(_T_INT, _construct_int)
-
-
-class _Dumper(yaml.SafeDumper):
-    """Quotes any string that either YAML 1.1 or our 1.2 dialect would read as a non-string."""
-
-
-for _tag, _rx, _first in (
-    (_T_BOOL, _BOOL_RE, "tTfF"),
-    (_T_INT, _INT_RE, "-+0123456789"),
-    (_T_FLOAT, _FLOAT_RE, "-+0123456789."),
-):
-    _Dumper.add_implicit_resolver(_tag, _rx, list(_first))
-
-
-def _yaml_scalar(value: Any) -> str:
-    """One value as a single line of YAML (flow style for lists)."""
-
-    def dump(style: str | None) -> str:
-        text = yaml.dump(
-            value,
-            Dumper=_Dumper,
-            default_flow_style=True,
-            default_style=style,
-            width=1 << 30,
-            allow_unicode=True,
-        )
-        return text.removesuffix("\n...\n").rstrip("\n")
-
-    text = dump(None)
-    # Line breaks (also U+2028 etc.) inside single quotes would be folded on reading: double quotes escape
-    # them and keep the value on one line. Check by reading the line back.
-    if "\n" in text or yaml.load(text, Loader=_Loader) != value:  # _Loader is a SafeLoader
-        text = dump('"')
-    return text
-
-
-def _yaml_error(source: str, e: yaml.YAMLError) -> LaserError:
-    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
-    problem = getattr(e, "problem", None) or str(e)
-    context = getattr(e, "context", None)
-    context_mark = getattr(e, "context_mark", None)
-    if context and context_mark is not None and mark is not None and context_mark.line != mark.line:
-        context += f" (started on line {context_mark.line + 1})"
-    detail = f"{context}, {problem}" if context else problem
-    return LaserError(f"{where}: invalid YAML: {detail}")
-
-
-def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[str, int]]:
-    """Parse a YAML document into a dict plus the line of every dotted key (duplicate keys are errors)."""
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as e:
-        raise _yaml_error(source, e) from None
-    finally:
-        loader.dispose()
-    if data is None:
-        return {}, {}
-    if not isinstance(data, dict):
-        raise LaserError(f"{source}: the config must be a mapping of keys to values, got {_kind(data)}")
-    lines: dict[str, int] = {}
-    _record_lines(node, "", lines, source)
-    return data, lines
-
-
-def _record_lines(node: yaml.Node, prefix: str, lines: dict[str, int], source: str) -> None:
-    if not isinstance(node, yaml.MappingNode):
-        return
-    seen: dict[str, int] = {}
-    for key_node, value_node in node.value:
-        key = str(key_node.value)
-        line = key_node.start_mark.line + 1
-        if key in seen:
-            raise LaserError(
-                f"{source}:{line}: duplicate key '{prefix}{key}' (first set on line {seen[key]})"
-            )
-        seen[key] = line
-        lines[prefix + key] = line
-        _record_lines(value_node, f"{prefix}{key}.", lines, source)
-
-
-# ---------------------------------------------------------------------------------- type checking
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return f"a list {_yaml_scalar(value)}" if len(repr(value)) < 80 else "a list"
-    name = {int: "integer", float: "number", str: "string"}.get(type(value), type(value).__name__)
-    return f"{name} {value!r}"
-
-
-def _describe(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        args = get_args(tp)
-        return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(repr(a) for a in args)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in get_args(tp))
-    if origin is list:
-        (item,) = get_args(tp)
-        return f"a list of {_describe(item).removeprefix('a ').removeprefix('an ')}s"
-    return {
-        bool: "a boolean (true/false)",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        type(None): "null",
-    }.get(tp, str(tp))
-
-
-class _TypeMismatch(Exception):
-    pass
-
-
-def _coerce(value: Any, tp: Any) -> Any:
-    """Return ``value`` as type ``tp`` (int → float promotion only) or raise ``_TypeMismatch``."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        if isinstance(value, str) and value in get_args(tp):
-            return value
-        raise _TypeMismatch
-    if origin in (Union, types.UnionType):
-        for member in get_args(tp):
-            try:
-                return _coerce(value, member)
-            except _TypeMismatch:
-                continue
-        raise _TypeMismatch
-    if origin is list:
-        (item,) = get_args(tp)
-        if not isinstance(value, list):
-            raise _TypeMismatch
-        return [_coerce(v, item) for v in value]
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _TypeMismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _TypeMismatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _TypeMismatch
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise _TypeMismatch
-            return float(value)
-        raise _TypeMismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _TypeMismatch
-    raise TypeError(f"unsupported config type {tp!r}")  # a schema bug, not user input
-
-
-def _coerce_ok(value: Any, tp: Any) -> bool:
-    try:
-        _coerce(value, tp)
-    except _TypeMismatch:
-        return False
-    return True
-
-
-def _literal_choices(tp: Any) -> list[str]:
-    if get_origin(tp) is Literal:
-        return [str(a) for a in get_args(tp)]
-    if get_origin(tp) in (Union, types.UnionType):
-        return [c for a in get_args(tp) for c in _literal_choices(a)]
-    return []
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = get_type_hints(cls)
-    return _HINTS[cls]
+    return get_type_hints(cls)
 
 
 def _walk_schema(cls: type = TrainConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
-    """(dotted key, field, type) for every section and leaf, depth first."""
+    """(dotted key, field, type) for every section and leaf, depth first, in schema order."""
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
@@ -556,8 +343,19 @@ def _walk_schema(cls: type = TrainConfig, prefix: str = "") -> Iterator[tuple[st
             yield from _walk_schema(tp, f"{prefix}{f.name}.")
 
 
+@functools.cache
 def _schema_keys() -> dict[str, Any]:
     return {key: tp for key, _, tp in _walk_schema()}
+
+
+@functools.cache
+def _validator() -> TypeAdapter[TrainConfig]:
+    """pydantic's validator for the schema, built on first use (import stays cheap)."""
+    # strict: nothing converted but int -> float; forbid: unknown keys are errors; no NaN/inf
+    strict = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+    for cls in [TrainConfig, *(tp for tp in _schema_keys().values() if dataclasses.is_dataclass(tp))]:
+        cls.__pydantic_config__ = strict  # type: ignore[attr-defined]  # pydantic's hook for plain dataclasses
+    return TypeAdapter(TrainConfig)
 
 
 def _suggest(key: str) -> str:
@@ -575,7 +373,100 @@ def _suggest(key: str) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-# ----------------------------------------------------------------------------------------- building
+# ------------------------------------------------------------------------------------- YAML 1.2 rules
+
+
+_BOOL_RE = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_INT_RE = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT_RE = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_RESOLVERS = (
+    ("tag:yaml.org,2002:bool", _BOOL_RE, "tTfF"),
+    ("tag:yaml.org,2002:int", _INT_RE, "-+0123456789"),  # before float: both match "12", the first wins
+    ("tag:yaml.org,2002:float", _FLOAT_RE, "-+0123456789."),
+)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema booleans/numbers and no timestamps."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if not tag.endswith(("bool", "int", "float", "timestamp"))]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    text = loader.construct_scalar(node)
+    return int(text, 0 if "0o" in text or "0x" in text else 10)  # YAML 1.2: 010 is ten, 0o10 eight
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes any string that either YAML 1.1 or our 1.2 rules would read as a non-string."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+    # plain or single-quoted, a line break would continue the value on the next line: escape it
+    style = '"' if any(c in text for c in "\n\r\x85\u2028\u2029") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+def _represent_list(dumper: yaml.SafeDumper, items: list[Any]) -> yaml.Node:
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=True)
+
+
+for _tag, _rx, _first in _RESOLVERS:
+    _Loader.add_implicit_resolver(_tag, _rx, list(_first))
+    _Dumper.add_implicit_resolver(_tag, _rx, list(_first))
+_Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(list, _represent_list)
+
+
+def _dump(value: Any) -> str:
+    """YAML for ``value``: block mappings, flow lists, every scalar on one line."""
+    text = yaml.dump(value, Dumper=_Dumper, sort_keys=False, width=1 << 30, allow_unicode=True)
+    return text.removesuffix("\n...\n").rstrip("\n")
+
+
+def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Parse a YAML document into a dict plus the line of every dotted key (duplicate keys are errors)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        detail = ", ".join(filter(None, (getattr(e, "context", None), getattr(e, "problem", None)))) or str(e)
+        raise LaserError(f"{where}: invalid YAML: {detail}") from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise LaserError(f"{source}: the config must be a mapping of keys to values, got {_kind(data)}")
+    lines: dict[str, int] = {}
+    _record_lines(node, "", lines, source)
+    return data, lines
+
+
+def _record_lines(node: yaml.Node | None, prefix: str, lines: dict[str, int], source: str) -> None:
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise LaserError(f"{source}:{line}: duplicate key '{prefix}{key}' (first set on line {seen[key]})")
+        seen[key] = lines[prefix + key] = line
+        _record_lines(value_node, f"{prefix}{key}.", lines, source)
+
+
+# ------------------------------------------------------------------------------------------- typing
 
 
 Locator = Callable[[str], str]  # dotted key -> where it was set ("file:line", "override '...'", or "")
@@ -585,69 +476,113 @@ def _at(location: str) -> str:
     return f"{location}: " if location else ""
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str, where: Locator) -> Any:
-    hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for raw_key, value in data.items():
-        key = str(raw_key)
-        dotted = prefix + key
-        if key not in names:
-            raise LaserError(f"{_at(where(dotted))}unknown key '{dotted}'{_suggest(dotted)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if value is None:
-                value = {}
-            if not isinstance(value, dict):
-                raise LaserError(
-                    f"{_at(where(dotted))}'{dotted}' is a section: expected a mapping, got {_kind(value)}"
-                )
-            kwargs[key] = _build(tp, value, dotted + ".", where)
-            continue
-        try:
-            kwargs[key] = _coerce(value, tp)
-        except _TypeMismatch:
-            msg = f"{_at(where(dotted))}{dotted}: expected {_describe(tp)}, got {_kind(value)}"
-            if isinstance(value, float) and not math.isfinite(value):
-                msg += " (must be finite)"
-            choices = _literal_choices(tp)
-            if isinstance(value, str) and choices:
-                near = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
-                if near:
-                    msg += f" (did you mean {near[0]!r}?)"
-            if isinstance(value, (dict, list)) and _coerce_ok("text", tp):
-                msg += " (quote text containing ': ', ' #' or brackets)"
-            raise LaserError(msg) from None
-    return cls(**kwargs)
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return f"a list {_dump(value)}" if len(repr(value)) < 80 else "a list"
+    name = {int: "integer", float: "number", str: "string"}.get(type(value), type(value).__name__)
+    return f"{name} {value!r}"
 
 
-def _validate(cfg: TrainConfig, where: Locator) -> None:
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        args = get_args(tp)
+        return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if origin is list:
+        (item,) = get_args(tp)
+        return f"a list of {_describe(item).removeprefix('a ').removeprefix('an ')}s"
+    names = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}
+    return names.get(tp, "null" if tp is type(None) else str(tp))
+
+
+def _members(tp: Any) -> tuple[Any, ...]:
+    """The alternatives of a union type (the type itself otherwise)."""
+    return get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
+
+
+def _typed(data: dict[str, Any], where: Locator) -> TrainConfig:
+    """``data`` as a TrainConfig: pydantic checks every type; its first error becomes our message."""
+    sections = {k: {} for k, v in data.items() if v is None and dataclasses.is_dataclass(_schema_keys().get(k))}
+    data = {**data, **sections}  # a section whose keys are all commented out reads as null: defaults
+
+    def not_json(value: Any) -> Any:
+        raise LaserError(f"{_at(where(''))}unsupported value {value!r}: use strings, numbers, booleans, lists")
+
+    try:  # JSON mode: strict there means "already the right type", and nested sections may be mappings
+        return _validator().validate_json(json.dumps(data, default=not_json))
+    except ValidationError as e:
+        raise _type_error(e.errors()[0]["loc"], data, where) from None
+
+
+def _type_error(loc: tuple[str | int, ...], data: dict[str, Any], where: Locator) -> LaserError:
+    key, tp, value = "", TrainConfig, data
+    for part in loc:  # schema keys, then union members or list indices the message does not need
+        if not (dataclasses.is_dataclass(tp) and isinstance(part, str)):
+            break
+        key = f"{key}.{part}".lstrip(".")
+        value = value.get(part) if isinstance(value, dict) else None
+        tp = _hints(tp).get(part)
+        if tp is None:
+            return LaserError(f"{_at(where(key))}unknown key '{key}'{_suggest(key)}")
+    if dataclasses.is_dataclass(tp):
+        return LaserError(f"{_at(where(key))}'{key}' is a section: expected a mapping, got {_kind(value)}")
+    msg = f"{_at(where(key))}{key}: expected {_describe(tp)}, got {_kind(value)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        msg += " (must be finite)"
+    choices = [str(c) for m in _members(tp) if get_origin(m) is Literal for c in get_args(m)]
+    near = difflib.get_close_matches(value, choices, n=1, cutoff=0.5) if isinstance(value, str) else []
+    if near:
+        msg += f" (did you mean {near[0]!r}?)"
+    if isinstance(value, (dict, list)) and str in _members(tp):
+        msg += " (quote text containing ': ', ' #' or brackets)"
+    return LaserError(msg)
+
+
+# --------------------------------------------------------------------------------------- validation
+
+
+@dataclass
+class _Checker:
     """Semantic checks a type cannot express; each error names the key and where it was set."""
 
-    def check(ok: bool, key: str, rule: str) -> None:
+    cfg: TrainConfig
+    where: Locator
+
+    def fail(self, key: str, message: str) -> None:
+        raise LaserError(f"{_at(self.where(key))}{message}")
+
+    def __call__(self, ok: bool, key: str, rule: str) -> None:
         if not ok:
-            value = cfg
+            value: Any = self.cfg
             for part in key.split("."):
                 value = getattr(value, part)
-            raise LaserError(f"{_at(where(key))}{key} {rule}, got {_yaml_scalar(value)}")
+            self.fail(key, f"{key} {rule}, got {_dump(value)}")
 
-    def required(key: str, value: str, hint: str) -> None:
+    def required(self, key: str, value: str, hint: str) -> None:
         if not value.strip():
-            raise LaserError(f"{_at(where(key))}{key} is required ({hint})")
+            self.fail(key, f"{key} is required ({hint})")
 
-    required("output_dir", cfg.output_dir, "the run folder, e.g. output_dir=runs/my-run")
-    required("model.path", cfg.model.path, "a model folder or hub id, e.g. model.path=runs/demo/base")
-    required("data.train", cfg.data.train, "e.g. data.train=arith:train or a JSONL/parquet file")
 
-    t = cfg.train
+def _check_loop_and_data(check: _Checker) -> None:
+    cfg = check.cfg
+    check.required("output_dir", cfg.output_dir, "the run folder, e.g. output_dir=runs/my-run")
+    check.required("model.path", cfg.model.path, "a model folder or hub id, e.g. model.path=runs/demo/base")
+    check.required("data.train", cfg.data.train, "e.g. data.train=arith:train or a JSONL/parquet file")
+    t, d = cfg.train, cfg.data
     check(t.steps >= 1, "train.steps", "must be ≥ 1")
     check(t.seed >= 0, "train.seed", "must be ≥ 0")
     check(t.save_every >= 0, "train.save_every", "must be ≥ 0 (0 = never)")
     check(t.eval_every >= 0, "train.eval_every", "must be ≥ 0 (0 = never)")
     check(t.keep_checkpoints >= 0, "train.keep_checkpoints", "must be ≥ 0 (0 = keep all)")
     check(t.log_every >= 1, "train.log_every", "must be ≥ 1")
-
-    d = cfg.data
     check(d.eval is None or bool(d.eval.strip()), "data.eval", "must be a data spec or null")
     check(d.eval_limit >= 0, "data.eval_limit", "must be ≥ 0 (0 = all)")
     check(d.eval_n >= 1, "data.eval_n", "must be ≥ 1")
@@ -657,7 +592,9 @@ def _validate(cfg: TrainConfig, where: Locator) -> None:
     check(bool(d.answer_key), "data.answer_key", "must not be empty")
     check(t.eval_every == 0 or d.eval is not None, "train.eval_every", "needs data.eval to be set (or use 0)")
 
-    r = cfg.rollout
+
+def _check_rollout_and_optim(check: _Checker) -> None:
+    r, o = check.cfg.rollout, check.cfg.optim
     check(r.n >= 1, "rollout.n", "must be ≥ 1")
     check(r.temperature >= 0, "rollout.temperature", "must be ≥ 0")
     check(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
@@ -665,40 +602,35 @@ def _validate(cfg: TrainConfig, where: Locator) -> None:
     check(r.max_new_tokens >= 1, "rollout.max_new_tokens", "must be ≥ 1")
     check(r.batch_size >= 0, "rollout.batch_size", "must be ≥ 0 (0 = all at once)")
     check(all(s for s in r.stop_tokens), "rollout.stop_tokens", "must not contain empty strings")
-
-    o = cfg.optim
     check(o.lr > 0, "optim.lr", "must be > 0")
     check(o.weight_decay >= 0, "optim.weight_decay", "must be ≥ 0")
-    check(
-        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "must be two numbers in [0, 1)"
-    )
+    betas_ok = len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas)
+    check(betas_ok, "optim.betas", "must be two numbers in [0, 1)")
     check(o.eps > 0, "optim.eps", "must be > 0")
     check(o.warmup_steps >= 0, "optim.warmup_steps", "must be ≥ 0")
     check(o.max_grad_norm >= 0, "optim.max_grad_norm", "must be ≥ 0 (0 = no clipping)")
     check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
 
-    lo = cfg.loss
+
+def _check_loss(check: _Checker) -> None:
+    lo, per_step = check.cfg.loss, check.cfg.rollouts_per_step
     check(0 <= lo.clip_low < 1, "loss.clip_low", "must be in [0, 1)")
     check(lo.clip_high >= 0, "loss.clip_high", "must be ≥ 0")
     check(lo.clip_ratio_c is None or lo.clip_ratio_c > 1, "loss.clip_ratio_c", "must be > 1 or null (off)")
     check(lo.kl_coef >= 0, "loss.kl_coef", "must be ≥ 0")
     check(lo.ppo_epochs >= 1, "loss.ppo_epochs", "must be ≥ 1")
     check(lo.mini_batches >= 1, "loss.mini_batches", "must be ≥ 1")
-    check(
-        lo.mini_batches <= cfg.rollouts_per_step,
-        "loss.mini_batches",
-        f"must be ≤ data.prompts_per_step × rollout.n = {cfg.rollouts_per_step}",
-    )
+    rule = f"must be ≤ data.prompts_per_step × rollout.n = {per_step}"
+    check(lo.mini_batches <= per_step, "loss.mini_batches", rule)
     check(lo.micro_batch_size >= 0, "loss.micro_batch_size", "must be ≥ 0 (0 = whole mini-batch)")
     check(lo.logit_chunk_size >= 0, "loss.logit_chunk_size", "must be ≥ 0 (0 = auto)")
 
-    la = cfg.laser
-    if isinstance(la.token, int):
-        check(la.token >= 0, "laser.token", "must be a token id ≥ 0, a token string or auto")
-    else:
-        check(bool(la.token), "laser.token", "must be a token id ≥ 0, a token string or auto")
-    if la.beta_v != "auto":
-        check(la.beta_v > 0, "laser.beta_v", "must be > 0 or auto")
+
+def _check_laser(check: _Checker) -> None:
+    la = check.cfg.laser
+    token_ok = la.token >= 0 if isinstance(la.token, int) else bool(la.token)
+    check(token_ok, "laser.token", "must be a token id ≥ 0, a token string or auto")
+    check(la.beta_v == "auto" or la.beta_v > 0, "laser.beta_v", "must be > 0 or auto")
     check(la.target_logprob < 0, "laser.target_logprob", "must be < 0 (a log-probability)")
     check(la.alpha >= 0, "laser.alpha", "must be ≥ 0")
     check(la.alpha_warmup_steps >= 0, "laser.alpha_warmup_steps", "must be ≥ 0")
@@ -707,38 +639,40 @@ def _validate(cfg: TrainConfig, where: Locator) -> None:
     if la.c_ref != "auto":
         check(la.c_ref < 0, "laser.c_ref", "must be < 0 (a log-probability) or auto")
         if la.beta_v == "auto":
-            check(
-                la.target_logprob > la.c_ref,
-                "laser.target_logprob",
-                f"must be > laser.c_ref ({la.c_ref}) for beta_v auto",
-            )
+            rule = f"must be > laser.c_ref ({la.c_ref}) for beta_v auto"
+            check(la.target_logprob > la.c_ref, "laser.target_logprob", rule)
         elif la.c_ref + 1 / la.beta_v >= 0:
-            raise LaserError(
-                f"{_at(where('laser.beta_v'))}laser.beta_v = {la.beta_v} with laser.c_ref = {la.c_ref} puts the "
-                f"correct-response target c_ref + 1/beta_v at {la.c_ref + 1 / la.beta_v:g} ≥ 0, which a "
-                f"log-probability cannot reach; use beta_v > {-1 / la.c_ref:.4g} or beta_v: auto"
+            check.fail(
+                "laser.beta_v",
+                f"laser.beta_v = {la.beta_v} with laser.c_ref = {la.c_ref} puts the correct-response target "
+                f"c_ref + 1/beta_v at {la.c_ref + 1 / la.beta_v:g} ≥ 0, which a log-probability cannot "
+                f"reach; use beta_v > {-1 / la.c_ref:.4g} or beta_v: auto",
             )
     check(la.c_ref_samples >= 1, "laser.c_ref_samples", "must be ≥ 1")
     check(la.reasoning_warmup_steps >= 0, "laser.reasoning_warmup_steps", "must be ≥ 0")
     check(la.self_reward_warmup_steps >= 0, "laser.self_reward_warmup_steps", "must be ≥ 0")
 
-    g = cfg.guard
+
+def _check_guard_and_logging(check: _Checker) -> None:
+    g, lg = check.cfg.guard, check.cfg.logging
     check(0 <= g.collapse_ratio <= 1, "guard.collapse_ratio", "must be in [0, 1] (0 = off)")
     check(0 <= g.length_collapse_ratio <= 1, "guard.length_collapse_ratio", "must be in [0, 1] (0 = off)")
     check(g.collapse_patience >= 1, "guard.collapse_patience", "must be ≥ 1")
+    project_ok = lg.wandb_project is None or bool(lg.wandb_project.strip())
+    check(project_ok, "logging.wandb_project", "must not be empty")
 
-    lg = cfg.logging
-    check(
-        lg.wandb_project is None or bool(lg.wandb_project.strip()),
-        "logging.wandb_project",
-        "must not be empty",
-    )
+
+_CHECKS = (_check_loop_and_data, _check_rollout_and_optim, _check_loss, _check_laser, _check_guard_and_logging)
 
 
 def _make(data: dict[str, Any], where: Locator) -> TrainConfig:
-    cfg = _build(TrainConfig, data, "", where)
-    _validate(cfg, where)
+    cfg = _typed(data, where)
+    for check_section in _CHECKS:
+        check_section(_Checker(cfg, where))
     return cfg
+
+
+# ------------------------------------------------------------------------------------------ public
 
 
 def config_from_dict(d: dict[str, Any], source: str = "<dict>") -> TrainConfig:
@@ -754,18 +688,19 @@ def config_from_dict(d: dict[str, Any], source: str = "<dict>") -> TrainConfig:
 def config_from_yaml(text: str, source: str = "<string>") -> TrainConfig:
     """Parse and validate a config from YAML text; errors name ``source`` and the line."""
     data, lines = _parse_yaml(text, source)
-    return _make(data, _file_locator(source, lines))
+    return _make(data, _locator(source, lines, {}))
 
 
-def _file_locator(source: str, lines: dict[str, int]) -> Locator:
+def _locator(source: str, lines: dict[str, int], origins: dict[str, str]) -> Locator:
+    """Where a dotted key was set: the override that set it or a section above it, else the file line
+    of the key or of its nearest section in the file (a default inside a section the file sets)."""
+
     def where(key: str) -> str:
         parts = key.split(".")
-        # a key left at its default inside a section the file sets: point at the section's line
-        for n in range(len(parts), 0, -1):
-            line = lines.get(".".join(parts[:n]))
-            if line is not None:
-                return f"{source}:{line}"
-        return source
+        prefixes = [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
+        origin = next((origins[p] for p in prefixes if p in origins), None)
+        line = next((lines[p] for p in prefixes if p in lines), None)
+        return origin or (f"{source}:{line}" if line is not None else source)
 
     return where
 
@@ -776,75 +711,45 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def config_to_yaml(cfg: TrainConfig, *, comments: bool = True, header: str | None = None) -> str:
-    """The config as YAML that :func:`load_config` reads back to an equal config.
+    """The config as YAML that :func:`load_config` (and plain PyYAML) reads back to an equal config.
 
     With ``comments`` every key is preceded by its help text; ``header`` (may span lines) goes on top.
     """
-    out: list[str] = []
-    if header:
-        out += [f"# {line}".rstrip() for line in header.splitlines()]
-        out.append("")
-
-    def emit(obj: Any, indent: str) -> None:
-        hints = _hints(type(obj))
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(hints[f.name]):
-                if out and out[-1] != "":
-                    out.append("")
-                if comments:
-                    out.append(f"{indent}# {f.metadata['help']}")
-                out.append(f"{indent}{f.name}:")
-                emit(value, indent + "  ")
-                continue
-            if comments:
-                out.append(f"{indent}# {f.metadata['help']}")
-            out.append(f"{indent}{f.name}: {_yaml_scalar(value)}")
-
-    emit(cfg, "")
+    out = [f"# {line}".rstrip() for line in header.splitlines()] + [""] if header else []
+    # block sections, flow lists and one-line strings: line i of the dump is schema key i
+    body = _dump(config_to_dict(cfg)).splitlines()
+    for line, (_key, f, tp) in zip(body, _walk_schema(), strict=True):
+        if dataclasses.is_dataclass(tp) and out and out[-1] != "":
+            out.append("")
+        if comments:
+            out.append(f"{line[: len(line) - len(line.lstrip())]}# {f.metadata['help']}")
+        out.append(line)
     return "\n".join(out) + "\n"
 
 
 def config_fields() -> list[tuple[str, str, Any, str]]:
     """(dotted key, type description, default, help) for every leaf key, in schema order (for docs)."""
-    defaults = _flatten(config_to_dict(TrainConfig()))
+    defaults = TrainConfig()
     return [
-        (key, _describe(tp), defaults[key], f.metadata["help"])
+        (key, _describe(tp), functools.reduce(getattr, key.split("."), defaults), f.metadata["help"])
         for key, f, tp in _walk_schema()
         if not dataclasses.is_dataclass(tp)
     ]
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            flat.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            flat[prefix + k] = v
-    return flat
-
-
 # ---------------------------------------------------------------------------------------- overrides
 
 
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _NULLS = {"", "~", "null", "Null", "NULL"}
 
 
-def _accepts_none(tp: Any) -> bool:
-    return tp is type(None) or (get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp))
-
-
 def _parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` -> (dotted key, value read with the file's YAML rules)."""
     key, eq, raw = text.partition("=")
     key = key.strip()
     if not eq or not key:
         raise LaserError(f"override '{text}': expected key=value (e.g. train.steps=100)")
-    if not _KEY_RE.match(key):
-        raise LaserError(f"override '{text}': '{key}' is not a dotted key like laser.beta_v")
-    schema = _schema_keys()
-    if key not in schema:
+    if key not in _schema_keys():
         raise LaserError(f"override '{text}': unknown key '{key}'{_suggest(key)}")
     try:
         value = yaml.load(raw, Loader=_Loader)  # _Loader is a SafeLoader
@@ -853,132 +758,50 @@ def _parse_override(text: str) -> tuple[str, Any]:
         raise LaserError(f"override '{text}': invalid value ({detail}); quote it if it is a string") from None
     if value is None and raw.strip() not in _NULLS:  # e.g. '#x' is a YAML comment: keep the text
         value = raw
-    if value is None and raw.strip() == "" and not _accepts_none(schema[key]):
+    if value is None and raw.strip() == "" and type(None) not in _members(_schema_keys()[key]):
         value = ""  # `data.instruction=` clears a string; a nullable key becomes null
     return key, value
-
-
-def _apply_override(data: dict[str, Any], key: str, value: Any, origins: dict[str, str], text: str) -> None:
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    last = parts[-1]
-    if isinstance(value, dict) and isinstance(node.get(last), dict):
-        _merge(node[last], value)
-    else:
-        node[last] = value
-    origins[key] = f"override '{text}'"
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Load ``path`` (YAML; ``None`` = defaults only), apply ``key=value`` overrides in order, validate.
 
     Override values use the same YAML scalar rules as the file: ``laser.c_ref=auto``, ``optim.lr=1e-6``,
-    ``rollout.stop_tokens=[a,b]``, ``logging.wandb_project=null``. A later override of the same key wins.
-    Errors name the file and line, or the override, and suggest the closest valid key.
+    ``rollout.stop_tokens=[a,b]``, ``logging.wandb_project=null``, ``laser={alpha: 0.5}`` (merged into
+    the section). A later override of the same key wins. Errors name the file and line, or the
+    override, and suggest the closest valid key.
     """
     data: dict[str, Any] = {}
     lines: dict[str, int] = {}
-    source = ""
+    source = "" if path is None else str(path)
     if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.exists():
-            raise LaserError(f"{p}: config file not found")
-        if not p.is_file():
-            raise LaserError(f"{p}: not a file (expected a YAML config)")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise LaserError(f"{p}: cannot read config ({e})") from None
-        data, lines = _parse_yaml(text, source)
+        data, lines = _parse_yaml(_read_text(Path(path)), source)
     origins: dict[str, str] = {}
     for text in overrides:
         key, value = _parse_override(text)
-        _apply_override(data, key, value, origins, text)
-    file_where = _file_locator(source, lines)
-
-    def where(key: str) -> str:
-        parts = key.split(".")
-        for n in range(len(parts), 0, -1):
-            origin = origins.get(".".join(parts[:n]))
-            if origin is not None:
-                return origin
-        return file_where(key)
-
-    return _make(data, where)
+        _set_dotted(data, key, value)
+        origins[key] = f"override '{text}'"
+    return _make(data, _locator(source, lines, origins))
 
 
-# ------------------------------------------------------------------------------------ command line
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise LaserError(f"{path}: config file not found")
+    if not path.is_file():
+        raise LaserError(f"{path}: not a file (expected a YAML config)")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise LaserError(f"{path}: cannot read config ({e})") from None
 
 
-_FLAGS = {"--resume": "resume", "--print-config": "print_config"}
-_CONFIG_OPTS = ("--config", "-c")
-
-
-def parse_train_argv(argv: list[str]) -> tuple[str | None, list[str], dict[str, bool]]:
-    """Split ``laser train`` arguments given in any order into (config path, overrides, flags).
-
-    Accepts ``--config C`` / ``--config=C`` / ``-c C``, ``--resume``, ``--print-config`` and
-    ``key=value`` overrides; ``--`` makes every later token an override. ``flags`` has the keys
-    ``resume`` and ``print_config``. A stray token raises ``LaserError`` saying what was expected.
-    """
-    config: str | None = None
-    overrides: list[str] = []
-    flags = {name: False for name in _FLAGS.values()}
-    tokens = list(argv)
-    i = 0
-    only_overrides = False
-    while i < len(tokens):
-        tok = tokens[i]
-        i += 1
-        if not only_overrides and tok == "--":
-            only_overrides = True
-            continue
-        if not only_overrides and tok.startswith("-"):
-            opt, eq, val = tok.partition("=")
-            if opt in _CONFIG_OPTS:
-                if not eq:
-                    if i >= len(tokens) or tokens[i].startswith("-"):
-                        raise LaserError(f"argument {opt}: expected a config file path")
-                    val = tokens[i]
-                    i += 1
-                if config is not None:
-                    raise LaserError(f"argument {opt}: given twice ('{config}' and '{val}')")
-                if not val:
-                    raise LaserError(f"argument {opt}: expected a config file path")
-                config = val
-                continue
-            if opt in _FLAGS:
-                if eq:
-                    raise LaserError(f"argument {opt}: takes no value (got '{tok}')")
-                flags[_FLAGS[opt]] = True
-                continue
-            known = [*_CONFIG_OPTS[:1], *_FLAGS]
-            near = difflib.get_close_matches(opt, known, n=1, cutoff=0.5)
-            hint = (
-                f" (did you mean {near[0]}?)"
-                if near
-                else f" (expected one of {', '.join(known)} or key=value)"
-            )
-            raise LaserError(f"unknown option '{tok}'{hint}")
-        if "=" not in tok or tok.startswith("="):
-            raise LaserError(
-                f"unexpected argument '{tok}': overrides look like key=value (e.g. train.steps=100); "
-                "the config file goes after --config"
-            )
-        overrides.append(tok)
-    return config, overrides, flags
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        value = {**node[last], **value}  # `laser={alpha: 0.5}` sets keys of the section, keeps the rest
+    node[last] = value
