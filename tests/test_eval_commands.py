@@ -52,17 +52,17 @@ def _lines(path: Path) -> list[str]:
 
 @pytest.fixture()
 def count_sampled(monkeypatch):
-    """Count the prompts the sampler receives (wraps the real sampler)."""
-    from laser_rl.rollout import sampler
+    """Count the prompts the sampler receives (wraps the real sampler the built-in engine calls)."""
+    from laser_rl.rollout import engine
 
-    real = sampler.sample
+    real = engine.sample
     seen: list[int] = []
 
     def spy(model, prompts, **kwargs):
         seen.append(len(prompts))
         return real(model, prompts, **kwargs)
 
-    monkeypatch.setattr(sampler, "sample", spy)
+    monkeypatch.setattr(engine, "sample", spy)
     return seen
 
 

@@ -52,3 +52,18 @@ def test_laser_json_round_trip_and_errors(tmp_path):
     with pytest.raises(LaserError, match=r"laser\.json: reference must be one of"):
         ScoreParams.load(tmp_path)
     assert ScoreParams.load(tmp_path / "missing") is None
+
+
+def test_eval_refuses_a_reference_model_run_unless_c_ref_is_given(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    from laser_rl.cli import main
+
+    folder = tmp_path / "ref-run"
+    shutil.copytree(tiny_model_dir, folder)
+    p = ScoreParams.load(folder)
+    ScoreParams(p.token, p.token_id, p.beta_v, p.c_ref, p.c_ref_std, p.extra, reference="model").save(folder)
+    args = ["eval", "--model", str(folder), "--data", "arith", "--n", "1", "--limit", "2", "--max-new-tokens", "4"]
+    assert main([*args, "--out", str(tmp_path / "e1")]) == 2
+    assert "laser.reference=model" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "e2"), "--c-ref", "-6"]) == 0

@@ -84,6 +84,13 @@ class ScoringModel:
     suppress_ids: list[int]
     saved: ScoreParams | None  # laser.json as found in the folder (None when absent)
 
+    def engine(self) -> Any:
+        """The built-in sampler on this model, reading lp_z in its loop when there is a score."""
+        from laser_rl.rollout.engine import SamplerEngine
+
+        z_id = self.params.token_id if self.params is not None else None
+        return SamplerEngine(self.model, self.pad_id, self.stop_ids, z_id, self.suppress_ids)
+
 
 def _float_flag(value: float | None, name: str) -> float | None:
     if value is None:
@@ -129,6 +136,8 @@ def load_scoring_model(
                 f"{'was' if len(missing) == 1 else 'were'} not given: pass --token, --beta-v and --c-ref "
                 "(measure c_ref with `laser calibrate`)"
             )
+    elif c_ref is None:  # scoring with the file's c_ref: refuse a score this command cannot compute
+        saved.require_constant_reference(str(folder / "laser.json"))
     tokenizer = load_tokenizer(folder)
     saved_stops = saved.extra.get("stop_ids", []) if saved is not None else []
     if not isinstance(saved_stops, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in saved_stops):
@@ -293,69 +302,16 @@ def sample_records(
     row_seeds: Sequence[int] | None = None,
     save_ids: bool = False,
 ) -> list[dict[str, Any]]:
-    """Sample n responses for each problem, verify and self-score them, and build their records
-    (the ``samples.jsonl`` format). Shared by ``laser eval`` and the trainer's periodic evaluation.
-    Randomness: one ``generator`` for all, or ``row_seeds`` (one per response, problem-major)."""
-    import torch
+    """Sample n responses for each problem, verify and self-score them (the rollout pipeline), and
+    build their ``samples.jsonl`` records. Randomness: one ``generator`` for all, or ``row_seeds``
+    (one per response, problem-major)."""
+    from laser_rl.rollout.pipeline import rollout_verify_score
 
-    from laser_rl.core.laser import self_reward_score
-    from laser_rl.rollout import sampler
-
-    rows = [ids for ids in prompt_ids for _ in range(n)]
-    texts: list[str] = []
-    ids_out: list[list[int]] = []
-    scores: list[float] = []
-    finished: list[bool] = []
-    mean_lp: list[float] = []
-    min_lp: list[float] = []
-    stops = set(sm.stop_ids)
-    for start in range(0, len(rows), batch_size):
-        roll = sampler.sample(
-            sm.model, rows[start : start + batch_size], pad_id=sm.pad_id, stop_ids=sm.stop_ids,
-            config=sampling, z_id=sm.params.token_id if sm.params else None, suppress_ids=sm.suppress_ids,
-            generator=generator, row_seeds=None if row_seeds is None else row_seeds[start : start + batch_size],
-        )
-        mask = roll.response_mask
-        lengths = mask.sum(dim=1).clamp(min=1)
-        lp = roll.logprobs.float()
-        mean_lp += ((lp * mask).sum(dim=1) / lengths).tolist()
-        min_lp += lp.masked_fill(~mask, float("inf")).amin(dim=1).tolist()
-        if sm.params is not None:
-            s = self_reward_score(roll.lp_z.float(), sm.params.beta_v, sm.params.c_ref)
-            scores += torch.where(roll.finished, s, torch.zeros_like(s)).tolist()
-        else:  # a model trained without a self-reward token: accuracy only
-            scores += [0.0] * len(roll.finished)
-        fin = roll.finished.tolist()
-        finished += fin
-        resp = roll.responses()
-        ids_out += resp
-        body = [r[:-1] if f and r and r[-1] in stops else r for r, f in zip(resp, fin)]
-        texts += sm.tokenizer.batch_decode(body, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    for i, v in enumerate(scores):
-        if not math.isfinite(v):
-            raise LaserError(f"the model gave a non-finite self-reward score ({v}) for response {i}: check z and c_ref")
-
-    records = []
-    for j, (prob, p_ids) in enumerate(zip(problems, prompt_ids)):
-        sl = slice(j * n, (j + 1) * n)
-        resp_texts = texts[sl]
-        rec: dict[str, Any] = {
-            "problem": prob.problem,
-            "answer": prob.answer,
-            "responses": resp_texts,
-            "pred_answers": [verifier.extract_answer(t) for t in resp_texts],
-            "acc_list": [verifier.reward(t, prob.answer) > 0.5 for t in resp_texts],
-            "self_rewarding_scores": scores[sl],
-            "finished": finished[sl],
-            "response_lengths": [len(r) for r in ids_out[sl]],
-            "mean_logprobs": mean_lp[sl],
-            "min_logprobs": min_lp[sl],
-        }
-        if save_ids:
-            rec["prompt_ids"] = list(p_ids)
-            rec["response_ids"] = ids_out[sl]
-        records.append(rec)
-    return records
+    rb = rollout_verify_score(
+        sm.engine(), sm.tokenizer, prompt_ids, [p.answer for p in problems], verifier, sampling=sampling, n=n,
+        batch_size=batch_size, score=sm.params, generator=generator, row_seeds=row_seeds,
+    )
+    return rb.to_records(problems, n, save_ids)
 
 
 def _prompts(sm: ScoringModel, problems: Sequence[str], style: str, what: str) -> list[list[int]]:

@@ -45,6 +45,42 @@ class RolloutBatch:
     def finished(self) -> torch.Tensor:
         return self.rollout.finished
 
+    def to_records(self, problems: Sequence[Any], n: int, save_ids: bool = False) -> list[dict[str, Any]]:
+        """One ``samples.jsonl`` record per problem (the reference pipeline's field names plus ours;
+        see :mod:`laser_rl.evaluation.runner`). ``problems[j]`` answers rows ``j·n .. j·n + n − 1``."""
+        import math
+
+        from laser_rl.errors import LaserError
+
+        scores = self.scores.tolist() if self.scores is not None else [0.0] * len(self.texts)
+        bad = next((i for i, v in enumerate(scores) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise LaserError(f"the model gave a non-finite self-reward score ({scores[bad]}) for response {bad}: "
+                             "check z and c_ref")
+        mean_lp, min_lp = self.logprob_summaries()
+        responses = self.rollout.responses()
+        finished, correct = self.finished.tolist(), self.correct.tolist()
+        records = []
+        for j, prob in enumerate(problems):
+            sl = slice(j * n, (j + 1) * n)
+            rec: dict[str, Any] = {
+                "problem": prob.problem,
+                "answer": prob.answer,
+                "responses": self.texts[sl],
+                "pred_answers": self.pred_answers[sl],
+                "acc_list": correct[sl],
+                "self_rewarding_scores": scores[sl],
+                "finished": finished[sl],
+                "response_lengths": [len(r) for r in responses[sl]],
+                "mean_logprobs": mean_lp[sl],
+                "min_logprobs": min_lp[sl],
+            }
+            if save_ids:
+                rec["prompt_ids"] = list(self.prompt_ids[j * n])
+                rec["response_ids"] = responses[sl]
+            records.append(rec)
+        return records
+
     def logprob_summaries(self) -> tuple[list[float], list[float]]:
         """Per-row mean and minimum sampled-token log-prob (the free confidence baselines)."""
         mask = self.rollout.response_mask

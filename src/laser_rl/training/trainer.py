@@ -482,23 +482,27 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float | None]:
         """Accuracy and self-verification on the first ``data.eval_limit`` held-out problems."""
         from laser_rl.evaluation.metrics import compute_metrics
-        from laser_rl.evaluation.runner import ScoringModel, sample_records
 
         cfg = self.cfg
         assert self.eval_data is not None and self.eval_data.problems is not None
         problems = list(self.eval_data.problems[: cfg.data.eval_limit or None])
         n = cfg.data.eval_n
-        sm = ScoringModel(self.model, self.tokenizer, self.out, self.score, self.stop_ids, self.pad_id,
-                          self.suppress_ids, None)
         gen = torch.Generator(device=self.acc.device).manual_seed(_seed_for(cfg.train.seed, 0, 0, 3))
-        self.model.eval()
-        records = sample_records(sm, problems, self._prompts(problems), n=n, batch_size=cfg.rollout.batch_size or 512,
-                                 sampling=self._sampling(), verifier=self.eval_data.verifier, generator=gen)
+        rb = rollout_verify_score(
+            self.engine, self.tokenizer, self._prompts(problems), [p.answer for p in problems], self.eval_data.verifier,
+            sampling=self._sampling(), n=n, batch_size=cfg.rollout.batch_size or 512, score=self.score, generator=gen,
+            correct_threshold=cfg.laser.correct_threshold,
+        )
+        if self.score is not None and rb.scores is None:  # reference: model — score with the reference pass
+            seq = build_sequences(rb.prompt_ids, rb.rollout, pad_id=self.pad_id, z_id=self.score.token_id,
+                                  stop_ids=self.stop_ids).to(self.acc.device)
+            ref_lp_z = self._reference_pass(seq).lp_z
+            rb = replace(rb, scores=self.score.score(rb.rollout.lp_z, ref_lp_z, rb.finished))
         self.model.train()
-        met = compute_metrics(records, ks=(n,), same_answer=self.eval_data.verifier.same_answer)
+        met = compute_metrics(rb.to_records(problems, n), ks=(n,), same_answer=self.eval_data.verifier.same_answer)
         v = met["verification"]
         return {
             "eval_accuracy": met["accuracy"], "eval_hm_tpr_tnr": v["hm_tpr_tnr"], "eval_auroc": v["auroc"],
