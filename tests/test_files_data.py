@@ -123,6 +123,19 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path):
         load_task_data(str(path))
 
 
+def test_malformed_jsonl_line_reports_the_exact_column(tmp_path):
+    # a record cut off at the end of its line used to be reported at "column 1" (the line break)
+    path = tmp_path / "cut.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n" + '{"problem": "x", "answer": "1"\n', encoding="utf-8")
+    with pytest.raises(LaserError) as err:
+        load_task_data(str(path))
+    assert str(err.value) == f"{path}:2: malformed JSON (Expecting ',' delimiter at column 31 (end of line))"
+    # an error inside the line keeps its place
+    path.write_text('{"problem": "x" "answer": "1"}\r\n', encoding="utf-8")
+    with pytest.raises(LaserError, match=r"cut\.jsonl:1: malformed JSON \(Expecting ',' delimiter at column 17\)$"):
+        load_task_data(str(path))
+
+
 def test_missing_answer_column_lists_columns(tmp_path):
     path = write_jsonl(tmp_path / "noanswer.jsonl", [{"problem": "1+1?", "solution": "2"}])
     with pytest.raises(

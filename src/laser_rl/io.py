@@ -68,10 +68,14 @@ def read_jsonl_located(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            # Parse without the line break: with it, an error at the end of a cut-off line is placed
+            # at "line 2, column 1" of the one-line document, i.e. reported as column 1.
+            text = line.rstrip("\r\n")
             try:
-                obj = json.loads(line)
+                obj = json.loads(text)
             except json.JSONDecodeError as e:
-                raise LaserError(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+                at_end = " (end of line)" if e.pos >= len(text) else ""
+                raise LaserError(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.pos + 1}{at_end})") from None
             if not isinstance(obj, dict):
                 raise LaserError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             records.append(obj)
