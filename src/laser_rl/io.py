@@ -14,11 +14,38 @@ from typing import Any
 from laser_rl.errors import LaserError
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the mode a plain ``open``/``mkdir`` would.
+
+    Some writers create private files: safetensors' ``save_file`` writes ``model.safetensors`` with
+    mode 0600 whatever the umask, and ``tempfile`` makes 0700 folders. Outputs are meant to be
+    shared like any other file, so: folders and executables ``0o777 & ~umask``, other files
+    ``0o666 & ~umask``. Links are left alone.
+    """
+    keep = ~current_umask()
+    root = Path(path)
+    if not root.exists():
+        return
+    for p in [root, *(root.rglob("*") if root.is_dir() and not root.is_symlink() else ())]:
+        if p.is_symlink():
+            continue
+        executable = p.is_dir() or bool(p.stat().st_mode & 0o111)
+        os.chmod(p, (0o777 if executable else 0o666) & keep)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
-    Works for files and folders, so a crash never leaves a half-written output behind.
+    Works for files and folders, so a crash never leaves a half-written output behind. What the
+    block wrote gets the umask's modes (:func:`apply_umask`), like any file written in place.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +53,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = tmp / final.name
     try:
         yield target
+        apply_umask(target)
         if final.is_dir() and target.is_dir():
             old = final.with_name(f".{final.name}.old")
             if old.exists():
