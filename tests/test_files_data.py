@@ -89,6 +89,19 @@ def test_reference_pipeline_parquet_layout(tmp_path):
     assert data.problems[0].meta["extra_info"] == {"index": 0}
 
 
+def test_reference_layout_is_recognised_under_the_paper_column_names(tmp_path):
+    # the paper configs say problem_key: question, answer_key: final_answer (DeepMath's columns)
+    rows = [
+        {"prompt": [{"role": "user", "content": r["problem"] + INSTRUCTION}],
+         "reward_model": {"style": "rule", "ground_truth": str(r["answer"])}}
+        for r in ROWS
+    ]
+    path = tmp_path / "ref.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    data = load_task_data(str(path), problem_key="question", answer_key="final_answer")
+    assert [(p.problem, p.answer) for p in data.problems] == [(r["problem"], str(r["answer"])) for r in ROWS]
+
+
 def test_datasets_folders(tmp_path):
     from datasets import Dataset, DatasetDict
 

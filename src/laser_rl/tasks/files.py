@@ -10,7 +10,8 @@ Accepted ``--data`` specs:
 
 Columns: ``problem`` and ``answer`` by default (``problem_key`` / ``answer_key`` rename them).
 The reference pipeline's layout (verl parquet: ``prompt`` = chat messages, answer in
-``reward_model.ground_truth``) is recognised when the problem column is absent: the problem is the
+``reward_model.ground_truth``) is recognised by its columns (``prompt`` and ``reward_model`` present,
+the configured problem column absent), whatever ``answer_key`` says: the problem is the
 last user message, with the spec §4 instruction suffix removed — the prompt builder adds it back, so
 keeping it would double it.
 
@@ -230,12 +231,9 @@ def _problems_from_table(table: _Table, problem_key: str, answer_key: str, instr
     columns = table.columns
     if not columns:
         raise LaserError(f"{table.where}: no records")
-    reference_layout = (
-        problem_key not in columns
-        and "prompt" in columns
-        and "reward_model" in columns
-        and answer_key == "answer"
-    )
+    # Recognised by its columns alone, whatever problem_key/answer_key say: the paper configs name
+    # DeepMath's columns (question/final_answer) and must still read the reference parquet files.
+    reference_layout = problem_key not in columns and "prompt" in columns and "reward_model" in columns
     extra: list[str] = []
     if reference_layout:
         wanted = ["prompt", "reward_model", *(c for c in _REFERENCE_META if c in columns)]
