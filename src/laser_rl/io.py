@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +39,30 @@ def apply_umask(path: str | os.PathLike[str]) -> None:
             continue
         executable = p.is_dir() or bool(p.stat().st_mode & 0o111)
         os.chmod(p, (0o777 if executable else 0o666) & keep)
+
+
+#: A Hugging Face hub id: ``owner/name`` (letters, digits, ``-``, ``_``, ``.``).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: Suffixes of the data files ``--data`` reads; no hub id is written with one.
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def is_local_path(spec: str | os.PathLike[str]) -> bool:
+    """Whether ``spec`` names a local file or folder rather than a hub id (models, tokenizers, data).
+
+    Local: it exists; or it is written like a path — it starts with ``.``, ``/`` or ``~``, has a
+    data-file suffix, a separator a hub id cannot have (``\\``, two or more ``/``), or other
+    characters a hub id cannot have; or it has no ``owner/`` part (its folder is the current one) or
+    its ``owner`` folder exists here. Only a bare ``owner/name`` with no local ``owner`` folder is
+    sent to the hub, so a mistyped path fails at once with "not found" instead of after the hub
+    client's network retries.
+    """
+    s = os.fspath(spec)
+    if Path(s).expanduser().exists() or s.startswith((".", "/", "~")):
+        return True
+    if s.lower().endswith(DATA_FILE_SUFFIXES) or not _HUB_ID.match(s):
+        return True
+    return Path(s).parent.is_dir()
 
 
 @contextlib.contextmanager
