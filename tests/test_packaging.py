@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,9 +20,14 @@ SIZES = {"math500": 500, "amc23": 40, "aime24": 30, "aime25": 30, "OlympiadBench
 
 @pytest.mark.slow
 def test_wheel_holds_the_five_benchmarks_with_their_record_counts(tmp_path):
-    # pip is in every venv; building with its default isolation uses pyproject's build backend, as users do
+    # Build from a copy of what the wheel is made of, so that the build leaves nothing in the checkout.
+    # pip is in every venv; building with its default isolation uses pyproject's build backend, as users do.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(source)],
         check=True, capture_output=True, text=True,
     )
     (wheel,) = tmp_path.glob("laser_rl-*.whl")
@@ -33,6 +40,21 @@ def test_wheel_holds_the_five_benchmarks_with_their_record_counts(tmp_path):
             assert len(lines) == size
             assert all({"problem", "answer"} <= json.loads(line).keys() for line in lines)
         assert {"laser_rl/tasks/benchmarks/LICENSE", "laser_rl/tasks/benchmarks/README.md"} <= names
+        # the unpacked wheel, alone on the path, serves a benchmark from an empty folder
+        site = tmp_path / "site"
+        zf.extractall(site)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "LASER_BENCHMARKS_DIR"}
+    env["PYTHONPATH"] = str(site)
+    probe = (
+        "import laser_rl; from laser_rl.tasks.registry import load_task_data; "
+        "print(laser_rl.__file__, len(load_task_data('aime24').problems))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=empty, env=env, check=True, capture_output=True,
+                          text=True)
+    module_file, count = done.stdout.split()
+    assert Path(module_file).is_relative_to(site) and count == "30"
 
 
 def test_bundled_benchmark_loads_from_an_empty_cwd_without_the_env_override(tmp_path, monkeypatch):
