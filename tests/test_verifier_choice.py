@@ -64,6 +64,11 @@ def test_config_key_reaches_the_trainers_data(tmp_path):
     assert isinstance(Trainer._load_data(fake, "aime24").verifier, ExactVerifier)
     cfg = load_config(None, base)
     assert cfg.data.verifier == "auto"
+    from typing import get_args, get_type_hints
+
+    from laser_rl.training.config import DataConfig
+
+    assert get_args(get_type_hints(DataConfig)["verifier"]) == VERIFIER_CHOICES  # the registry's names
     assert isinstance(Trainer._load_data(SimpleNamespace(cfg=cfg, base_path=tmp_path), str(path)).verifier, MathVerifier)
     with pytest.raises(LaserError, match="data.verifier"):
         load_config(None, [*base, "data.verifier=fuzzy"])

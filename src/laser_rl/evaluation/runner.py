@@ -467,7 +467,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     records = done[:total]
     warning = no_answer_warning(records, type(data.verifier).__name__)
     if warning:
-        print(f"laser eval: warning: {warning}", file=sys.stderr)
+        say(f"laser eval: warning: {warning}")
     metrics = compute_metrics(records, same_answer=data.verifier.same_answer)
     write_json_atomic(out / METRICS_FILE, metrics)
     from laser_rl.evaluation.report import write_report
