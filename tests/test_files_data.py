@@ -89,6 +89,19 @@ def test_reference_pipeline_parquet_layout(tmp_path):
     assert data.problems[0].meta["extra_info"] == {"index": 0}
 
 
+def test_reference_layout_is_recognised_under_the_paper_column_names(tmp_path):
+    # the paper configs say problem_key: question, answer_key: final_answer (DeepMath's columns)
+    rows = [
+        {"prompt": [{"role": "user", "content": r["problem"] + INSTRUCTION}],
+         "reward_model": {"style": "rule", "ground_truth": str(r["answer"])}}
+        for r in ROWS
+    ]
+    path = tmp_path / "ref.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    data = load_task_data(str(path), problem_key="question", answer_key="final_answer")
+    assert [(p.problem, p.answer) for p in data.problems] == [(r["problem"], str(r["answer"])) for r in ROWS]
+
+
 def test_datasets_folders(tmp_path):
     from datasets import Dataset, DatasetDict
 
@@ -120,6 +133,19 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n\n" + '{"problem": "x", "answer": \n', encoding="utf-8")
     with pytest.raises(LaserError, match=r"bad\.jsonl:3: malformed JSON"):
+        load_task_data(str(path))
+
+
+def test_malformed_jsonl_line_reports_the_exact_column(tmp_path):
+    # a record cut off at the end of its line used to be reported at "column 1" (the line break)
+    path = tmp_path / "cut.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n" + '{"problem": "x", "answer": "1"\n', encoding="utf-8")
+    with pytest.raises(LaserError) as err:
+        load_task_data(str(path))
+    assert str(err.value) == f"{path}:2: malformed JSON (Expecting ',' delimiter at column 31 (end of line))"
+    # an error inside the line keeps its place
+    path.write_text('{"problem": "x" "answer": "1"}\r\n', encoding="utf-8")
+    with pytest.raises(LaserError, match=r"cut\.jsonl:1: malformed JSON \(Expecting ',' delimiter at column 17\)$"):
         load_task_data(str(path))
 
 

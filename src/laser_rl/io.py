@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -49,11 +50,62 @@ def check_output_dir(
     return out
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the mode a plain ``open``/``mkdir`` would.
+
+    Some writers create private files: safetensors' ``save_file`` writes ``model.safetensors`` with
+    mode 0600 whatever the umask, and ``tempfile`` makes 0700 folders. Outputs are meant to be
+    shared like any other file, so: folders and executables ``0o777 & ~umask``, other files
+    ``0o666 & ~umask``. Links are left alone.
+    """
+    keep = ~current_umask()
+    root = Path(path)
+    if not root.exists():
+        return
+    for p in [root, *(root.rglob("*") if root.is_dir() and not root.is_symlink() else ())]:
+        if p.is_symlink():
+            continue
+        executable = p.is_dir() or bool(p.stat().st_mode & 0o111)
+        os.chmod(p, (0o777 if executable else 0o666) & keep)
+
+
+#: A Hugging Face hub id: ``owner/name`` (letters, digits, ``-``, ``_``, ``.``).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: Suffixes of the data files ``--data`` reads; no hub id is written with one.
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def is_local_path(spec: str | os.PathLike[str]) -> bool:
+    """Whether ``spec`` names a local file or folder rather than a hub id (models, tokenizers, data).
+
+    Local: it exists; or it is written like a path — it starts with ``.``, ``/`` or ``~``, has a
+    data-file suffix, a separator a hub id cannot have (``\\``, two or more ``/``), or other
+    characters a hub id cannot have; or it has no ``owner/`` part (its folder is the current one) or
+    its ``owner`` folder exists here. Only a bare ``owner/name`` with no local ``owner`` folder is
+    sent to the hub, so a mistyped path fails at once with "not found" instead of after the hub
+    client's network retries.
+    """
+    s = os.fspath(spec)
+    if Path(s).expanduser().exists() or s.startswith((".", "/", "~")):
+        return True
+    if s.lower().endswith(DATA_FILE_SUFFIXES) or not _HUB_ID.match(s):
+        return True
+    return Path(s).parent.is_dir()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
-    Works for files and folders, so a crash never leaves a half-written output behind.
+    Works for files and folders, so a crash never leaves a half-written output behind. What the
+    block wrote gets the umask's modes (:func:`apply_umask`), like any file written in place.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +113,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = tmp / final.name
     try:
         yield target
+        apply_umask(target)
         if final.is_dir() and target.is_dir():
             old = final.with_name(f".{final.name}.old")
             if old.exists():
@@ -103,10 +156,14 @@ def read_jsonl_located(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            # Parse without the line break: with it, an error at the end of a cut-off line is placed
+            # at "line 2, column 1" of the one-line document, i.e. reported as column 1.
+            text = line.rstrip("\r\n")
             try:
-                obj = json.loads(line)
+                obj = json.loads(text)
             except json.JSONDecodeError as e:
-                raise LaserError(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+                at_end = " (end of line)" if e.pos >= len(text) else ""
+                raise LaserError(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.pos + 1}{at_end})") from None
             if not isinstance(obj, dict):
                 raise LaserError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             records.append(obj)

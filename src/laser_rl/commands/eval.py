@@ -8,6 +8,7 @@ import json
 
 from laser_rl.commands._types import non_negative_float, positive_int, probability
 from laser_rl.commands.score import add_model_arguments
+from laser_rl.rewards.registry import VERIFIER_CHOICES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--prompt-style", choices=("auto", "raw", "chat"), default="auto",
                         help="auto: the data's own style (raw for arith, chat for math)")
+    parser.add_argument("--verifier", choices=VERIFIER_CHOICES, default="auto",
+                        help="how responses are checked: auto = the data's own (math for benchmarks and files, "
+                             "arith for arith); math = last \\boxed{} + symbolic equivalence; exact = last "
+                             "\\boxed{} or else last line, equal as text; arith = integer after the last #")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
         seed=args.seed, token=args.token, beta_v=args.beta_v, c_ref=args.c_ref, prompt_style=args.prompt_style,
         device=args.device, dtype=args.dtype, save_ids=args.save_ids, force_token=args.force_token,
-        overwrite=args.overwrite, progress=not args.quiet,
+        overwrite=args.overwrite, progress=not args.quiet, verifier=args.verifier,
     )
     metrics = run_eval(opts)
     v = metrics["voting"]

@@ -63,7 +63,8 @@ SAMPLES_FILE = "samples.jsonl"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 #: eval_config.json keys that must match for a resumed run to continue the same samples.
-RESUME_KEYS = ("model_fingerprint", "data", "n", "seed", "sampling", "score", "prompt_style", "stop_ids")
+RESUME_KEYS = ("model_fingerprint", "data", "n", "seed", "sampling", "score", "prompt_style", "stop_ids",
+               "equivalence")
 DEFAULT_MAX_NEW_TOKENS = 1024
 _FORMAT = 1
 
@@ -219,6 +220,7 @@ class EvalOptions:
     progress: bool = True
     force_token: bool = False
     overwrite: bool = False
+    verifier: str = "auto"
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -227,12 +229,16 @@ def _positive_int(value: Any, name: str) -> int:
     return value
 
 
-def load_eval_data(spec: str, model_dir: str | os.PathLike[str]) -> Any:
-    """``--data`` → TaskData; the embedded task reads its options from the model folder's task.json."""
+def load_eval_data(spec: str, model_dir: str | os.PathLike[str], verifier: str = "auto") -> Any:
+    """``--data`` → TaskData; the embedded task reads its options from the model folder's task.json.
+
+    ``verifier``: ``auto`` (the data's own) or a name from :mod:`laser_rl.rewards.registry`.
+    """
     from laser_rl.tasks.registry import load_task_data
 
     name = spec.partition(":")[0]
     options: dict[str, Any] = {"model_dir": str(model_dir)} if name == "arith" else {}
+    options["verifier"] = verifier
     data = load_task_data(spec, **options)
     if data.problems is None:
         raise LaserError(f"--data {spec} is an endless training stream; evaluate a finite split (e.g. arith:test)")
@@ -372,7 +378,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
 
     sm = load_scoring_model(opts.model, token=opts.token, beta_v=opts.beta_v, c_ref=opts.c_ref,
                             device=opts.device, dtype=opts.dtype, force_token=opts.force_token)
-    data = load_eval_data(opts.data, sm.folder)
+    data = load_eval_data(opts.data, sm.folder, opts.verifier)
     problems = list(data.problems)
     total = len(problems) if opts.limit is None else min(opts.limit, len(problems))
     style = data.prompt_style if opts.prompt_style == "auto" else opts.prompt_style
@@ -439,6 +445,9 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
         bar.close()
 
     records = done[:total]
+    warning = no_answer_warning(records, type(data.verifier).__name__)
+    if warning:
+        say(f"laser eval: warning: {warning}")
     metrics = compute_metrics(records, same_answer=data.verifier.same_answer)
     write_json_atomic(out / METRICS_FILE, metrics)
     from laser_rl.evaluation.report import write_report
@@ -450,6 +459,23 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     settings.update({"sampling": config["sampling"], "score": config["score"]})
     write_report(out, {"": metrics}, {"": records}, title=f"Evaluation: {data.name}", settings=settings, notes=notes)
     return metrics
+
+
+#: Above this share of responses without an extractable answer, the verifier probably does not fit the data.
+NO_ANSWER_WARN_SHARE = 0.5
+
+
+def no_answer_warning(records: Sequence[Mapping[str, Any]], verifier_name: str) -> str | None:
+    """A hint to choose another ``--verifier`` when most responses have no answer it can extract."""
+    answers = [a for r in records for a in r["pred_answers"]]
+    missing = sum(a is None for a in answers)
+    if not answers or missing / len(answers) <= NO_ANSWER_WARN_SHARE:
+        return None
+    return (
+        f"{missing}/{len(answers)} responses ({missing / len(answers):.0%}) have no answer {verifier_name} can "
+        "extract; if the data's answers are not written that way, choose another --verifier "
+        "(math: last \\boxed{}; exact: last \\boxed{} or last line, compared as text; arith: integer after the last #)"
+    )
 
 
 def _notes(records: Sequence[Mapping[str, Any]]) -> list[str]:

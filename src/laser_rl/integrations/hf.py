@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from laser_rl.errors import LaserError
+from laser_rl.io import is_local_path
 from laser_rl.tasks.base import PromptStyle
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ _WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 _warned: set[str] = set()
 
@@ -54,12 +53,6 @@ def _warn_once(key: str, message: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # loading
-
-
-def _is_local(path: str | os.PathLike[str]) -> bool:
-    """A path that exists, or that is written like a path (and so must not be sent to the hub)."""
-    s = os.fspath(path)
-    return Path(s).exists() or s.startswith((".", "/", "~")) or s.count("/") > 1 or not _HUB_ID.match(s)
 
 
 def check_model_folder(path: str | os.PathLike[str]) -> Path:
@@ -147,7 +140,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
-    local = _is_local(path)
+    local = is_local_path(path)
     src = str(check_model_folder(path)) if local else os.fspath(path)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -170,7 +163,7 @@ def config_vocab_size(path: str | os.PathLike[str], *, trust_remote_code: bool =
     token id can run before a multi-gigabyte model load."""
     from transformers import AutoConfig
 
-    local = _is_local(path)
+    local = is_local_path(path)
     src = str(check_model_folder(path)) if local else os.fspath(path)
     try:
         config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code, local_files_only=local)
@@ -199,7 +192,7 @@ def load_tokenizer(path: str | os.PathLike[str], *, trust_remote_code: bool = Fa
     """
     from transformers import AutoTokenizer
 
-    local = _is_local(path)
+    local = is_local_path(path)
     src = os.fspath(Path(path).expanduser()) if local else os.fspath(path)
     if local:
         folder = Path(src)

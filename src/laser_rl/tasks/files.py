@@ -5,12 +5,14 @@ Accepted ``--data`` specs:
 - ``train.jsonl`` / ``train.json`` / ``train.parquet``: one problem per record;
 - a folder written by ``Dataset.save_to_disk`` (or ``DatasetDict``; pick a split with
   ``folder:split``, default ``train``), or a folder of ``*.jsonl`` / ``*.parquet`` files;
-- ``hf:owner/name[:split]`` or a bare ``owner/name`` that is not a local path:
-  ``datasets.load_dataset`` (needs the network).
+- ``hf:owner/name[:split]`` or a bare ``owner/name`` that is not written like a local path
+  (:func:`laser_rl.io.is_local_path`: no data-file suffix, no local ``owner`` folder):
+  ``datasets.load_dataset`` (needs the network). A missing local path fails at once ("not found").
 
 Columns: ``problem`` and ``answer`` by default (``problem_key`` / ``answer_key`` rename them).
 The reference pipeline's layout (verl parquet: ``prompt`` = chat messages, answer in
-``reward_model.ground_truth``) is recognised when the problem column is absent: the problem is the
+``reward_model.ground_truth``) is recognised by its columns (``prompt`` and ``reward_model`` present,
+the configured problem column absent), whatever ``answer_key`` says: the problem is the
 last user message, with the spec §4 instruction suffix removed — the prompt builder adds it back, so
 keeping it would double it.
 
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from laser_rl.errors import LaserError
-from laser_rl.io import read_jsonl
+from laser_rl.io import DATA_FILE_SUFFIXES, is_local_path, read_jsonl
 from laser_rl.tasks.base import Problem, TaskData
 
 #: Spec §4's instruction (kept equal to ``laser_rl.integrations.hf.SPEC_INSTRUCTION``, not imported
@@ -37,7 +39,6 @@ _INSTRUCTION = " Please reason step by step, and put your final answer within \\
 _OPTIONS = ("split", "limit", "instruction", "verifier", "name")
 #: Options the embedded task uses (the trainer/evaluator may pass them for any --data); ignored here.
 _IGNORED_OPTIONS = ("task_file", "model_dir")
-_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 #: String columns worth keeping as problem metadata (ids, difficulty); other string columns (solutions)
@@ -123,7 +124,7 @@ def _file_table(path: Path) -> _Table:
         return _json_table(path)
     if suffix == ".parquet":
         return _parquet_table(path)
-    raise LaserError(f"{path}: unsupported data file type {suffix!r} (use {', '.join(_DATA_SUFFIXES)})")
+    raise LaserError(f"{path}: unsupported data file type {suffix!r} (use {', '.join(DATA_FILE_SUFFIXES)})")
 
 
 def _pick_split(dataset: Any, split: str | None, where: str) -> Any:
@@ -167,18 +168,19 @@ def _open_tables(spec: str, split: str | None) -> tuple[str, list[_Table]]:
             except Exception as e:  # datasets raises several unrelated types
                 raise LaserError(f"{path}: cannot load the datasets folder ({e})") from None
             return path.name, [_dataset_table(_pick_split(dataset, split, str(path)), str(path))]
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in _DATA_SUFFIXES and p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in DATA_FILE_SUFFIXES and p.is_file())
         if split is not None:
             files = [p for p in files if split in p.name]
         if not files:
-            raise LaserError(f"{path}: no data files ({', '.join(_DATA_SUFFIXES)}) and not a datasets folder")
+            raise LaserError(f"{path}: no data files ({', '.join(DATA_FILE_SUFFIXES)}) and not a datasets folder")
         return path.name, [_file_table(f) for f in files]
     name = spec[3:] if spec.startswith("hf:") else spec
-    if not spec.startswith("hf:") and (spec.count("/") != 1 or spec.startswith((".", "/", "~"))):
-        raise LaserError(
-            f"--data {spec}: no such file or folder (and not a benchmark name or hub dataset id)"
-        )
     name, _, hub_split = name.partition(":")
+    if not spec.startswith("hf:") and is_local_path(name):
+        raise LaserError(
+            f"--data {spec}: not found (no such file or folder; not a benchmark name; a hub dataset is "
+            "written owner/name or hf:owner/name)"
+        )
     try:
         import datasets
     except ImportError:
@@ -230,12 +232,9 @@ def _problems_from_table(table: _Table, problem_key: str, answer_key: str, instr
     columns = table.columns
     if not columns:
         raise LaserError(f"{table.where}: no records")
-    reference_layout = (
-        problem_key not in columns
-        and "prompt" in columns
-        and "reward_model" in columns
-        and answer_key == "answer"
-    )
+    # Recognised by its columns alone, whatever problem_key/answer_key say: the paper configs name
+    # DeepMath's columns (question/final_answer) and must still read the reference parquet files.
+    reference_layout = problem_key not in columns and "prompt" in columns and "reward_model" in columns
     extra: list[str] = []
     if reference_layout:
         wanted = ["prompt", "reward_model", *(c for c in _REFERENCE_META if c in columns)]

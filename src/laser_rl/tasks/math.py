@@ -1,22 +1,26 @@
 """The five math benchmarks of the paper, loadable by name (``--data math500``, case-insensitive).
 
-The files are the reference repository's test splits (MIT), one JSON object per line with
-``problem`` and ``answer`` (aime25's answers are ints: cast to str). They are *not* shipped inside
-the package: they live in the project's shared data folder, found in this order:
+The files are the reference repository's test splits (github.com/RUCBM/LaSeR, MIT; source and
+licence in ``benchmarks/README.md`` and ``benchmarks/LICENSE`` beside this module), one JSON object
+per line with ``problem`` and ``answer`` (aime25's answers are ints: cast to str). They ship inside
+the package (package data, read through :mod:`importlib.resources`), so an installed wheel serves
+them from anywhere. The folder holding ``<name>/test.jsonl`` is, in this order:
 
 1. the ``data_dir`` option (``load_benchmark("math500", data_dir=...)``);
 2. the environment variable ``LASER_BENCHMARKS_DIR`` (an error if it names a missing folder);
-3. ``../shared/data/benchmarks`` relative to the repository root (a source checkout), then
-   relative to the current directory.
+3. the bundled copy (``laser_rl/tasks/benchmarks``).
 
-Each benchmark is ``<folder>/<name>/test.jsonl``. Problems are chat-style prompts (spec §4
-instruction) verified by :class:`~laser_rl.rewards.math_verifier.MathVerifier`.
+Problems are chat-style prompts (spec §4 instruction) verified by
+:class:`~laser_rl.rewards.math_verifier.MathVerifier`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,8 @@ from laser_rl.errors import LaserError
 from laser_rl.tasks.base import TaskData
 
 ENV_VAR = "LASER_BENCHMARKS_DIR"
-_RELATIVE = Path("..") / "shared" / "data" / "benchmarks"
+#: Package-data folder of the bundled benchmarks, inside ``laser_rl.tasks``.
+_BUNDLED = "benchmarks"
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,15 @@ def find_benchmark(name: str) -> Benchmark | None:
     return next((b for key, b in BENCHMARKS.items() if key.lower() == lowered), None)
 
 
-def benchmarks_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The folder holding the benchmark folders (see the module docstring for the search order)."""
+def _known_benchmark(name: str) -> Benchmark:
+    bench = find_benchmark(name)
+    if bench is None:
+        raise LaserError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
+    return bench
+
+
+def _override_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The benchmarks folder named by ``data_dir`` or ``$LASER_BENCHMARKS_DIR``; None = the bundled copy."""
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
         if not folder.is_dir():
@@ -68,27 +80,32 @@ def benchmarks_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
         if not folder.is_dir():
             raise LaserError(f"benchmarks folder {folder} (from ${ENV_VAR}) not found")
         return folder
-    repo_root = Path(__file__).resolve().parents[3]
-    candidates = [repo_root / _RELATIVE, Path.cwd() / _RELATIVE]
-    for folder in candidates:
-        if folder.is_dir():
-            return folder.resolve()
-    tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
-    raise LaserError(
-        f"math benchmarks not found (tried {tried}); set ${ENV_VAR} to the folder that holds "
-        f"{', '.join(BENCHMARKS)}"
-    )
+    return None
 
 
-def benchmark_path(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Path of the benchmark's JSONL file; ``LaserError`` for an unknown name or a missing file."""
-    bench = find_benchmark(name)
-    if bench is None:
-        raise LaserError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
-    path = benchmarks_dir(data_dir) / bench.name / bench.filename
-    if not path.is_file():
-        raise LaserError(f"benchmark {bench.name}: {path} not found")
-    return path
+@contextlib.contextmanager
+def benchmark_file(name: str, data_dir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """A real path of the benchmark's JSONL file while the block runs (module docstring: search order).
+
+    ``LaserError`` for an unknown name or a missing file. The bundled copy goes through
+    :func:`importlib.resources.as_file`, which also works when the package is not a plain folder.
+    """
+    bench = _known_benchmark(name)
+    folder = _override_dir(data_dir)
+    if folder is not None:
+        path = folder / bench.name / bench.filename
+        if not path.is_file():
+            raise LaserError(f"benchmark {bench.name}: {path} not found")
+        yield path
+        return
+    resource = resources.files("laser_rl.tasks").joinpath(_BUNDLED, bench.name, bench.filename)
+    if not resource.is_file():
+        raise LaserError(
+            f"benchmark {bench.name}: the bundled file {_BUNDLED}/{bench.name}/{bench.filename} is missing "
+            f"from the laser_rl package (a broken install?); set ${ENV_VAR} to a folder holding it"
+        )
+    with resources.as_file(resource) as path:
+        yield path
 
 
 def load_benchmark(name: str, **options: Any) -> TaskData:
@@ -99,16 +116,16 @@ def load_benchmark(name: str, **options: Any) -> TaskData:
     """
     from laser_rl.tasks.files import load_file_data
 
-    path = benchmark_path(name, options.pop("data_dir", None))
-    bench = find_benchmark(name)
-    assert bench is not None
+    data_dir = options.pop("data_dir", None)
+    bench = _known_benchmark(name)
     allowed = {"limit", "verifier"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise LaserError(
             f"benchmark {bench.name}: unknown option(s) {', '.join(unknown)} (known: data_dir, limit, verifier)"
         )
-    data = load_file_data(str(path), name=bench.name, **options)
+    with benchmark_file(bench.name, data_dir) as path:
+        data = load_file_data(str(path), name=bench.name, **options)
     data.prompt_style = "chat"
     for p in data.problems or ():
         p.meta.setdefault("benchmark", bench.name)

@@ -3,6 +3,9 @@
 - ``arith`` / ``arith:test``: the embedded task's held-out split; ``arith:train``: its training stream.
 - ``math500``, ``amc23``, ``aime24``, ``aime25``, ``OlympiadBench``: the bundled math benchmarks.
 - anything else: a file or folder path (JSONL / parquet / Hugging Face ``datasets`` folder).
+
+Option ``verifier``: a name (``auto``, ``math``, ``exact``, ``arith``; see
+:mod:`laser_rl.rewards.registry`) or a verifier object, replacing the data's own verifier.
 """
 
 from __future__ import annotations
@@ -13,6 +16,18 @@ from laser_rl.tasks.base import TaskData
 
 
 def load_task_data(spec: str, **options: Any) -> TaskData:
+    verifier = options.pop("verifier", None)
+    if isinstance(verifier, str):
+        from laser_rl.rewards.registry import make_verifier
+
+        verifier = make_verifier(verifier)
+    data = _load(spec, **options)
+    if verifier is not None:
+        data.verifier = verifier
+    return data
+
+
+def _load(spec: str, **options: Any) -> TaskData:
     name, _, split = spec.partition(":")
     if name == "arith":
         from laser_rl.tasks.arith import load_arith

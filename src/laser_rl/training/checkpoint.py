@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from laser_rl.io import apply_umask
+
 CHECKPOINT_DIR = "checkpoints"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
@@ -57,6 +59,7 @@ def temp_checkpoint_dir(output_dir: str | Path, step: int) -> Path:
 def finalize_checkpoint(tmp: Path, step: int, keep: int) -> Path:
     """Rename the temporary folder into place and drop all but the newest ``keep`` checkpoints."""
     final = tmp.parent / f"step-{step:06d}"
+    apply_umask(tmp)  # safetensors writes its file 0600; a checkpoint is shared like any output
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)

@@ -148,6 +148,10 @@ class DataConfig:
         DEFAULT_INSTRUCTION, "Text appended to the problem in the chat prompt style (spec §4)."
     )
     shuffle: bool = _f(True, "Shuffle the training problems (seeded by train.seed) each epoch.")
+    verifier: Literal["auto", "math", "exact", "arith"] = _f(
+        "auto", "How responses are checked: auto = the data's own (math for files/benchmarks, arith for arith); "
+        "math, exact (final answer equal as text) or arith (laser_rl.rewards.registry)."
+    )
 
 
 @dataclass

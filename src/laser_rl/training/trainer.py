@@ -188,12 +188,12 @@ class Trainer:
     def _load_data(self, spec: str) -> TaskData:
         d = self.cfg.data
         if spec.partition(":")[0] == "arith":  # the embedded task's options live in the base model folder
-            return load_task_data(spec, model_dir=str(self.base_path))
+            return load_task_data(spec, model_dir=str(self.base_path), verifier=d.verifier)
         from laser_rl.tasks.math import find_benchmark
 
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"verifier": d.verifier}
         if find_benchmark(spec) is not None:
-            return load_task_data(spec)
+            return load_task_data(spec, **options)
         if d.problem_key != "problem":
             options["problem_key"] = d.problem_key
         if d.answer_key != "answer":
