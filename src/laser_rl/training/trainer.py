@@ -628,9 +628,12 @@ class Trainer:
                             writer.add_scalar(k, v, 0)
             self.acc.wait_for_everyone()
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", disable=not self.acc.is_main_process or cfg.logging.progress == "none", dynamic_ncols=True)
+        save_seconds: float | None = None
         while self.step < cfg.train.steps:
             self.step += 1
             m = self.train_step()
+            if save_seconds is not None:  # the checkpoint written after the previous step
+                m["time_save"], save_seconds = save_seconds, None
             if cfg.train.eval_every and self.eval_data is not None and self.step % cfg.train.eval_every == 0:
                 t = time.perf_counter()
                 if self.acc.is_main_process:
@@ -638,29 +641,13 @@ class Trainer:
                 m["time_eval"] = time.perf_counter() - t
                 self.acc.wait_for_everyone()
             self._check_collapse(m)
+            history.append(m)
+            # the line goes out before the checkpoint: a kill between the two must not lose it
+            self._log_step(m, metrics_path, writer, wandb_run, bar)
             if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < cfg.train.steps:
                 t = time.perf_counter()
                 self.save_checkpoint()
-                m["time_save"] = time.perf_counter() - t
-            history.append(m)
-            if self.acc.is_main_process:
-                with metrics_path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(m) + "\n")
-                if writer is not None:
-                    for k, v in m.items():
-                        if isinstance(v, (int, float)) and k != "step":
-                            writer.add_scalar(k, v, self.step)
-                if wandb_run is not None:
-                    wandb_run.log(m, step=self.step)
-                post = {"reward": f"{m['reward_mean']:.3f}", "len": f"{m['response_length']:.0f}", "s/step": f"{m['time_step']:.2f}"}
-                if "sv_hm" in m:
-                    post["sv_hm"] = format_metric(m["sv_hm"], ".2f")
-                if "eval_accuracy" in m:
-                    post["eval_acc"] = format_metric(m["eval_accuracy"])
-                bar.set_postfix(post, refresh=False)
-                bar.update(1)
-                if bar.disable and self.step % cfg.train.log_every == 0:
-                    print(f"step {self.step}/{cfg.train.steps} " + " ".join(f"{k}={v}" for k, v in post.items()), flush=True)
+                save_seconds = time.perf_counter() - t
         bar.close()
         final = self.out / FINAL_DIR
         self.save_checkpoint()
@@ -678,6 +665,30 @@ class Trainer:
         seconds = time.perf_counter() - t_start
         self._print(f"done: {self.step} steps in {seconds:.1f} s; model saved to {final}")
         return TrainResult(final, history, seconds, self.score)
+
+    def _log_step(self, m: dict[str, Any], metrics_path: Path, writer: Any, wandb_run: Any, bar: Any) -> None:
+        """Append the step's record to metrics.jsonl and the metric sinks; update the progress output."""
+        from laser_rl.evaluation.metrics import format_metric
+
+        if not self.acc.is_main_process:
+            return
+        with metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(m) + "\n")
+        if writer is not None:
+            for k, v in m.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    writer.add_scalar(k, v, self.step)
+        if wandb_run is not None:
+            wandb_run.log(m, step=self.step)
+        post = {"reward": f"{m['reward_mean']:.3f}", "len": f"{m['response_length']:.0f}", "s/step": f"{m['time_step']:.2f}"}
+        if "sv_hm" in m:
+            post["sv_hm"] = format_metric(m["sv_hm"], ".2f")
+        if "eval_accuracy" in m:
+            post["eval_acc"] = format_metric(m["eval_accuracy"])
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+        if bar.disable and self.step % self.cfg.train.log_every == 0:
+            print(f"step {self.step}/{self.cfg.train.steps} " + " ".join(f"{k}={v}" for k, v in post.items()), flush=True)
 
     def _tensorboard(self) -> Any:
         if not (self.cfg.logging.tensorboard and self.acc.is_main_process):
