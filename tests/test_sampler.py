@@ -379,3 +379,23 @@ def test_row_seeds_make_a_row_independent_of_its_batch(model: LlamaForCausalLM) 
                generator=torch.Generator().manual_seed(0))
     with pytest.raises(LaserError, match="row_seeds has 2 entries for 4 prompts"):
         sample(model, prompts, pad_id=pad, stop_ids=[eos], config=cfg, row_seeds=seeds[:2])
+
+
+def test_decode_observer_sees_every_step_and_changes_nothing(model):
+    """`laser bench` times the in-loop score through an observer; watching must not change a token."""
+    from laser_rl.bench import ScoreTiming
+
+    pad, eos, z, stops = ids_of(model)
+    cfg = SamplingConfig(max_new_tokens=12)
+    plain = sample(model, PROMPTS, pad_id=pad, stop_ids=stops, config=cfg, z_id=z,
+                   generator=torch.Generator().manual_seed(3))
+    timing = ScoreTiming()
+    watched = sample(model, PROMPTS, pad_id=pad, stop_ids=stops, config=cfg, z_id=z,
+                     generator=torch.Generator().manual_seed(3), observer=timing)
+    assert torch.equal(plain.response_ids, watched.response_ids)
+    assert torch.allclose(plain.lp_z, watched.lp_z, equal_nan=True)
+    assert plain.finished.any(), "the fixture should finish some rows"
+    steps = len(timing.step_rows) + timing.score_only_steps
+    assert steps == int(plain.lengths.max()) - (0 if timing.score_only_steps else 1)
+    assert timing.lp_z_reads_s > 0 and timing.pending_row_steps + timing.score_only_steps > 0
+    assert timing.extra_s() >= timing.lp_z_reads_s

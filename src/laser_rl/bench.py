@@ -15,7 +15,7 @@ How the score's extra time is measured. Both runs use the same seed and mask z, 
 very same tokens and differ only by the score. But its cost (~1% of a run) is far below the
 run-to-run noise of a shared machine (±5-20%), so the difference of whole-run times cannot resolve
 it. The headline values therefore time the score's own work inside the with-score run
-(``rollout.sampler.score_timing``): the lp_z reads, any decode step that runs only for the score,
+(:class:`ScoreTiming`, an observer of the sampler's decoding loop): the lp_z reads, any decode step that runs only for the score,
 and the finished rows that ride along one more step, charged at the marginal cost of a row in a
 decode step (least-squares slope of step time vs. rows, pooled over repetitions):
 ``score_overhead = 1 + extra / t_without`` and ``score_vs_reforward = extra / t_rescore``. As
@@ -36,10 +36,11 @@ Other measurements plug in through ``EXTRA_BENCHMARKS`` (see ``register_benchmar
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,12 +208,78 @@ def _median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+@dataclass
+class ScoreTiming:
+    """A sampler observer (``rollout.sampler.DecodeObserver``) measuring what the in-loop score costs.
+
+    The score's extra work is (1) reading lp_z from logits, (2) decode steps that run only because
+    a row awaits its score (at most one per call) and (3) rows riding along one more step in a
+    batch that decodes anyway. (3) is charged at the marginal cost of a row in a decode step,
+    estimated by a least-squares fit of step time against batch rows over all timed steps
+    (``proportional_s`` gives the cruder average-cost charge, an upper bound). Whole-run time
+    differences are too noisy on a shared machine to resolve a cost this small. Each timed section
+    synchronises the accelerator.
+    """
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    lp_z_reads_s: float = 0.0
+    score_only_steps: int = 0
+    score_only_steps_s: float = 0.0
+    pending_row_steps: int = 0
+    proportional_s: float = 0.0  # pending rows' share of the steps they ride in
+    step_rows: list[int] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def reading_scores(self) -> Iterator[None]:
+        t0 = _clock(self.device)
+        yield
+        self.lp_z_reads_s += _clock(self.device) - t0
+
+    @contextlib.contextmanager
+    def decode_step(self, rows: int, pending_rows: int, score_only: bool) -> Iterator[None]:
+        t0 = _clock(self.device)
+        yield
+        dt = _clock(self.device) - t0
+        if pending_rows and score_only:  # nothing left to generate: the step exists only for the score
+            self.score_only_steps += 1
+            self.score_only_steps_s += dt
+            return
+        self.step_rows.append(rows)
+        self.step_seconds.append(dt)
+        if pending_rows:
+            self.pending_row_steps += pending_rows
+            self.proportional_s += dt * pending_rows / rows
+
+    def marginal_row_s(self) -> float:
+        """Seconds one more row adds to a decode step (slope of step time vs. rows, >= 0)."""
+        n = len(self.step_rows)
+        if n < 2:
+            return 0.0
+        mx, my = sum(self.step_rows) / n, sum(self.step_seconds) / n
+        sxx = sum((x - mx) ** 2 for x in self.step_rows)
+        if sxx == 0:
+            return my / mx if mx else 0.0
+        sxy = sum((x - mx) * (y - my) for x, y in zip(self.step_rows, self.step_seconds))
+        return max(0.0, sxy / sxx)
+
+    def extra_s(self, marginal_row_s: float | None = None) -> float:
+        """Estimated seconds the score added (pass a pooled marginal row cost to reduce noise)."""
+        per_row = self.marginal_row_s() if marginal_row_s is None else marginal_row_s
+        return self.lp_z_reads_s + self.score_only_steps_s + self.pending_row_steps * per_row
+
+
 def bench_rollout(ctx: BenchContext, bm: BenchModel) -> dict[str, float]:
     """The three built-in ratios for one model (see the module docstring)."""
     from transformers import GenerationConfig
 
     from laser_rl.rollout import SamplingConfig, sample, score_responses
-    from laser_rl.rollout.sampler import ScoreTiming, score_timing
 
     model, T, B = bm.model, ctx.max_new_tokens, len(bm.prompts)
     reps = ctx.reps * TINY_REPS_FACTOR if bm.name == "tiny" else ctx.reps  # tiny runs are cheap
@@ -239,7 +306,7 @@ def bench_rollout(ctx: BenchContext, bm: BenchModel) -> dict[str, float]:
         with torch.inference_mode():
             return model.generate(ids, attention_mask=mask, generation_config=gen_cfg)
 
-    def ours_scored(with_z: bool) -> Any:
+    def ours_scored(with_z: bool, observer: ScoreTiming | None = None) -> Any:
         return sample(
             model,
             bm.prompts,
@@ -249,6 +316,7 @@ def bench_rollout(ctx: BenchContext, bm: BenchModel) -> dict[str, float]:
             z_id=bm.z_id if with_z else None,
             suppress_ids=() if with_z else (bm.z_id,),
             generator=torch.Generator().manual_seed(ctx.seed + 1),
+            observer=observer,
         )
 
     saved_eos = model.generation_config.eos_token_id
@@ -296,8 +364,8 @@ def bench_rollout(ctx: BenchContext, bm: BenchModel) -> dict[str, float]:
         t = {}
         for with_z in order:
             if with_z:
-                with score_timing() as timing:
-                    t[with_z], _ = _timed(lambda: ours_scored(True))
+                timing = ScoreTiming(device=bm.model.device)
+                t[with_z], _ = _timed(lambda timing=timing: ours_scored(True, timing))
             else:
                 t[with_z], _ = _timed(lambda: ours_scored(False))
         t_tf, _ = _timed(rescore)

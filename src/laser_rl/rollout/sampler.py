@@ -26,10 +26,9 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from transformers import DynamicCache
@@ -253,6 +252,7 @@ def sample(
     suppress_ids: Iterable[int] = (),
     generator: torch.Generator | None = None,
     row_seeds: Sequence[int] | None = None,
+    observer: DecodeObserver | None = None,
 ) -> Rollout:
     """Sample one response per prompt with a KV cache and read lp_z one step after each stop token.
 
@@ -314,7 +314,8 @@ def sample(
     try:
         with torch.inference_mode():
             uniforms = _uniforms(B, T, cfg, generator, row_seeds, device)
-            steps, lp_z = _decode(model, ids, mask_buf, lengths, T, cfg, stops, banned, z_id, uniforms)
+            steps, lp_z = _decode(model, ids, mask_buf, lengths, T, cfg, stops, banned, z_id, uniforms,
+                                  observer or _Unobserved())
     finally:
         model.train(was_training)
 
@@ -400,66 +401,93 @@ _FOUR_D_MASK_MODELS = frozenset(
 )
 
 
+class DecodeObserver(Protocol):
+    """Watches the decoding loop (``laser bench`` times the in-loop score with one); the default does nothing.
+
+    ``reading_scores()`` wraps the read of lp_z for the rows just fed their stop token;
+    ``decode_step(rows, pending_rows, score_only)`` wraps one decode-step forward over ``rows`` batch
+    rows, ``pending_rows`` of which are there only to have their score read (``score_only``: no row is
+    generating any more, the step runs for the score alone).
+    """
+
+    def reading_scores(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def decode_step(self, rows: int, pending_rows: int, score_only: bool) -> contextlib.AbstractContextManager[None]: ...
+
+
+class _Unobserved:
+    def reading_scores(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def decode_step(self, rows: int, pending_rows: int, score_only: bool) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
 @dataclass
-class ScoreTiming:
-    """What the in-loop score cost inside the ``sample`` calls of a ``score_timing()`` block.
+class _Live:
+    """Per-row decoding state of the rows still in the batch, in batch order."""
 
-    The score's extra work is (1) reading lp_z from logits, (2) decode steps that run only because
-    a row awaits its score (at most one per call) and (3) rows riding along one more step in a
-    batch that decodes anyway. (3) is charged at the marginal cost of a row in a decode step,
-    estimated by a least-squares fit of step time against batch rows over all timed steps
-    (``proportional_s`` gives the cruder average-cost charge, an upper bound).
+    alive: torch.Tensor  # [b] long: original row of each batch row
+    generating: torch.Tensor  # [b] bool: has not emitted a stop token yet
+    tokens: torch.Tensor  # [b, T] long: sampled tokens so far
+    logprobs: torch.Tensor  # [b, T] float32
+    positions: torch.Tensor  # [b, T] long: position of the token fed at each decode step
+    mask: torch.Tensor  # [b, P + T + 1] bool: attention mask (prompt padding + generated columns)
+    mask4: torch.Tensor | None  # [b, 1, 1, P + T + 1]: a ready 4-D decode mask, when the model takes one
+    uniforms: torch.Tensor | None  # [b, T]: pre-drawn sampling numbers (None when greedy)
+
+    def select(self, keep: torch.Tensor) -> _Live:
+        return _Live(*(None if v is None else v[keep] for v in (
+            self.alive, self.generating, self.tokens, self.logprobs, self.positions, self.mask, self.mask4,
+            self.uniforms)))
+
+    def flush(self, out_tokens: torch.Tensor, out_logprobs: torch.Tensor) -> None:
+        """Write the batch rows back to their original rows."""
+        out_tokens[self.alive] = self.tokens
+        out_logprobs[self.alive] = self.logprobs
+
+
+def _prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+    """The prompts' forward pass: last-position logits [B, V] and the filled KV cache."""
+    P = ids.shape[1]
+    cache = DynamicCache(config=model.config)
+    positions = (mask[:, :P].long().cumsum(dim=1) - 1).clamp_(min=0)
+    kwargs = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+    out = model(input_ids=ids, attention_mask=mask[:, :P], position_ids=positions, past_key_values=cache,
+                use_cache=True, **kwargs)
+    return out.logits[:, -1], out.past_key_values
+
+
+def _decode_step(
+    model: torch.nn.Module, tokens: torch.Tensor, live: _Live, cache: DynamicCache, width: int, t: int
+) -> tuple[torch.Tensor, DynamicCache]:
+    """Feed each batch row its token of step ``t`` (1-based); the next logits [b, V] and the cache."""
+    out = model(
+        input_ids=tokens.unsqueeze(1),
+        attention_mask=live.mask[:, :width] if live.mask4 is None else live.mask4[..., :width],
+        position_ids=live.positions[:, t - 1 : t],
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return out.logits[:, -1], out.past_key_values
+
+
+def _rows_to_keep(
+    live: _Live, pending: torch.Tensor | None, just_stopped: torch.Tensor | None, n_generating: int, last_step: bool
+) -> torch.Tensor | None:
+    """Batch rows that stay for the next step, or None to keep the batch as it is.
+
+    After the last step only the rows awaiting their score stay; otherwise the batch is compacted
+    once at least ``COMPACT_FRACTION`` of it is done (neither generating nor awaiting a score).
     """
-
-    lp_z_reads_s: float = 0.0
-    score_only_steps: int = 0
-    score_only_steps_s: float = 0.0
-    pending_row_steps: int = 0
-    proportional_s: float = 0.0  # pending rows' share of the steps they ride in
-    step_rows: list[int] = field(default_factory=list)
-    step_seconds: list[float] = field(default_factory=list)
-
-    def marginal_row_s(self) -> float:
-        """Seconds one more row adds to a decode step (slope of step time vs. rows, >= 0)."""
-        n = len(self.step_rows)
-        if n < 2:
-            return 0.0
-        mx, my = sum(self.step_rows) / n, sum(self.step_seconds) / n
-        sxx = sum((x - mx) ** 2 for x in self.step_rows)
-        if sxx == 0:
-            return my / mx if mx else 0.0
-        sxy = sum((x - mx) * (y - my) for x, y in zip(self.step_rows, self.step_seconds))
-        return max(0.0, sxy / sxx)
-
-    def extra_s(self, marginal_row_s: float | None = None) -> float:
-        """Estimated seconds the score added (pass a pooled marginal row cost to reduce noise)."""
-        per_row = self.marginal_row_s() if marginal_row_s is None else marginal_row_s
-        return self.lp_z_reads_s + self.score_only_steps_s + self.pending_row_steps * per_row
-
-
-_SCORE_TIMING: ContextVar[ScoreTiming | None] = ContextVar("laser_score_timing", default=None)
-
-
-@contextlib.contextmanager
-def score_timing() -> Iterator[ScoreTiming]:
-    """Measure what the in-loop score costs in the ``sample`` calls made inside this block.
-
-    Used by ``laser bench``: whole-run time differences are too noisy on a shared machine to
-    resolve a cost this small. Each timed section synchronises the accelerator, so it is off
-    unless requested.
-    """
-    acc = ScoreTiming()
-    token = _SCORE_TIMING.set(acc)
-    try:
-        yield acc
-    finally:
-        _SCORE_TIMING.reset(token)
-
-
-def _clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+    if last_step:
+        return pending
+    b = live.alive.numel()
+    needed = n_generating + (0 if pending is None else pending.numel())
+    if b - needed < max(1, math.ceil(b * COMPACT_FRACTION)):
+        return None
+    still = live.generating | just_stopped if pending is not None else live.generating
+    return still.nonzero().squeeze(1)
 
 
 def _decode(
@@ -473,124 +501,67 @@ def _decode(
     banned: set[int],
     z_id: int | None,
     u_buf: torch.Tensor | None,
+    observer: DecodeObserver,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The decoding loop. Returns ((tokens[B, T], logprobs[B, T]) unmasked, lp_z[B]).
 
-    Per-step state lives in "batch order" (rows still in the batch); rows are flushed to the
-    original order whenever the batch is compacted and at the end, so a step only does plain
-    column writes.
+    Per-step state lives in batch order (:class:`_Live`, the rows still in the batch); rows are
+    flushed to the original order whenever the batch is compacted and at the end, so a step only
+    does plain column writes. ``u_buf``: one uniform in (0, 1] per (original row, step), drawn up
+    front, so sampling does not depend on compaction (the same seed gives the same tokens with or
+    without z).
     """
     device = ids.device
     B, P = ids.shape
     out_tok = torch.zeros((B, T), dtype=torch.long, device=device)
     out_lp = torch.zeros((B, T), dtype=torch.float32, device=device)
     lp_z = torch.full((B,), float("nan"), dtype=torch.float32, device=device)
-
-    # u_buf: one uniform in (0, 1] per (original row, step), drawn up front (see _uniforms): sampling
-    # is then independent of compaction (the same seed gives the same tokens with or without z).
-
-    cache = DynamicCache(config=model.config)
-    positions = (mask_buf[:, :P].long().cumsum(dim=1) - 1).clamp_(min=0)
-    kwargs = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
-    out = model(
-        input_ids=ids,
-        attention_mask=mask_buf[:, :P],
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        **kwargs,
-    )
-    logits = out.logits[:, -1]
-    cache = out.past_key_values
+    logits, cache = _prefill(model, ids, mask_buf)
     V = logits.shape[-1]
     if z_id is not None and z_id >= V:
         raise LaserError(f"z_id={z_id} is beyond the model's {V} output logits")
     ban = torch.tensor(sorted(banned), dtype=torch.long, device=device) if banned else None
     stop_lut = _lut({s for s in stops if s < V}, V, device) if stops else None
-
-    mask4 = _mask_4d(model, mask_buf)
-    # Decode-step positions: row i's token at step t sits at position lengths[i] + t.
-    pos_buf = lengths.unsqueeze(1) + torch.arange(T, device=device)
-    buf_tok = torch.zeros((B, T), dtype=torch.long, device=device)
-    buf_lp = torch.zeros((B, T), dtype=torch.float32, device=device)
-    alive = torch.arange(B, device=device)  # original row of each batch row
-    gen = torch.ones(B, dtype=torch.bool, device=device)  # still generating
+    live = _Live(
+        alive=torch.arange(B, device=device), generating=torch.ones(B, dtype=torch.bool, device=device),
+        tokens=out_tok.clone(), logprobs=out_lp.clone(),
+        positions=lengths.unsqueeze(1) + torch.arange(T, device=device),  # token of step t at lengths[i] + t
+        mask=mask_buf, mask4=_mask_4d(model, mask_buf), uniforms=u_buf,
+    )
     pending: torch.Tensor | None = None  # batch rows fed their stop token in this step
-    n_gen = B
-    timer = _SCORE_TIMING.get()
-    t = 0
+    n_gen, t = B, 0
     while True:
         lg = logits.float()
         if pending is not None:  # these rows were just fed their stop token: read the score
-            t0 = _clock(device) if timer is not None else 0.0
-            rows_lg = lg.index_select(0, pending)
-            lp_z[alive.index_select(0, pending)] = rows_lg[:, z_id] - torch.logsumexp(rows_lg, dim=-1)
+            with observer.reading_scores():
+                rows_lg = lg.index_select(0, pending)
+                lp_z[live.alive.index_select(0, pending)] = rows_lg[:, z_id] - torch.logsumexp(rows_lg, dim=-1)
             pending = None
-            if timer is not None:
-                timer.lp_z_reads_s += _clock(device) - t0
         if t == T:
             break
-        tok, lp = _select_tokens(lg, ban, None if u_buf is None else u_buf[:, t], cfg)
-        buf_tok[:, t] = tok
-        buf_lp[:, t] = lp
+        tok, lp = _select_tokens(lg, ban, None if live.uniforms is None else live.uniforms[:, t], cfg)
+        live.tokens[:, t], live.logprobs[:, t] = tok, lp
         t += 1
-        n_hit = 0
-        if stop_lut is not None:
-            hit = stop_lut[tok] & gen
-            n_hit = int(hit.sum())
-            if n_hit:
-                gen ^= hit
-                n_gen -= n_hit
-                if z_id is not None:
-                    pending = hit.nonzero().squeeze(1)
+        hit = stop_lut[tok] & live.generating if stop_lut is not None else None
+        n_hit = int(hit.sum()) if hit is not None else 0
+        if n_hit:
+            live.generating ^= hit
+            n_gen -= n_hit
+            if z_id is not None:
+                pending = hit.nonzero().squeeze(1)
         if pending is None and (n_gen == 0 or t == T):
             break
-        b = alive.numel()
-        n_alive = n_gen + (0 if pending is None else n_hit)
-        keep = None
-        if t == T:  # only the rows awaiting their score need the extra step
-            keep = pending
-        elif b - n_alive >= max(1, math.ceil(b * COMPACT_FRACTION)):
-            keep = (gen | hit).nonzero().squeeze(1) if pending is not None else gen.nonzero().squeeze(1)
+        keep = _rows_to_keep(live, pending, hit, n_gen, t == T)
         if keep is not None:
-            out_tok[alive] = buf_tok
-            out_lp[alive] = buf_lp
+            live.flush(out_tok, out_lp)
             if pending is not None:  # re-index the pending rows into the compacted batch
-                where = torch.full((b,), -1, dtype=torch.long, device=device)
+                where = torch.full((live.alive.numel(),), -1, dtype=torch.long, device=device)
                 where[keep] = torch.arange(keep.numel(), device=device)
                 pending = where[pending]
             cache.batch_select_indices(keep)
-            alive, gen, tok = alive[keep], gen[keep], tok[keep]
-            buf_tok, buf_lp, pos_buf, mask_buf = buf_tok[keep], buf_lp[keep], pos_buf[keep], mask_buf[keep]
-            if u_buf is not None:
-                u_buf = u_buf[keep]
-            if mask4 is not None:
-                mask4 = mask4[keep]
-        cur_len = P + t
-        t0 = _clock(device) if timer is not None else 0.0
-        out = model(
-            input_ids=tok.unsqueeze(1),
-            attention_mask=mask_buf[:, :cur_len] if mask4 is None else mask4[..., :cur_len],
-            position_ids=pos_buf[:, t - 1 : t],
-            past_key_values=cache,
-            use_cache=True,
-        )
-        logits = out.logits[:, -1]
-        cache = out.past_key_values
-        if timer is not None:
-            dt = _clock(device) - t0
-            rows_now = int(alive.numel())
-            if pending is None:
-                timer.step_rows.append(rows_now)
-                timer.step_seconds.append(dt)
-            elif n_gen == 0 or t == T:  # nothing left to generate: the step exists only for the score
-                timer.score_only_steps += 1
-                timer.score_only_steps_s += dt
-            else:
-                timer.step_rows.append(rows_now)
-                timer.step_seconds.append(dt)
-                timer.pending_row_steps += int(pending.numel())
-                timer.proportional_s += dt * int(pending.numel()) / rows_now
-    out_tok[alive] = buf_tok
-    out_lp[alive] = buf_lp
+            live, tok = live.select(keep), tok[keep]
+        n_pending = 0 if pending is None else int(pending.numel())
+        with observer.decode_step(int(live.alive.numel()), n_pending, n_gen == 0 or t == T):
+            logits, cache = _decode_step(model, tok, live, cache, P + t, t)
+    live.flush(out_tok, out_lp)
     return (out_tok, out_lp), lp_z
