@@ -509,7 +509,9 @@ def bench_laser_vs_grpo_step(ctx: BenchContext) -> dict[str, float]:
 
 def _laser_vs_grpo_step(ctx: BenchContext, bm: BenchModel) -> float:
     from laser_rl.core import laser as core
-    from laser_rl.rollout import SamplingConfig, sample
+    from laser_rl.rollout import SamplingConfig
+    from laser_rl.rollout.engine import SamplerEngine
+    from laser_rl.rollout.pipeline import generate
     from laser_rl.score_params import ScoreParams
     from laser_rl.training.batch import build_sequences
     from laser_rl.training.policy import PolicyWithScore
@@ -517,8 +519,9 @@ def _laser_vs_grpo_step(ctx: BenchContext, bm: BenchModel) -> float:
     gen = torch.Generator().manual_seed(ctx.seed)
     stops = sorted(bm.stop_ids)
     prompts = bm.prompts
-    roll = sample(bm.model, prompts, pad_id=bm.pad_id, stop_ids=stops, z_id=bm.z_id, generator=gen,
-                  config=SamplingConfig(max_new_tokens=ctx.max_new_tokens))
+    engine = SamplerEngine(bm.model, bm.pad_id, stops, bm.z_id)
+    roll = generate(engine, prompts, SamplingConfig(max_new_tokens=ctx.max_new_tokens), batch_size=len(prompts),
+                    generator=gen)
     B = len(prompts)
     rewards = (torch.rand(B, generator=gen) < 0.5).float()
     adv = core.grpo_advantages(rewards, torch.arange(B) // 4)
