@@ -276,34 +276,9 @@ def sample(
         raise LaserError(f"config must be a SamplingConfig, got {type(cfg).__name__}")
     vocab = vocab_size(model)
     pad_id = check_token_id(pad_id, vocab, "pad_id")
-    stops = check_token_ids(stop_ids, vocab, "stop_ids")
-    banned = set(check_token_ids(suppress_ids, vocab, "suppress_ids"))
-    if z_id is not None:
-        z_id = check_token_id(z_id, vocab, "z_id")
-        if z_id in stops:
-            raise LaserError(f"z_id={z_id} is also a stop id: the self-reward token must differ from EOS")
-        banned.add(z_id)
-    if banned & stops:
-        raise LaserError(
-            f"suppress_ids/z_id overlap stop_ids {sorted(banned & stops)}: rows could never stop"
-        )
-    if len(banned) >= vocab:
-        raise LaserError("suppress_ids cover the whole vocabulary: nothing can be sampled")
-
-    rows = as_id_rows(prompts, "prompt")
-    if not rows:
-        raise LaserError("prompts is empty: nothing to sample")
+    stops, banned, z_id = _check_special_ids(stop_ids, suppress_ids, z_id, vocab)
     T = cfg.max_new_tokens
-    ctx = context_length(model)
-    for i, r in enumerate(rows):
-        if not r:
-            raise LaserError(f"prompt row {i} is empty")
-        check_ids_in_vocab(r, vocab, f"prompt row {i}")
-        if ctx is not None and len(r) + T > ctx:
-            what = "is longer than" if len(r) > ctx else f"plus max_new_tokens={T} exceeds"
-            raise LaserError(
-                f"prompt row {i} ({len(r)} tokens) {what} the model's context of {ctx} positions"
-            )
+    rows = _check_prompts(prompts, vocab, context_length(model), T)
 
     device = model_device(model)
     ids, mask_buf, lengths = left_pad(rows, pad_id, T + 1, device)
@@ -333,6 +308,39 @@ def sample(
         truncated=~finished,
         lp_z=lp_z,
     )
+
+
+def _check_special_ids(
+    stop_ids: Iterable[int], suppress_ids: Iterable[int], z_id: int | None, vocab: int
+) -> tuple[frozenset[int], set[int], int | None]:
+    """Validated (stop ids, ids never sampled — z included —, z_id)."""
+    stops = check_token_ids(stop_ids, vocab, "stop_ids")
+    banned = set(check_token_ids(suppress_ids, vocab, "suppress_ids"))
+    if z_id is not None:
+        z_id = check_token_id(z_id, vocab, "z_id")
+        if z_id in stops:
+            raise LaserError(f"z_id={z_id} is also a stop id: the self-reward token must differ from EOS")
+        banned.add(z_id)
+    if banned & stops:
+        raise LaserError(f"suppress_ids/z_id overlap stop_ids {sorted(banned & stops)}: rows could never stop")
+    if len(banned) >= vocab:
+        raise LaserError("suppress_ids cover the whole vocabulary: nothing can be sampled")
+    return stops, banned, z_id
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]], vocab: int, ctx: int | None, T: int) -> list[list[int]]:
+    """Prompts as id lists; an empty one, an id outside the vocabulary or no room for T new tokens is an error."""
+    rows = as_id_rows(prompts, "prompt")
+    if not rows:
+        raise LaserError("prompts is empty: nothing to sample")
+    for i, r in enumerate(rows):
+        if not r:
+            raise LaserError(f"prompt row {i} is empty")
+        check_ids_in_vocab(r, vocab, f"prompt row {i}")
+        if ctx is not None and len(r) + T > ctx:
+            what = "is longer than" if len(r) > ctx else f"plus max_new_tokens={T} exceeds"
+            raise LaserError(f"prompt row {i} ({len(r)} tokens) {what} the model's context of {ctx} positions")
+    return rows
 
 
 def _uniforms(
