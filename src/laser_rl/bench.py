@@ -275,14 +275,13 @@ class ScoreTiming:
         return self.lp_z_reads_s + self.score_only_steps_s + self.pending_row_steps * per_row
 
 
-def bench_rollout(ctx: BenchContext, bm: BenchModel) -> dict[str, float]:
-    """The three built-in ratios for one model (see the module docstring)."""
+def _sampler_vs_generate(ctx: BenchContext, bm: BenchModel, reps: int) -> dict[str, float]:
+    """Throughput of the built-in sampler vs ``model.generate``: same prompts, T tokens each, no stop."""
     from transformers import GenerationConfig
 
-    from laser_rl.rollout import SamplingConfig, sample, score_responses
+    from laser_rl.rollout import SamplingConfig, sample
 
     model, T, B = bm.model, ctx.max_new_tokens, len(bm.prompts)
-    reps = ctx.reps * TINY_REPS_FACTOR if bm.name == "tiny" else ctx.reps  # tiny runs are cheap
     cfg = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=T)
     width = max(len(p) for p in bm.prompts)
     ids = torch.tensor([[bm.pad_id] * (width - len(p)) + p for p in bm.prompts])
@@ -291,83 +290,67 @@ def bench_rollout(ctx: BenchContext, bm: BenchModel) -> dict[str, float]:
         do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=T, pad_token_id=bm.pad_id
     )
 
-    def ours_plain() -> Any:
-        return sample(
-            model,
-            bm.prompts,
-            pad_id=bm.pad_id,
-            stop_ids=(),
-            config=cfg,
-            generator=torch.Generator().manual_seed(ctx.seed),
-        )
+    def ours() -> Any:
+        return sample(model, bm.prompts, pad_id=bm.pad_id, stop_ids=(), config=cfg,
+                      generator=torch.Generator().manual_seed(ctx.seed))
 
     def theirs() -> Any:
         torch.manual_seed(ctx.seed)
         with torch.inference_mode():
             return model.generate(ids, attention_mask=mask, generation_config=gen_cfg)
 
-    def ours_scored(with_z: bool, observer: ScoreTiming | None = None) -> Any:
-        return sample(
-            model,
-            bm.prompts,
-            pad_id=bm.pad_id,
-            stop_ids=bm.stop_ids,
-            config=cfg,
-            z_id=bm.z_id if with_z else None,
-            suppress_ids=() if with_z else (bm.z_id,),
-            generator=torch.Generator().manual_seed(ctx.seed + 1),
-            observer=observer,
-        )
-
     saved_eos = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = None  # no stop: every row generates exactly T tokens
     try:
         ctx.log(f"[{bm.name}] warm-up")
-        ours_plain()
+        ours()
         out = theirs()
         if out.shape[1] - width != T:
             raise RuntimeError(f"model.generate produced {out.shape[1] - width} tokens instead of {T}")
         speed = []
         for r in range(reps):
-            t_ours, _ = _timed(ours_plain)
+            t_ours, _ = _timed(ours)
             t_gen, _ = _timed(theirs)
             speed.append((t_ours, t_gen))
-            ctx.log(
-                f"[{bm.name}] throughput rep {r + 1}/{reps}: sampler {t_ours:.3f}s, generate {t_gen:.3f}s"
-            )
+            ctx.log(f"[{bm.name}] throughput rep {r + 1}/{reps}: sampler {t_ours:.3f}s, generate {t_gen:.3f}s")
     finally:
         model.generation_config.eos_token_id = saved_eos
+    n = bm.name
+    return {
+        f"sampler_vs_generate_{n}": _median([b / a for a, b in speed]),
+        f"sampler_tokens_per_s_{n}": B * T / _median([a for a, _ in speed]),
+        f"generate_tokens_per_s_{n}": B * T / _median([b for _, b in speed]),
+    }
 
-    scored = ours_scored(True)
-    ours_scored(False)
-    responses = scored.responses()
-    fin = scored.finished
+
+def _in_loop_score_cost(ctx: BenchContext, bm: BenchModel, reps: int) -> dict[str, float]:
+    """What reading lp_z inside the sampling loop costs, against sampling without it and against a
+    teacher-forced re-scoring forward (the reference code's way)."""
+    from laser_rl.rollout import SamplingConfig, sample, score_responses
+
+    cfg = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=ctx.max_new_tokens)
+
+    def sampled(with_z: bool, observer: ScoreTiming | None = None) -> Any:
+        return sample(bm.model, bm.prompts, pad_id=bm.pad_id, stop_ids=bm.stop_ids, config=cfg,
+                      z_id=bm.z_id if with_z else None, suppress_ids=() if with_z else (bm.z_id,),
+                      generator=torch.Generator().manual_seed(ctx.seed + 1), observer=observer)
+
+    scored = sampled(True)
+    sampled(False)
+    responses, fin = scored.responses(), scored.finished
 
     def rescore() -> torch.Tensor:
-        return score_responses(
-            model,
-            bm.prompts,
-            responses,
-            z_id=bm.z_id,
-            pad_id=bm.pad_id,
-            stop_ids=bm.stop_ids,
-            eos_id=bm.eos_id,
-            batch_size=B,
-        )
+        return score_responses(bm.model, bm.prompts, responses, z_id=bm.z_id, pad_id=bm.pad_id,
+                               stop_ids=bm.stop_ids, eos_id=bm.eos_id, batch_size=len(bm.prompts))
 
     tf = rescore()
-    score = []
-    timings = []
+    score, timings = [], []
     for r in range(reps):
-        # alternate the order within a repetition so neither run always follows the re-scoring
-        order = (True, False) if r % 2 == 0 else (False, True)
+        timing = ScoreTiming(device=bm.model.device)
         t = {}
-        for with_z in order:
-            if with_z:
-                timing = ScoreTiming(device=bm.model.device)
-                t[with_z], _ = _timed(lambda timing=timing: ours_scored(True, timing))
-            else:
-                t[with_z], _ = _timed(lambda: ours_scored(False))
+        # alternate the order within a repetition so neither run always follows the re-scoring
+        for with_z in ((True, False) if r % 2 == 0 else (False, True)):
+            t[with_z], _ = _timed(lambda w=with_z, tm=timing: sampled(w, tm if w else None))
         t_tf, _ = _timed(rescore)
         timings.append(timing)
         score.append((t[True], t[False], t_tf))
@@ -376,44 +359,37 @@ def bench_rollout(ctx: BenchContext, bm: BenchModel) -> dict[str, float]:
             f"{timing.extra_s() * 1e3:.2f}ms, {timing.score_only_steps} score-only step), "
             f"without {t[False]:.3f}s, teacher-forced re-scoring {t_tf:.3f}s"
         )
-
     # one marginal cost per decode row, fitted on the steps of every repetition together
-    pooled = ScoreTiming(
-        step_rows=[x for tm in timings for x in tm.step_rows],
-        step_seconds=[x for tm in timings for x in tm.step_seconds],
-    )
+    pooled = ScoreTiming(step_rows=[x for tm in timings for x in tm.step_rows],
+                         step_seconds=[x for tm in timings for x in tm.step_seconds])
     row_cost = pooled.marginal_row_s()
     n = bm.name
-    t_ours = _median([a for a, _ in speed])
-    t_gen = _median([b for _, b in speed])
     t_without = _median([x[1] for x in score])
     t_tf = _median([x[2] for x in score])
     t_extra = _median([tm.extra_s(row_cost) for tm in timings])
     diff = (scored.lp_z[fin] - tf[fin]).abs()
     return {
-        f"sampler_vs_generate_{n}": _median([b / a for a, b in speed]),
         f"score_overhead_{n}": 1.0 + t_extra / t_without,
         f"score_vs_reforward_{n}": t_extra / t_tf,
         f"score_overhead_by_difference_{n}": _median([w / wo for w, wo, _ in score]),
         f"score_vs_reforward_by_difference_{n}": _median([w - wo for w, wo, _ in score]) / t_tf,
-        f"score_vs_reforward_upper_bound_{n}": _median(
-            [tm.extra_s(0.0) + tm.proportional_s for tm in timings]
-        )
-        / t_tf,
-        f"sampler_tokens_per_s_{n}": B * T / t_ours,
-        f"generate_tokens_per_s_{n}": B * T / t_gen,
+        f"score_vs_reforward_upper_bound_{n}": _median([tm.extra_s(0.0) + tm.proportional_s for tm in timings]) / t_tf,
         f"sample_with_score_s_{n}": _median([x[0] for x in score]),
-        f"sample_without_score_s_{n}": _median([x[1] for x in score]),
+        f"sample_without_score_s_{n}": t_without,
         f"in_loop_score_s_{n}": t_extra,
         f"decode_row_marginal_s_{n}": row_cost,
         f"score_only_steps_{n}": _median([float(tm.score_only_steps) for tm in timings]),
         f"teacher_forced_rescore_s_{n}": t_tf,
         f"finished_fraction_{n}": float(fin.float().mean()),
         f"mean_response_tokens_{n}": float(scored.response_mask.sum(1).float().mean()),
-        f"lp_z_in_loop_vs_teacher_forced_max_abs_diff_{n}": float(diff.max())
-        if diff.numel()
-        else float("nan"),
+        f"lp_z_in_loop_vs_teacher_forced_max_abs_diff_{n}": float(diff.max()) if diff.numel() else float("nan"),
     }
+
+
+def bench_rollout(ctx: BenchContext, bm: BenchModel) -> dict[str, float]:
+    """The three built-in ratios for one model (see the module docstring)."""
+    reps = ctx.reps * TINY_REPS_FACTOR if bm.name == "tiny" else ctx.reps  # tiny runs are cheap
+    return {**_sampler_vs_generate(ctx, bm, reps), **_in_loop_score_cost(ctx, bm, reps)}
 
 
 def run_bench(
