@@ -195,3 +195,81 @@ def load_state(folder: Path, name: str) -> dict[str, Any]:
         return _decode(data, tensors)
     except (ValueError, KeyError, OSError) as e:
         raise LaserError(f"cannot read checkpoint state {folder / name}: {e}") from None
+
+
+# ---------------------------------------------------------------------- sharded (FSDP2) state
+
+SHARDED_META = "sharded_state"
+
+
+def _tensor_leaves(tree: Any, prefix: str, out: dict[str, torch.Tensor]) -> Any:
+    """``tree`` with each tensor replaced by ``{"__dcp__": key}``; the tensors (not copies) go to ``out``."""
+    if isinstance(tree, torch.Tensor):
+        out[prefix] = tree
+        return {"__dcp__": prefix}
+    if isinstance(tree, dict):
+        return {k: _tensor_leaves(v, f"{prefix}.{k}" if prefix else str(k), out) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_tensor_leaves(v, f"{prefix}.{i}", out) for i, v in enumerate(tree))
+    return tree
+
+
+def _fill_leaves(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(tree, dict):
+        if set(tree) == {"__dcp__"}:
+            return tensors[tree["__dcp__"]]
+        return {k: _fill_leaves(v, tensors) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_fill_leaves(v, tensors) for v in tree)
+    return tree
+
+
+def _dcp_storage() -> tuple[Any, Any]:
+    try:
+        from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+    except ImportError:
+        raise LaserError(
+            f"torch {torch.__version__} has no safetensors storage for distributed checkpoints; sharded checkpoints "
+            "need a newer torch"
+        ) from None
+    return HuggingFaceStorageWriter, HuggingFaceStorageReader
+
+
+def save_sharded_state(folder: Path, root: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> None:
+    """Write the FSDP2 model and optimizer state into ``folder``: each rank its own shards
+    (``sharded/*.safetensors`` through torch.distributed.checkpoint, no pickle anywhere), rank 0
+    the non-tensor optimizer state (hyper-parameters) as JSON. A collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    writer_cls, _ = _dcp_storage()
+    model_sd, optim_sd = get_state_dict(root, optimizer)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _tensor_leaves({"model": model_sd, "optim": optim_sd}, "", tensors)
+    try:
+        dcp.save(tensors, storage_writer=writer_cls(str(folder / SHARDED_DIR), save_distributed=True))
+    except Exception as e:  # DCP gathers every rank's failure into one CheckpointException
+        raise LaserError(f"could not write the sharded state to {folder / SHARDED_DIR}: {e}") from None
+    if rank == 0:
+        save_state(folder, SHARDED_META, {"skeleton": skeleton})
+
+
+def load_sharded_state(folder: Path, root: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Restore what :func:`save_sharded_state` wrote into the sharded ``root`` and ``optimizer``
+    (same world size or another: DCP reshards). A collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    _, reader_cls = _dcp_storage()
+    if not (folder / SHARDED_DIR).is_dir():
+        raise LaserError(f"{folder} has no {SHARDED_DIR}/ folder: it was not written by a sharded run")
+    skeleton = load_state(folder, SHARDED_META)["skeleton"]
+    model_sd, optim_sd = get_state_dict(root, optimizer)  # the targets (creates the optimizer state)
+    targets: dict[str, torch.Tensor] = {}
+    _tensor_leaves({"model": model_sd, "optim": optim_sd}, "", targets)
+    try:
+        dcp.load(targets, storage_reader=reader_cls(str(folder / SHARDED_DIR)))  # in place
+    except Exception as e:
+        raise LaserError(f"cannot read the sharded state in {folder / SHARDED_DIR}: {e}") from None
+    state = _fill_leaves(skeleton, targets)
+    set_state_dict(root, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
