@@ -175,3 +175,19 @@ def test_missing_distributed_support_is_a_clear_error(monkeypatch, tmp_path):
     cfg = load_config(None, ["output_dir=x", "model.path=m", "data.train=arith:train", "train.sharding=fsdp2"])
     with pytest.raises(LaserError, match="no torch.distributed support.*train.sharding=none"):
         sharding.check_sharding_setup(cfg)
+
+
+def test_accelerate_launch_configs_select_the_sharding():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    ddp = load_config_from_file(str(ROOT / "configs" / "accelerate" / "ddp.yaml"))
+    fsdp = load_config_from_file(str(ROOT / "configs" / "accelerate" / "fsdp2.yaml"))
+    assert ddp.distributed_type.value == "MULTI_GPU" and ddp.mixed_precision == "no"
+    assert fsdp.distributed_type.value == "FSDP" and fsdp.fsdp_config["fsdp_version"] == 2
+    assert fsdp.mixed_precision == "no"  # precision is laser-rl's MixedPrecisionPolicy, not accelerate's
+    # what `accelerate launch` exports for each file
+    assert sharding.resolve_sharding("none", {}) == "none"
+    assert sharding.resolve_sharding("fsdp2", {}) == "fsdp2"
+    assert sharding.resolve_sharding("none", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}) == "fsdp2"
+    with pytest.raises(LaserError, match="FSDP version 1.*fsdp2.yaml"):
+        sharding.resolve_sharding("none", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"})

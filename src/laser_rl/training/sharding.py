@@ -31,7 +31,8 @@ Everything here is a no-op for a model that is not sharded, so callers need no b
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -95,13 +96,29 @@ def check_reference_architecture(policy_path: str, reference_path: str, trust_re
         )
 
 
+def resolve_sharding(configured: str, environ: Mapping[str, str] | None = None) -> str:
+    """The sharding a run uses: ``train.sharding``, or ``fsdp2`` when ``accelerate launch`` was given
+    an FSDP2 config (configs/accelerate/fsdp2.yaml), which exports ACCELERATE_USE_FSDP/FSDP_VERSION.
+    laser-rl always shards the model itself, so an FSDP1 launcher config is refused."""
+    env = os.environ if environ is None else environ
+    if env.get("ACCELERATE_USE_FSDP", "false").lower() not in ("1", "true", "yes"):
+        return configured
+    version = env.get("FSDP_VERSION", "1")
+    if version != "2":
+        raise LaserError(
+            f"accelerate launch config selects FSDP version {version}; laser-rl supports FSDP2 only: use "
+            "configs/accelerate/fsdp2.yaml (fsdp_version: 2)"
+        )
+    return "fsdp2"
+
+
 def check_sharding_setup(cfg: TrainConfig, *, policy_path: str | None = None) -> None:
     """Reject unsupported sharding combinations with a clear error, before any model is loaded.
 
     ``policy_path``: the folder the policy is loaded from when it is not ``model.path`` (a resumed
     checkpoint); the reference model always comes from ``model.path``.
     """
-    if cfg.train.sharding != "fsdp2":
+    if resolve_sharding(cfg.train.sharding) != "fsdp2":
         return
     why = fsdp2_available()
     if why:
