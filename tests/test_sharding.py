@@ -191,3 +191,34 @@ def test_accelerate_launch_configs_select_the_sharding():
     assert sharding.resolve_sharding("none", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}) == "fsdp2"
     with pytest.raises(LaserError, match="FSDP version 1.*fsdp2.yaml"):
         sharding.resolve_sharding("none", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"})
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu_with_a_tiny_shape(tmp_path):
+    """scripts/gpu_check.sh is meant for a GPU machine; its CPU path with a tiny shape checks the plumbing."""
+    log = tmp_path / "gpu_check.log"
+    env = dict(os.environ, DEVICE="cpu", SHAPES="tiny", STEPS="1", RESPONSE="16", GEN_BATCH="2", GEN_TOKENS="3",
+               PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(log)], env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    steps = {r["sharding"]: r for r in rows if r["what"] == "train_step"}
+    assert set(steps) == {"none", "fsdp2"} and all(r["loss_finite"] and r["peak_gib"] > 0 for r in steps.values())
+    engines = {r["engine"]: r for r in rows if r["what"] == "generation"}
+    assert set(engines) == {"laser sampler", "hf generate", "laser sampler, fsdp2 window"}
+    assert all(r["tokens_per_s"] > 0 for r in engines.values())
+
+
+def test_memory_plan_arithmetic():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import sharding_bench
+    finally:
+        sys.path.pop(0)
+    plan = sharding_bench.memory_plan("7b", gpus=8, micro_batch=2, tokens=10240, gen_rows=64)
+    assert plan["params_b"] == pytest.approx(7.616, abs=1e-3)  # Qwen2.5-7B's published size
+    assert plan["fsdp2_sharded_weights_grads_adam_gb"] == pytest.approx(16 * 7.616 / 8, abs=0.1)
+    assert plan["kv_cache_kb_per_token"] == pytest.approx(2 * 2 * 4 * 128 * 28 / 1e3, abs=0.1)
+    assert plan["ddp_fp32_master_gb"] > 80 > plan["fsdp2_generation_window_peak_gb"] > plan["fsdp2_train_peak_gb"]
+    assert sharding_bench.memory_plan("3b", 8, 2, 10240, 32)["params_b"] == pytest.approx(3.213, abs=1e-3)
