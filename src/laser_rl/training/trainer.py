@@ -527,15 +527,21 @@ class Trainer:
                     })
         except (OSError, LaserError) as e:
             error = e
-        # every process learns whether any write failed, so none waits forever for the others
-        failed = self.acc.reduce(torch.tensor(float(error is not None), device=self.acc.device), reduction="sum")
-        if float(failed) > 0:
+
+        def any_failed(err: BaseException | None) -> bool:  # every process learns it, so none waits forever
+            return float(self.acc.reduce(torch.tensor(float(err is not None), device=self.acc.device), reduction="sum")) > 0
+
+        if any_failed(error):
             self.acc.wait_for_everyone()
             raise checkpoint_write_failed(tmp, self.step, error or "another process failed to write its part")
         final = None
-        if self.acc.is_main_process:
-            final = finalize_checkpoint(tmp, self.step, self.cfg.train.keep_checkpoints)
-        self.acc.wait_for_everyone()
+        try:
+            if self.acc.is_main_process:
+                final = finalize_checkpoint(tmp, self.step, self.cfg.train.keep_checkpoints)
+        except LaserError as e:
+            error = e
+        if any_failed(error):
+            raise error or LaserError(f"the checkpoint of step {self.step} could not be put in place (see the main process)")
         return final
 
     def _load_state(self, folder: Path) -> None:
