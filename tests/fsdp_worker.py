@@ -6,7 +6,8 @@ On CPU with gloo it runs, for the tiny embedded model:
    (d) FSDP2 with gradient checkpointing, and records loss, gradient norm and updated weights;
 2. generation under FSDP2 with ``generation_window`` in both gather modes, rank 1 having fewer and
    shorter rows, against the unsharded sampler (tokens and lp_z), counting real and dummy forwards;
-3. sharded save → load into a fresh model/optimizer, and the full-state gather → ``save_pretrained``;
+3. a frozen reference model sharded the same way (no-grad forward) against the unsharded one;
+   sharded save → load into a fresh model/optimizer, and the full-state gather → ``save_pretrained``;
 4. bf16 compute with float32 master weights (MixedPrecisionPolicy).
 Rank 0 writes the measurements to OUT/results.json; the test asserts on them.
 """
@@ -154,6 +155,18 @@ def main() -> None:
     # training still works after generating (no inference tensors or gathered weights left behind)
     loss, norm = step(gen_root, local, world)
     results["step_after_generation_finite"] = bool(torch.isfinite(torch.tensor([loss, norm])).all())
+
+    # ---- a frozen reference model, sharded the same way, scores like the unsharded one
+    frozen = load().requires_grad_(False).eval()
+    ref_sharded = shard_model(PolicyWithScore(frozen))
+    with torch.no_grad():
+        args = (local.input_ids, local.attention_mask, local.position_ids, local.pred_mask, local.eos_column,
+                local.finished)
+        got_ref, want_ref = ref_sharded(*args), PolicyWithScore(base)(*args)
+    diff = torch.tensor([float((got_ref.token_logprobs - want_ref.token_logprobs).abs().max()),
+                         float((got_ref.lp_z - want_ref.lp_z).nan_to_num().abs().max())])
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    results["reference_max_abs_diff"] = diff.tolist()
 
     # ---- sharded checkpoint round trip (after one step, so the optimizer has state)
     ck = out_dir / "sharded-ckpt"
