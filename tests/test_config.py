@@ -26,7 +26,9 @@ from laser_rl.training.config import (
 
 ROOT = Path(__file__).resolve().parents[1]
 # training configs; configs/demo/base*.yaml hold `laser base` settings (tests/test_demo.py)
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not p.name.startswith("base"))
+CONFIGS = sorted(  # laser train configs; configs/accelerate/ holds accelerate launch configs
+    p for p in (ROOT / "configs").rglob("*.yaml") if not p.name.startswith("base") and p.parent.name != "accelerate"
+)
 PAPER = ROOT / "configs" / "paper"
 DEMO = ROOT / "configs" / "demo"
 REQUIRED = ["output_dir=runs/x", "model.path=some/model", "data.train=arith:train"]

@@ -118,7 +118,8 @@ def test_train_cli_writes_metrics_checkpoints_and_loadable_model(tiny_model_dir,
     params = json.loads((out / "final" / "laser.json").read_text())
     assert params["c_ref"] == -6.0 and params["beta_v"] == 0.5 and params["token"] == "<z>"
     assert AutoModelForCausalLM.from_pretrained(out / "final") is not None
-    assert (out / "checkpoints" / "step-000002" / "trainer_state.pt").is_file()
+    assert (out / "checkpoints" / "step-000002" / "trainer_state.json").is_file()
+    assert not list((out / "checkpoints").glob("*/*.pt")), "checkpoints must not be pickles"
     # the trained model differs from the initial one
     before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     after = AutoModelForCausalLM.from_pretrained(out / "final").state_dict()

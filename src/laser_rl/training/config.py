@@ -123,6 +123,17 @@ class TrainLoopConfig:
     )
     keep_checkpoints: int = _f(2, "Keep only the newest N step checkpoints (0 = keep all).")
     log_every: int = _f(1, "With logging.progress=none, print a progress line every N steps (metrics.jsonl gets every step).")
+    sharding: Literal["none", "fsdp2"] = _f(
+        "none",
+        "none = one process, or DDP when launched with several; fsdp2 = shard parameters, gradients and optimizer "
+        "state over the processes (FSDP2, per decoder layer; float32 master weights, model.dtype = compute dtype).",
+    )
+    generation_gather: Literal["window", "per_step"] = _f(
+        "window",
+        "With train.sharding=fsdp2: window = gather the full weights once per generation (fast, needs the "
+        "compute-dtype weights in memory); per_step = gather each layer for every decode step (least memory, "
+        "communication every token).",
+    )
 
 
 @dataclass

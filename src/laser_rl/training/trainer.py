@@ -39,9 +39,14 @@ from laser_rl.tasks.base import Problem, TaskData
 from laser_rl.tasks.registry import load_task_data
 from laser_rl.training.batch import Sequences, TrainBatch, build_sequences
 from laser_rl.training.checkpoint import (
+    TRAINER_STATE,
+    checkpoint_write_failed,
     finalize_checkpoint,
     latest_checkpoint,
+    load_state,
     rng_state,
+    rng_state_name,
+    save_state,
     set_rng_state,
     temp_checkpoint_dir,
 )
@@ -523,38 +528,52 @@ class Trainer:
             (folder / "task.json").write_text(task.read_text())
 
     def save_checkpoint(self) -> Path | None:
-        if self.acc.is_main_process:
-            temp_checkpoint_dir(self.out, self.step)
-        self.acc.wait_for_everyone()
         tmp = self.out / "checkpoints" / f".step-{self.step:06d}.tmp"
-        torch.save(rng_state(), tmp / f"rng-rank{self.rank}.pt")
+        error: BaseException | None = None
+        try:
+            if self.acc.is_main_process:
+                temp_checkpoint_dir(self.out, self.step)
+        except OSError as e:
+            error = e
+        self.acc.wait_for_everyone()
+        try:
+            if error is None:
+                save_state(tmp, rng_state_name(self.rank), rng_state())
+                if self.acc.is_main_process:
+                    self._save_model_folder(tmp)
+                    save_state(tmp, TRAINER_STATE, {
+                        "step": self.step, "data_position": self.source.position,
+                        "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "guard": self.guard.__dict__, "config": config_to_dict(self.cfg),
+                    })
+        except (OSError, LaserError) as e:
+            error = e
+
+        def any_failed(err: BaseException | None) -> bool:  # every process learns it, so none waits forever
+            return float(self.acc.reduce(torch.tensor(float(err is not None), device=self.acc.device), reduction="sum")) > 0
+
+        if any_failed(error):
+            self.acc.wait_for_everyone()
+            raise checkpoint_write_failed(tmp, self.step, error or "another process failed to write its part")
         final = None
-        if self.acc.is_main_process:
-            self._save_model_folder(tmp)
-            torch.save(
-                {
-                    "step": self.step, "data_position": self.source.position,
-                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "guard": self.guard.__dict__, "config": config_to_dict(self.cfg),
-                },
-                tmp / "trainer_state.pt",
-            )
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            final = finalize_checkpoint(tmp, self.step, self.cfg.train.keep_checkpoints)
-        self.acc.wait_for_everyone()
+        try:
+            if self.acc.is_main_process:
+                final = finalize_checkpoint(tmp, self.step, self.cfg.train.keep_checkpoints)
+        except LaserError as e:
+            error = e
+        if any_failed(error):
+            raise error or LaserError(f"the checkpoint of step {self.step} could not be put in place (see the main process)")
         return final
 
     def _load_state(self, folder: Path) -> None:
-        state = torch.load(folder / "trainer_state.pt", weights_only=False)
+        state = load_state(folder, TRAINER_STATE)
         self.step = state["step"]
         self.source = ProblemSource(self.train_data, self.cfg.train.seed, self.cfg.data.shuffle, state["data_position"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.guard = _GuardState(**state["guard"])
-        rng_file = folder / f"rng-rank{self.rank}.pt"
-        if rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=False))
+        if (folder / f"{rng_state_name(self.rank)}.json").is_file():  # absent when resuming at another world size
+            set_rng_state(load_state(folder, rng_state_name(self.rank)))
         self._print(f"resumed from {folder} (step {self.step})")
 
     # ------------------------------------------------------------------ collapse guard
