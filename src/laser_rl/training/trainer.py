@@ -43,9 +43,11 @@ from laser_rl.training.checkpoint import (
     checkpoint_write_failed,
     finalize_checkpoint,
     latest_checkpoint,
+    load_sharded_state,
     load_state,
     rng_state,
     rng_state_name,
+    save_sharded_state,
     save_state,
     set_rng_state,
     temp_checkpoint_dir,
@@ -53,6 +55,16 @@ from laser_rl.training.checkpoint import (
 from laser_rl.training.config import TrainConfig, config_to_dict
 from laser_rl.training.data import ProblemSource
 from laser_rl.training.policy import PolicyOutput, PolicyWithScore
+from laser_rl.training.sharding import (
+    check_sharding_setup,
+    enable_gradient_checkpointing,
+    ensure_process_group,
+    full_state_dict,
+    generation_window,
+    module_prefix,
+    resolve_sharding,
+    shard_model,
+)
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
@@ -133,6 +145,10 @@ class Trainer:
             raise LaserError(f"output_dir {self.out} already holds a run; pass --resume to continue it or choose another output_dir")
         model_path = str(self.resume_from[1]) if self.resume_from else cfg.model.path
         self.base_path = Path(cfg.model.path)
+        self.sharding = resolve_sharding(cfg.train.sharding)
+        check_sharding_setup(cfg, policy_path=model_path)  # before any model loads
+        if self.sharding == "fsdp2":
+            ensure_process_group(self.acc.device)
 
         self.tokenizer = load_tokenizer(model_path)
         self.stop_ids = resolve_stop_ids(self.tokenizer, cfg.rollout.stop_tokens)
@@ -151,26 +167,28 @@ class Trainer:
         token_str = self._select_token(model_path, saved) if use_score else None
 
         model = self._load_model(model_path)
-        if cfg.model.gradient_checkpointing:  # renamed in transformers 5
-            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+        if cfg.model.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.suppress_ids = never_sampled_ids(len(self.tokenizer), model.get_input_embeddings().num_embeddings,
                                               self.stop_ids, self.pad_id)
         if token_str is not None:
             self._setup_score(model, token_str, saved)
 
-        self.policy = PolicyWithScore(model, chunk_size=cfg.loss.logit_chunk_size or 1024)
+        self._model = model
+        self.policy = self._wrap(model)
         self.ref_policy: PolicyWithScore | None = None
         if cfg.loss.kl_coef > 0 or (cfg.laser.enabled and cfg.laser.reference == "model"):
             ref = self._load_model(cfg.model.path)
             ref.requires_grad_(False).eval()
-            self.ref_policy = PolicyWithScore(ref, chunk_size=self.policy.chunk_size)
+            self.ref_policy = self._wrap(ref)
 
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        self.optimizer = torch.optim.AdamW(  # after sharding: the optimizer holds the sharded parameters
+            self.policy.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
         )
         self.scheduler = self._make_scheduler()
-        self.policy, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
+        if self.sharding == "none":  # DDP (or one process) through accelerate; FSDP2 is already applied
+            self.policy, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
         self.engine = build_engine(cfg.rollout.engine, self.model, pad_id=self.pad_id, stop_ids=self.stop_ids,
                                    z_id=self.z_id, suppress_ids=self.suppress_ids)
 
@@ -187,8 +205,23 @@ class Trainer:
         from laser_rl.integrations.hf import load_model
 
         m = self.cfg.model
-        return load_model(path, dtype=m.dtype, device=self.acc.device, trust_remote_code=m.trust_remote_code,
+        dtype = "float32" if self.sharding == "fsdp2" else m.dtype  # FSDP2: fp32 master weights, m.dtype computes
+        return load_model(path, dtype=dtype, device=self.acc.device, trust_remote_code=m.trust_remote_code,
                           attn_implementation=m.attn_implementation)
+
+    def _wrap(self, model: torch.nn.Module) -> PolicyWithScore:
+        """The module the training step calls; under FSDP2 sharded per decoder layer, then as a whole."""
+        from laser_rl.integrations.hf import resolve_dtype
+
+        policy = PolicyWithScore(model, chunk_size=self.cfg.loss.logit_chunk_size or 1024)
+        if self.sharding == "fsdp2":
+            shard_model(policy, compute_dtype=resolve_dtype(self.cfg.model.dtype, self.acc.device))
+        return policy
+
+    def _generating(self) -> contextlib.AbstractContextManager[Any]:
+        """The block every generation runs in: under FSDP2 the sharded weights are gathered for it
+        (train.generation_gather) and ranks decode in lockstep; otherwise nothing happens."""
+        return generation_window(self.policy, self.cfg.train.generation_gather, forward_module=self.model)
 
     def _load_data(self, spec: str) -> TaskData:
         d = self.cfg.data
@@ -309,7 +342,7 @@ class Trainer:
 
     @property
     def model(self) -> torch.nn.Module:
-        return self.acc.unwrap_model(self.policy).model
+        return self._model  # the Hugging Face model inside the (DDP- or FSDP2-wrapped) policy
 
     # ------------------------------------------------------------------ one RL step
 
@@ -317,11 +350,12 @@ class Trainer:
         cfg = self.cfg
         gen = torch.Generator(device=self.acc.device).manual_seed(_seed_for(cfg.train.seed, self.step, self.rank, 1))
         n = cfg.rollout.n
-        return rollout_verify_score(
-            self.engine, self.tokenizer, prompt_ids, [p.answer for p in problems], self.train_data.verifier,
-            sampling=self._sampling(), n=n, batch_size=cfg.rollout.batch_size or len(prompt_ids) * n,
-            score=self.score, generator=gen, correct_threshold=cfg.laser.correct_threshold,
-        )
+        with self._generating():
+            return rollout_verify_score(
+                self.engine, self.tokenizer, prompt_ids, [p.answer for p in problems], self.train_data.verifier,
+                sampling=self._sampling(), n=n, batch_size=cfg.rollout.batch_size or len(prompt_ids) * n,
+                score=self.score, generator=gen, correct_threshold=cfg.laser.correct_threshold,
+            )
 
     def train_step(self) -> dict[str, Any]:
         cfg, lc = self.cfg, self.cfg.laser
@@ -406,7 +440,8 @@ class Trainer:
                 chunks = mb.split(micro)
                 for i, rows in enumerate(chunks):
                     sub = batch.select(rows)
-                    sync = self.acc.no_sync(self.policy) if i < len(chunks) - 1 else contextlib.nullcontext()
+                    defer = i < len(chunks) - 1 and self.sharding == "none"  # FSDP2 reduces every micro-batch
+                    sync = self.acc.no_sync(self.policy) if defer else contextlib.nullcontext()
                     with sync:
                         out = self._forward(sub.seq, with_score=alpha is not None)
                         scores = None
@@ -425,7 +460,7 @@ class Trainer:
                         self.acc.backward(terms.total)
                     total.add_micro_batch(terms, len(chunks))
                 max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
-                grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), max_norm)
+                grad_norm = self._clip_gradients(max_norm)
                 if cfg.guard.nan_check and not torch.isfinite(grad_norm):
                     raise LaserError(self._stop_message(f"gradient norm is {float(grad_norm)} at step {self.step}"))
                 total.grad_norm += float(grad_norm)
@@ -433,6 +468,17 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 n_updates += 1
         return total.averaged(n_updates)
+
+    def _evaluates_here(self) -> bool:
+        """The main process evaluates; under FSDP2 every rank joins (its forwards are collectives)."""
+        return self.acc.is_main_process or self.sharding == "fsdp2"
+
+    def _clip_gradients(self, max_norm: float) -> torch.Tensor:
+        """Clip the global gradient norm; returns it (a plain tensor, also for sharded DTensor gradients)."""
+        if self.sharding == "none":
+            return self.acc.clip_grad_norm_(self.policy.parameters(), max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(list(self.policy.parameters()), max_norm)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     def _stop_message(self, why: str) -> str:
         last = latest_checkpoint(self.out)
@@ -496,11 +542,12 @@ class Trainer:
         problems = list(self.eval_data.problems[: cfg.data.eval_limit or None])
         n = cfg.data.eval_n
         gen = torch.Generator(device=self.acc.device).manual_seed(_seed_for(cfg.train.seed, 0, 0, 3))
-        rb = rollout_verify_score(
-            self.engine, self.tokenizer, self._prompts(problems), [p.answer for p in problems], self.eval_data.verifier,
-            sampling=self._sampling(), n=n, batch_size=cfg.rollout.batch_size or 512, score=self.score, generator=gen,
-            correct_threshold=cfg.laser.correct_threshold,
-        )
+        with self._generating():
+            rb = rollout_verify_score(
+                self.engine, self.tokenizer, self._prompts(problems), [p.answer for p in problems],
+                self.eval_data.verifier, sampling=self._sampling(), n=n, batch_size=cfg.rollout.batch_size or 512,
+                score=self.score, generator=gen, correct_threshold=cfg.laser.correct_threshold,
+            )
         if self.score is not None and rb.scores is None:  # reference: model — score with the reference pass
             seq = build_sequences(rb.prompt_ids, rb.rollout, pad_id=self.pad_id, z_id=self.score.token_id,
                                   stop_ids=self.stop_ids).to(self.acc.device)
@@ -516,8 +563,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _save_model_folder(self, folder: Path) -> None:
-        self.model.save_pretrained(folder, safe_serialization=True)
+    def _full_weights(self) -> dict[str, torch.Tensor] | None:
+        """Under FSDP2 the full weights gathered on the main process (a collective: every process
+        calls it); None when the model is not sharded (save_pretrained reads them itself)."""
+        if self.sharding != "fsdp2":
+            return None
+        return full_state_dict(self.policy, module_prefix(self.policy, self.model))
+
+    def _save_model_folder(self, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """An ordinary save_pretrained folder plus tokenizer, laser.json and task.json (main process)."""
+        self.model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
         if self.score is not None:
             extra = dict(self.score.extra, stop_ids=self.stop_ids, prompt_style=self.prompt_style, step=self.step,
@@ -539,13 +594,17 @@ class Trainer:
         try:
             if error is None:
                 save_state(tmp, rng_state_name(self.rank), rng_state())
+                weights = self._full_weights()
+                state = {"step": self.step, "data_position": self.source.position,
+                         "scheduler": self.scheduler.state_dict(), "guard": self.guard.__dict__,
+                         "config": config_to_dict(self.cfg)}
+                if self.sharding == "fsdp2":  # every process writes its shards of the optimizer state
+                    save_sharded_state(tmp, self.policy, self.optimizer, self.rank)
+                else:
+                    state["optimizer"] = self.optimizer.state_dict()
                 if self.acc.is_main_process:
-                    self._save_model_folder(tmp)
-                    save_state(tmp, TRAINER_STATE, {
-                        "step": self.step, "data_position": self.source.position,
-                        "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "guard": self.guard.__dict__, "config": config_to_dict(self.cfg),
-                    })
+                    self._save_model_folder(tmp, weights)
+                    save_state(tmp, TRAINER_STATE, state)
         except (OSError, LaserError) as e:
             error = e
 
@@ -569,7 +628,10 @@ class Trainer:
         state = load_state(folder, TRAINER_STATE)
         self.step = state["step"]
         self.source = ProblemSource(self.train_data, self.cfg.train.seed, self.cfg.data.shuffle, state["data_position"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharding == "fsdp2":
+            load_sharded_state(folder, self.policy, self.optimizer)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.guard = _GuardState(**state["guard"])
         if (folder / f"{rng_state_name(self.rank)}.json").is_file():  # absent when resuming at another world size
@@ -637,7 +699,7 @@ class Trainer:
             self._print(f"self-reward: z={self.score.token!r} (id {self.score.token_id}), beta_v={self.score.beta_v:.4g}, "
                         f"c_ref={self.score.c_ref:.3f}; correct target log-prob {core.correct_target_logprob(self.score.c_ref, self.score.beta_v):.2f}")
         if cfg.train.eval_every and self.eval_data is not None and self.step == 0:
-            if self.acc.is_main_process:  # the starting point, and the collapse guard's baseline
+            if self._evaluates_here():  # the starting point, and the collapse guard's baseline
                 initial = self.evaluate()
                 self.guard.eval_baseline = initial["eval_accuracy"]
                 self._print("initial evaluation: " + ", ".join(f"{k}={format_metric(v)}" for k, v in initial.items()))
@@ -655,8 +717,10 @@ class Trainer:
                 m["time_save"], save_seconds = save_seconds, None
             if cfg.train.eval_every and self.eval_data is not None and self.step % cfg.train.eval_every == 0:
                 t = time.perf_counter()
-                if self.acc.is_main_process:
-                    m.update(self.evaluate())
+                if self._evaluates_here():
+                    evaluation = self.evaluate()
+                    if self.acc.is_main_process:
+                        m.update(evaluation)
                 m["time_eval"] = time.perf_counter() - t
                 self.acc.wait_for_everyone()
             self._check_collapse(m)
@@ -670,12 +734,13 @@ class Trainer:
         bar.close()
         final = self.out / FINAL_DIR
         self.save_checkpoint()
+        weights = self._full_weights()
         if self.acc.is_main_process:
             from laser_rl.io import atomic_path
 
             with atomic_path(final) as tmp:
                 tmp.mkdir()
-                self._save_model_folder(tmp)
+                self._save_model_folder(tmp, weights)
             if writer is not None:
                 writer.close()
             if wandb_run is not None:
