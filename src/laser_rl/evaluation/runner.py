@@ -115,11 +115,7 @@ def load_scoring_model(
     without ``laser.json`` needs all three flags (no silent default). z is checked on the tokenizer
     before the model loads; ``force_token`` accepts an ordinary or used token as z."""
     from laser_rl.integrations.hf import check_model_folder, load_model, load_tokenizer, resolve_stop_ids
-    from laser_rl.integrations.special_token import (
-        parse_token_arg,
-        select_self_reward_token,
-        validate_token_id,
-    )
+    from laser_rl.integrations.special_token import validate_token_id
     from laser_rl.rollout.engine import never_sampled_ids
     from laser_rl.rollout.sampler import vocab_size
 
@@ -146,20 +142,7 @@ def load_scoring_model(
     stop_ids = resolve_stop_ids(tokenizer, saved_stops, model_path=folder)
     pad_id = int(tokenizer.pad_token_id)
 
-    if token is not None:
-        token_str, z_id, _ = select_self_reward_token(
-            tokenizer, parse_token_arg(token), stop_ids=stop_ids, force=force_token,
-            force_option="--force-token", add_option=None,
-        )
-    else:
-        assert saved is not None
-        token_str, z_id = saved.token, saved.token_id
-        name = tokenizer.convert_ids_to_tokens(z_id) if 0 <= z_id < len(tokenizer) else None
-        if name is not None and name != token_str:
-            raise LaserError(
-                f"{folder / 'laser.json'}: token {token_str!r} has id {z_id}, but the tokenizer's token "
-                f"{z_id} is {name!r}; fix laser.json or pass --token"
-            )
+    token_str, z_id = _self_reward_token(tokenizer, token, saved, stop_ids, folder, force_token)
     model = load_model(folder, dtype=dtype, device=device)  # after the cheap checks
     vocab = vocab_size(model)
     validate_token_id(z_id, vocab, stop_ids, pad_id)
@@ -173,6 +156,29 @@ def load_scoring_model(
     )
     suppress = never_sampled_ids(len(tokenizer), vocab, stop_ids, pad_id)
     return ScoringModel(model, tokenizer, folder, params, stop_ids, pad_id, suppress, saved)
+
+
+def _self_reward_token(
+    tokenizer: Any, token: str | None, saved: ScoreParams | None, stop_ids: list[int], folder: Path, force_token: bool
+) -> tuple[str, int]:
+    """z and its id: ``--token`` checked on the tokenizer, else laser.json's, which must name the
+    tokenizer's token of that id."""
+    from laser_rl.integrations.special_token import parse_token_arg, select_self_reward_token
+
+    if token is not None:
+        token_str, z_id, _ = select_self_reward_token(
+            tokenizer, parse_token_arg(token), stop_ids=stop_ids, force=force_token,
+            force_option="--force-token", add_option=None,
+        )
+        return token_str, z_id
+    assert saved is not None  # load_scoring_model asks for --token without laser.json
+    name = tokenizer.convert_ids_to_tokens(saved.token_id) if 0 <= saved.token_id < len(tokenizer) else None
+    if name is not None and name != saved.token:
+        raise LaserError(
+            f"{folder / 'laser.json'}: token {saved.token!r} has id {saved.token_id}, but the tokenizer's token "
+            f"{saved.token_id} is {name!r}; fix laser.json or pass --token"
+        )
+    return saved.token, saved.token_id
 
 
 def model_fingerprint(folder: str | os.PathLike[str]) -> str:
