@@ -219,6 +219,21 @@ def test_score_params_required_and_overridable(model_dir, tmp_path, capsys):
     assert json.loads((over / "eval_config.json").read_text())["score"]["beta_v"] == 0.25
 
 
+def test_laser_json_whose_token_is_another_id_is_refused(model_dir, tmp_path, capsys):
+    moved = tmp_path / "moved"
+    shutil.copytree(model_dir, moved)
+    params = ScoreParams.load(moved)
+    params.token_id = 3  # the char tokenizer's id 3 is not <z>
+    params.save(moved)
+    samples = tmp_path / "in.jsonl"
+    samples.write_text(json.dumps({"problem": "1+2=", "responses": ["3"]}) + "\n")
+    argv = ["score", "--model", str(moved), "--input", str(samples), "--out", str(tmp_path / "s.jsonl")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "laser.json: token '<z>' has id 3, but the tokenizer's token 3 is" in err and "pass --token" in err
+    assert main([*argv, "--token", "<z>"]) == 0  # --token replaces the file's z
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

@@ -371,8 +371,9 @@ def test_calibrate_cli_bad_inputs(model_dir, tmp_path, capsys):
     data.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
     assert main(["calibrate", "--model", str(tmp_path / "missing"), "--data", str(data), "--quiet"]) == 2
     assert "not found" in capsys.readouterr().err
-    assert main(["calibrate", "--model", str(model_dir), "--data", str(data), "--n", "0"]) == 2
-    assert "--n must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # an argparse type, as in laser eval
+        main(["calibrate", "--model", str(model_dir), "--data", str(data), "--n", "0"])
+    assert exit_.value.code == 2 and "--n: must be >= 1, got 0" in capsys.readouterr().err
     assert (
         main(
             [

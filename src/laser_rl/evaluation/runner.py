@@ -115,11 +115,7 @@ def load_scoring_model(
     without ``laser.json`` needs all three flags (no silent default). z is checked on the tokenizer
     before the model loads; ``force_token`` accepts an ordinary or used token as z."""
     from laser_rl.integrations.hf import check_model_folder, load_model, load_tokenizer, resolve_stop_ids
-    from laser_rl.integrations.special_token import (
-        parse_token_arg,
-        select_self_reward_token,
-        validate_token_id,
-    )
+    from laser_rl.integrations.special_token import validate_token_id
     from laser_rl.rollout.engine import never_sampled_ids
     from laser_rl.rollout.sampler import vocab_size
 
@@ -146,20 +142,7 @@ def load_scoring_model(
     stop_ids = resolve_stop_ids(tokenizer, saved_stops, model_path=folder)
     pad_id = int(tokenizer.pad_token_id)
 
-    if token is not None:
-        token_str, z_id, _ = select_self_reward_token(
-            tokenizer, parse_token_arg(token), stop_ids=stop_ids, force=force_token,
-            force_option="--force-token", add_option=None,
-        )
-    else:
-        assert saved is not None
-        token_str, z_id = saved.token, saved.token_id
-        name = tokenizer.convert_ids_to_tokens(z_id) if 0 <= z_id < len(tokenizer) else None
-        if name is not None and name != token_str:
-            raise LaserError(
-                f"{folder / 'laser.json'}: token {token_str!r} has id {z_id}, but the tokenizer's token "
-                f"{z_id} is {name!r}; fix laser.json or pass --token"
-            )
+    token_str, z_id = _self_reward_token(tokenizer, token, saved, stop_ids, folder, force_token)
     model = load_model(folder, dtype=dtype, device=device)  # after the cheap checks
     vocab = vocab_size(model)
     validate_token_id(z_id, vocab, stop_ids, pad_id)
@@ -173,6 +156,29 @@ def load_scoring_model(
     )
     suppress = never_sampled_ids(len(tokenizer), vocab, stop_ids, pad_id)
     return ScoringModel(model, tokenizer, folder, params, stop_ids, pad_id, suppress, saved)
+
+
+def _self_reward_token(
+    tokenizer: Any, token: str | None, saved: ScoreParams | None, stop_ids: list[int], folder: Path, force_token: bool
+) -> tuple[str, int]:
+    """z and its id: ``--token`` checked on the tokenizer, else laser.json's, which must name the
+    tokenizer's token of that id."""
+    from laser_rl.integrations.special_token import parse_token_arg, select_self_reward_token
+
+    if token is not None:
+        token_str, z_id, _ = select_self_reward_token(
+            tokenizer, parse_token_arg(token), stop_ids=stop_ids, force=force_token,
+            force_option="--force-token", add_option=None,
+        )
+        return token_str, z_id
+    assert saved is not None  # load_scoring_model asks for --token without laser.json
+    name = tokenizer.convert_ids_to_tokens(saved.token_id) if 0 <= saved.token_id < len(tokenizer) else None
+    if name is not None and name != saved.token:
+        raise LaserError(
+            f"{folder / 'laser.json'}: token {saved.token!r} has id {saved.token_id}, but the tokenizer's token "
+            f"{saved.token_id} is {name!r}; fix laser.json or pass --token"
+        )
+    return saved.token, saved.token_id
 
 
 def model_fingerprint(folder: str | os.PathLike[str]) -> str:
@@ -372,8 +378,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     _positive_int(opts.batch_size, "--batch-size")
     if opts.limit is not None:
         _positive_int(opts.limit, "--limit")
-    if opts.prompt_style not in ("auto", "raw", "chat"):
-        raise LaserError(f"--prompt-style must be auto, raw or chat, got {opts.prompt_style!r}")
+    _check_prompt_style(opts.prompt_style)
     out = check_output_dir(opts.out, opts.overwrite, resumable_marker=CONFIG_FILE)
 
     sm = load_scoring_model(opts.model, token=opts.token, beta_v=opts.beta_v, c_ref=opts.c_ref,
@@ -390,14 +395,38 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     max_new = resolve_max_new_tokens(opts.max_new_tokens, sm.params.extra, context_length(sm.model), longest,
                                      f"--data {opts.data}", lambda msg: say(f"laser eval: {msg}"))
     sampling = SamplingConfig(temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k, max_new_tokens=max_new)
+    config = _eval_config(opts, sm, data, sampling, style)
 
-    config = {
+    if opts.overwrite and out.exists():  # start over (checked above: the user asked for it)
+        shutil.rmtree(out)
+    _check_resume(out, config)
+    samples_path = out / SAMPLES_FILE
+    done = _done_records(samples_path, problems, n, opts.data)
+    todo = range(len(done), total)
+    if len(done):
+        say(f"laser eval: {len(done)} problems already in {samples_path}; sampling {len(todo)} more")
+    if len(todo):
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / CONFIG_FILE).is_file():
+            write_json_atomic(out / CONFIG_FILE, config)  # before the first sample: resume checks it
+        done += _sample_problems(opts, sm, data.verifier, problems, all_prompt_ids, todo, sampling, samples_path)
+    return _write_metrics_and_report(out, done, total, data, config, say)
+
+
+def _check_prompt_style(style: str) -> None:
+    if style not in ("auto", "raw", "chat"):
+        raise LaserError(f"--prompt-style must be auto, raw or chat, got {style!r}")
+
+
+def _eval_config(opts: EvalOptions, sm: ScoringModel, data: Any, sampling: Any, style: str) -> dict[str, Any]:
+    """``eval_config.json``: the settings that define the samples (:data:`RESUME_KEYS` must match on resume)."""
+    return {
         "format": _FORMAT,
         "model": str(sm.folder.resolve()),
         "model_fingerprint": model_fingerprint(sm.folder),
         "data": opts.data,
         "data_name": data.name,
-        "n": n,
+        "n": opts.n,
         "seed": opts.seed,
         "sampling": asdict(sampling),
         "score": {"token": sm.params.token, "token_id": sm.params.token_id, "beta_v": sm.params.beta_v,
@@ -406,43 +435,59 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
         "stop_ids": sm.stop_ids,
         "equivalence": type(data.verifier).__name__,
     }
-    if opts.overwrite and out.exists():  # start over (checked above: the user asked for it)
-        shutil.rmtree(out)
-    _check_resume(out, config)
-    samples_path = out / SAMPLES_FILE
+
+
+def _done_records(samples_path: Path, problems: Sequence[Any], n: int, data_spec: str) -> list[dict[str, Any]]:
+    """The records a resumed run already has, each checked against its problem of the data."""
     done, locations = _read_samples(samples_path)
     if len(done) > len(problems):
-        raise LaserError(f"{samples_path} has {len(done)} records but --data {opts.data} has only {len(problems)} problems")
+        raise LaserError(f"{samples_path} has {len(done)} records but --data {data_spec} has only {len(problems)} problems")
     for i, rec in enumerate(done):
         if rec.get("problem") != problems[i].problem or str(rec.get("answer")) != problems[i].answer:
-            raise LaserError(f"{locations[i]}: record does not match problem {i} of --data {opts.data}")
+            raise LaserError(f"{locations[i]}: record does not match problem {i} of --data {data_spec}")
         if not isinstance(rec.get("responses"), list) or len(rec["responses"]) != n:
             raise LaserError(f"{locations[i]}: expected {n} responses")
+    return done
 
-    todo = range(len(done), total)
-    if len(done):
-        say(f"laser eval: {len(done)} problems already in {samples_path}; sampling {len(todo)} more")
-    if len(todo):
-        out.mkdir(parents=True, exist_ok=True)
-        if not (out / CONFIG_FILE).is_file():
-            write_json_atomic(out / CONFIG_FILE, config)
-        from tqdm import tqdm
 
-        per_chunk = max(1, opts.batch_size // n)
-        bar = tqdm(total=len(todo), unit="problem", desc="laser eval", disable=None if opts.progress else True)
-        with samples_path.open("a", encoding="utf-8") as f:
-            for start in range(todo.start, todo.stop, per_chunk):
-                chunk = problems[start : min(start + per_chunk, total)]
-                prompt_ids = all_prompt_ids[start : start + len(chunk)]
-                seeds = response_seeds(opts.seed, start, len(chunk), n)
-                records = sample_records(sm, chunk, prompt_ids, n=opts.n, batch_size=opts.batch_size, sampling=sampling,
-                                         verifier=data.verifier, row_seeds=seeds, save_ids=opts.save_ids)
-                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-                f.flush()
-                os.fsync(f.fileno())
-                done += records
-                bar.update(len(chunk))
-        bar.close()
+def _sample_problems(
+    opts: EvalOptions,
+    sm: ScoringModel,
+    verifier: Any,
+    problems: Sequence[Any],
+    all_prompt_ids: Sequence[list[int]],
+    todo: range,
+    sampling: Any,
+    samples_path: Path,
+) -> list[dict[str, Any]]:
+    """Sample the problems ``todo`` a chunk at a time, appending each chunk's records to ``samples.jsonl``
+    (flushed and synced: a crash loses at most the chunk in progress); returns the new records."""
+    from tqdm import tqdm
+
+    per_chunk = max(1, opts.batch_size // opts.n)
+    new: list[dict[str, Any]] = []
+    bar = tqdm(total=len(todo), unit="problem", desc="laser eval", disable=None if opts.progress else True)
+    with samples_path.open("a", encoding="utf-8") as f:
+        for start in range(todo.start, todo.stop, per_chunk):
+            chunk = problems[start : min(start + per_chunk, todo.stop)]
+            prompt_ids = all_prompt_ids[start : start + len(chunk)]
+            seeds = response_seeds(opts.seed, start, len(chunk), opts.n)
+            records = sample_records(sm, chunk, prompt_ids, n=opts.n, batch_size=opts.batch_size, sampling=sampling,
+                                     verifier=verifier, row_seeds=seeds, save_ids=opts.save_ids)
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+            new += records
+            bar.update(len(chunk))
+    bar.close()
+    return new
+
+
+def _write_metrics_and_report(
+    out: Path, done: list[dict[str, Any]], total: int, data: Any, config: dict[str, Any], say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Metrics (``metrics.json``) and the report over the first ``total`` records; returns the metrics."""
+    from laser_rl.evaluation.report import write_report
 
     records = done[:total]
     warning = no_answer_warning(records, type(data.verifier).__name__)
@@ -450,8 +495,6 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
         say(f"laser eval: warning: {warning}")
     metrics = compute_metrics(records, same_answer=data.verifier.same_answer)
     write_json_atomic(out / METRICS_FILE, metrics)
-    from laser_rl.evaluation.report import write_report
-
     notes = _notes(records)
     if total < len(done):
         notes.append(f"computed over the first {total} of the {len(done)} problems in {SAMPLES_FILE} (--limit)")
@@ -526,38 +569,62 @@ def score_file(
     from laser_rl.rollout.scorer import score_responses
 
     _positive_int(batch_size, "--batch-size")
-    if prompt_style not in ("auto", "raw", "chat"):
-        raise LaserError(f"--prompt-style must be auto, raw or chat, got {prompt_style!r}")
+    _check_prompt_style(prompt_style)
     records, locations = load_records(input_path)
-    # Validate everything before loading the model.
-    for rec, where in zip(records, locations):
-        responses = rec.get("responses")
-        if not isinstance(responses, list) or not responses:
-            raise LaserError(f"{where}: missing or empty field 'responses'")
-        if not all(isinstance(t, str) for t in responses):
-            raise LaserError(f"{where}: field 'responses' must be a list of strings")
-        n = len(responses)
-        if "prompt_ids" in rec:
-            _int_list(rec["prompt_ids"], where, "prompt_ids")
-        elif not isinstance(rec.get("problem"), str):
-            raise LaserError(f"{where}: missing field 'problem' (or 'prompt_ids')")
-        if "response_ids" in rec:
-            ids = rec["response_ids"]
-            if not isinstance(ids, list) or len(ids) != n:
-                raise LaserError(f"{where}: field 'response_ids' must hold {n} lists, one per response")
-            for j, r in enumerate(ids):
-                _int_list(r, where, f"response_ids[{j}]")
-        fin = rec.get("finished")
-        if fin is not None and (not isinstance(fin, list) or len(fin) != n or not all(isinstance(v, bool) for v in fin)):
-            raise LaserError(f"{where}: field 'finished' must be a list of {n} booleans")
+    for rec, where in zip(records, locations):  # everything before the model loads
+        _check_score_record(rec, where)
 
     sm = load_scoring_model(model_dir, token=token, beta_v=beta_v, c_ref=c_ref, device=device, dtype=dtype,
                             force_token=force_token)
     style = default_prompt_style(sm) if prompt_style == "auto" else prompt_style
+    prompts, responses, slots = _finished_pairs(sm, records, locations, style, input_path)
+    out_records = [dict(r, self_rewarding_scores=[0.0] * len(r["responses"])) for r in records]
+    if prompts:
+        lp = score_responses(
+            sm.model, prompts, responses, z_id=sm.params.token_id, pad_id=sm.pad_id, stop_ids=sm.stop_ids,
+            eos_id=int(sm.tokenizer.eos_token_id), batch_size=batch_size,
+        )
+        values = sm.params.score(lp.float().cpu()).tolist()
+        for (i, j), v in zip(slots, values):
+            if not math.isfinite(v):
+                raise LaserError(f"{locations[i]}: response {j} got a non-finite score ({v}): check z and c_ref")
+            out_records[i]["self_rewarding_scores"][j] = v
+    write_jsonl_atomic(out_path, out_records)
+    return len(slots)
+
+
+def _check_score_record(rec: Mapping[str, Any], where: str) -> None:
+    """A record ``laser score`` can read: ``responses``, a prompt (``prompt_ids`` or ``problem``), and
+    optional ``response_ids`` / ``finished`` of the same length."""
+    responses = rec.get("responses")
+    if not isinstance(responses, list) or not responses:
+        raise LaserError(f"{where}: missing or empty field 'responses'")
+    if not all(isinstance(t, str) for t in responses):
+        raise LaserError(f"{where}: field 'responses' must be a list of strings")
+    n = len(responses)
+    if "prompt_ids" in rec:
+        _int_list(rec["prompt_ids"], where, "prompt_ids")
+    elif not isinstance(rec.get("problem"), str):
+        raise LaserError(f"{where}: missing field 'problem' (or 'prompt_ids')")
+    if "response_ids" in rec:
+        ids = rec["response_ids"]
+        if not isinstance(ids, list) or len(ids) != n:
+            raise LaserError(f"{where}: field 'response_ids' must hold {n} lists, one per response")
+        for j, r in enumerate(ids):
+            _int_list(r, where, f"response_ids[{j}]")
+    fin = rec.get("finished")
+    if fin is not None and (not isinstance(fin, list) or len(fin) != n or not all(isinstance(v, bool) for v in fin)):
+        raise LaserError(f"{where}: field 'finished' must be a list of {n} booleans")
+
+
+def _finished_pairs(
+    sm: ScoringModel, records: Sequence[Mapping[str, Any]], locations: Sequence[str], style: str, input_path: str
+) -> tuple[list[list[int]], list[list[int]], list[tuple[int, int]]]:
+    """(prompt ids, response ids, (record, response) slot) of every finished response: the records' own
+    ids when present, else the prompt rebuilt from ``problem`` and the response text re-tokenised."""
     need_prompt = [i for i, r in enumerate(records) if "prompt_ids" not in r]
     built = _prompts(sm, [records[i]["problem"] for i in need_prompt], style, input_path)
     prompt_of = dict(zip(need_prompt, built))
-
     prompts: list[list[int]] = []
     responses: list[list[int]] = []
     slots: list[tuple[int, int]] = []
@@ -566,7 +633,7 @@ def score_file(
         fin = rec.get("finished") or [True] * len(rec["responses"])
         for j, text in enumerate(rec["responses"]):
             if not fin[j]:
-                continue
+                continue  # no EOS, no score: it keeps 0
             if "response_ids" in rec:
                 r_ids = rec["response_ids"][j]
             else:
@@ -577,18 +644,4 @@ def score_file(
             prompts.append(p_ids)
             responses.append(r_ids)
             slots.append((i, j))
-    lp = score_responses(
-        sm.model, prompts, responses, z_id=sm.params.token_id, pad_id=sm.pad_id, stop_ids=sm.stop_ids,
-        eos_id=int(sm.tokenizer.eos_token_id), batch_size=batch_size,
-    ) if prompts else None
-    out_records = [dict(r, self_rewarding_scores=[0.0] * len(r["responses"])) for r in records]
-    if lp is not None:
-        from laser_rl.core.laser import self_reward_score
-
-        values = self_reward_score(lp.float().cpu(), sm.params.beta_v, sm.params.c_ref).tolist()
-        for (i, j), v in zip(slots, values):
-            if not math.isfinite(v):
-                raise LaserError(f"{locations[i]}: response {j} got a non-finite score ({v}): check z and c_ref")
-            out_records[i]["self_rewarding_scores"][j] = v
-    write_jsonl_atomic(out_path, out_records)
-    return len(slots)
+    return prompts, responses, slots

@@ -175,20 +175,9 @@ def select_self_reward_token(
     samples = list(data_sample_texts)
 
     if token == "auto":
-        blocked = stops | _role_ids(tokenizer) | rendered
-        candidates = []
-        for i in sorted(_special_ids(tokenizer) - blocked):
-            name = tokenizer.convert_ids_to_tokens(i)
-            if name is None or _used_reason(name, i, template, rendered, samples) is not None:
-                continue
-            lower = name.lower()
-            rank = next(
-                (r for r, frag in enumerate(PREFERRED_FRAGMENTS) if frag in lower), len(PREFERRED_FRAGMENTS)
-            )
-            candidates.append((rank, i, name))
-        if candidates:
-            _, i, name = min(candidates)
-            return name, i, False
+        free = _free_special_token(tokenizer, stops | _role_ids(tokenizer) | rendered, template, rendered, samples)
+        if free is not None:
+            return (*free, False)
         if not add_if_missing:
             raise LaserError(
                 "no free special token for the self-reward token z (every special token is EOS, pad, a stop "
@@ -198,6 +187,38 @@ def select_self_reward_token(
             )
         return _add_token(tokenizer, ADDED_TOKEN, stops, pad_id)
 
+    token_id = _token_id(tokenizer, token, add_if_missing, add_option)
+    if token_id is None:  # a string that is not a single token, and add_if_missing: add it
+        return _add_token(tokenizer, str(token), stops, pad_id)
+    name = tokenizer.convert_ids_to_tokens(token_id)
+    _refuse_eos_pad_or_stop(tokenizer, name, token_id, stops, pad_id)
+    if not force:
+        _refuse_ordinary_or_used(tokenizer, name, token_id, template, rendered, samples, force_option)
+    return name, token_id, False
+
+
+def _free_special_token(
+    tokenizer: Any, blocked: set[int], template: str, rendered: set[int], samples: Sequence[str]
+) -> tuple[str, int] | None:
+    """``auto``: the special token outside ``blocked`` that nothing uses, preferred fragment first
+    (:data:`PREFERRED_FRAGMENTS`), then the lowest id; None when there is none."""
+    candidates = []
+    for i in sorted(_special_ids(tokenizer) - blocked):
+        name = tokenizer.convert_ids_to_tokens(i)
+        if name is None or _used_reason(name, i, template, rendered, samples) is not None:
+            continue
+        lower = name.lower()
+        rank = next((r for r, frag in enumerate(PREFERRED_FRAGMENTS) if frag in lower), len(PREFERRED_FRAGMENTS))
+        candidates.append((rank, i, name))
+    if not candidates:
+        return None
+    _, i, name = min(candidates)
+    return name, i
+
+
+def _token_id(tokenizer: Any, token: str | int, add_if_missing: bool, add_option: str | None) -> int | None:
+    """The id a named ``token`` (an id or a string) has in the tokenizer; None for a string that is not a
+    single token when ``add_if_missing`` (the caller adds it)."""
     if isinstance(token, bool) or not isinstance(token, (int, str)):
         raise LaserError(f"self-reward token must be 'auto', a token string or an id, got {token!r}")
     if isinstance(token, int):
@@ -205,29 +226,29 @@ def select_self_reward_token(
             raise LaserError(
                 f"self-reward token id {token} is outside the tokenizer's vocabulary (size {len(tokenizer)})"
             )
-        token_id = token
-        name = tokenizer.convert_ids_to_tokens(token_id)
-    else:
-        if not token:
-            raise LaserError("self-reward token: empty string")
-        vocab_id = token_id_or_none(tokenizer, token)
-        if vocab_id is None:
-            try:
-                ids = tokenizer.encode(token, add_special_tokens=False)
-                problem = f"it encodes to {len(ids)} tokens {ids}"
-            except Exception as e:  # noqa: BLE001 - tokenizers raise bare Exceptions (no [UNK] in a word vocabulary)
-                ids, problem = [], f"the tokenizer cannot encode it ({e})"
-            if len(ids) != 1:
-                if add_if_missing:
-                    return _add_token(tokenizer, token, stops, pad_id)
-                raise LaserError(
-                    f"self-reward token {token!r} is not a single token: {problem}; name a special "
-                    "token of the tokenizer" + (f" (or set {add_option} to add it as a new token)" if add_option else "")
-                )
-            vocab_id = ids[0]
-        token_id = int(vocab_id)
-        name = tokenizer.convert_ids_to_tokens(token_id)
+        return token
+    if not token:
+        raise LaserError("self-reward token: empty string")
+    vocab_id = token_id_or_none(tokenizer, token)
+    if vocab_id is not None:
+        return int(vocab_id)
+    try:
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        problem = f"it encodes to {len(ids)} tokens {ids}"
+    except Exception as e:  # noqa: BLE001 - tokenizers raise bare Exceptions (no [UNK] in a word vocabulary)
+        ids, problem = [], f"the tokenizer cannot encode it ({e})"
+    if len(ids) == 1:
+        return int(ids[0])
+    if add_if_missing:
+        return None
+    raise LaserError(
+        f"self-reward token {token!r} is not a single token: {problem}; name a special "
+        "token of the tokenizer" + (f" (or set {add_option} to add it as a new token)" if add_option else "")
+    )
 
+
+def _refuse_eos_pad_or_stop(tokenizer: Any, name: str, token_id: int, stops: set[int], pad_id: int | None) -> None:
+    """z follows EOS and is never sampled: it cannot be EOS, pad or a stop id, whatever ``force`` says."""
     if token_id == tokenizer.eos_token_id:
         raise LaserError(
             f"self-reward token {name!r} (id {token_id}) is the EOS token; z must follow EOS, not be it"
@@ -239,20 +260,28 @@ def select_self_reward_token(
             f"self-reward token {name!r} (id {token_id}) is a stop id {sorted(stops)}; z is never sampled, "
             "so responses could not end"
         )
-    if not force:
-        if token_id not in _added_ids(tokenizer):
-            raise LaserError(
-                f"self-reward token {name!r} (id {token_id}) is an ordinary text token: its probability after "
-                "EOS depends on the input, so c_ref would not be a constant; choose a special token"
-                + (f" (or pass {force_option} to override)" if force_option else "")
-            )
-        reason = _used_reason(name, token_id, template, rendered, samples)
-        if reason is not None:
-            raise LaserError(
-                f"self-reward token {name!r} (id {token_id}) is not unused: {reason}; choose another"
-                + (f" (or pass {force_option} to override)" if force_option else "")
-            )
-    return name, token_id, False
+
+
+def _refuse_ordinary_or_used(
+    tokenizer: Any,
+    name: str,
+    token_id: int,
+    template: str,
+    rendered: set[int],
+    samples: Sequence[str],
+    force_option: str | None,
+) -> None:
+    """An ordinary text token, or one the chat template or data use, would not have a constant
+    log-prob after EOS (c_ref would not hold); ``force`` skips this check."""
+    override = f" (or pass {force_option} to override)" if force_option else ""
+    if token_id not in _added_ids(tokenizer):
+        raise LaserError(
+            f"self-reward token {name!r} (id {token_id}) is an ordinary text token: its probability after "
+            "EOS depends on the input, so c_ref would not be a constant; choose a special token" + override
+        )
+    reason = _used_reason(name, token_id, template, rendered, samples)
+    if reason is not None:
+        raise LaserError(f"self-reward token {name!r} (id {token_id}) is not unused: {reason}; choose another" + override)
 
 
 def _add_token(tokenizer: Any, token: str, stops: set[int], pad_id: int | None) -> tuple[str, int, bool]:

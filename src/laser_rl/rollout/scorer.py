@@ -62,8 +62,15 @@ def score_responses(
     r_rows = as_id_rows(responses, "response")
     if len(p_rows) != len(r_rows):
         raise LaserError(f"got {len(p_rows)} prompts but {len(r_rows)} responses")
+    seqs = _sequences_ending_in_eos(p_rows, r_rows, stops, eos_id, vocab, context_length(model))
+    return _lp_z_at_last_position(model, seqs, z_id, pad_id, batch_size)
 
-    ctx = context_length(model)
+
+def _sequences_ending_in_eos(
+    p_rows: list[list[int]], r_rows: list[list[int]], stops: frozenset[int], eos_id: int, vocab: int, ctx: int | None
+) -> list[list[int]]:
+    """prompt + response cut after its first stop id (or + ``eos_id`` when it has none), checked
+    against the vocabulary and the model's context."""
     seqs: list[list[int]] = []
     for i, (p, r) in enumerate(zip(p_rows, r_rows)):
         if not p:
@@ -79,7 +86,13 @@ def score_responses(
                 f"context of {ctx} positions"
             )
         seqs.append(seq)
+    return seqs
 
+
+def _lp_z_at_last_position(
+    model: torch.nn.Module, seqs: list[list[int]], z_id: int, pad_id: int, batch_size: int
+) -> torch.Tensor:
+    """log_softmax(logits at each sequence's last token)[z], in float32: lp_z[N] in the order of ``seqs``."""
     device = model_device(model)
     n = len(seqs)
     out = torch.full((n,), float("nan"), dtype=torch.float32, device=device)
@@ -95,19 +108,12 @@ def score_responses(
         with torch.inference_mode():
             for start in range(0, n, batch_size):
                 chunk = order[start : start + batch_size]
+                # Left padding puts every sequence's EOS on the last position, the only one scored.
                 ids, mask, _ = left_pad([seqs[i] for i in chunk], pad_id, 0, device)
                 positions = (mask.long().cumsum(dim=1) - 1).clamp_(min=0)
-                logits = (
-                    model(
-                        input_ids=ids,
-                        attention_mask=mask,
-                        position_ids=positions,
-                        use_cache=False,
-                        **keep_kwargs,
-                    )
-                    .logits[:, -1]
-                    .float()
-                )
+                logits = model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **keep_kwargs
+                ).logits[:, -1].float()
                 if z_id >= logits.shape[-1]:
                     raise LaserError(f"z_id={z_id} is beyond the model's {logits.shape[-1]} output logits")
                 lp = logits[:, z_id] - torch.logsumexp(logits, dim=-1)
