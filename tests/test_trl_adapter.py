@@ -51,14 +51,14 @@ def make_args(out: Path, laser: bool = True, **kw):
     return (adapter.LaserGRPOConfig if laser else trl.GRPOConfig)(**base)
 
 
-def make_trainer(model_dir, dataset, out, model=None, laser=True, **kw):
+def make_trainer(model_dir, dataset, out, model=None, laser=True, peft_config=None, **kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
     cls = adapter.LaserGRPOTrainer if laser else trl.GRPOTrainer
     return cls(model=model if model is not None else AutoModelForCausalLM.from_pretrained(model_dir),
                reward_funcs=parity_reward, args=make_args(out, laser, **kw), train_dataset=dataset,
-               processing_class=AutoTokenizer.from_pretrained(model_dir))
+               processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=peft_config)
 
 
 def params(trainer) -> dict[str, torch.Tensor]:
@@ -68,6 +68,7 @@ def params(trainer) -> dict[str, torch.Tensor]:
 def generation_batch(trainer, dataset, n_prompts: int = 4):
     """One generation batch through TRL's own path (prompt i repeated num_generations times, as its sampler does)."""
     trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); _compute_loss reads it
     rows = [dataset[i] for i in range(n_prompts) for _ in range(trainer.num_generations)]
     return trainer._generate_and_score_completions(rows)
 
@@ -119,7 +120,9 @@ def test_z_after_eos_truncated_rows_get_none(batch):
     assert (attn[rows, col[rows]] == 1).all(), "z must be attended (its label is kept in TRL's fused head)"
     assert (loss_mask[rows, col[rows]] == 0).all(), "z must be out of the policy loss"
     assert int((loss_mask == 0).sum()) == int(finished.sum())  # nothing else is taken out of the loss
-    assert not (ids[truncated] == z).any() and (out["laser_weights"][truncated] == 0).all()
+    # truncated rows: nothing appended (TRL samples from the full vocabulary, so z may occur inside them)
+    assert (attn[truncated].sum(dim=1) == trainer.args.max_completion_length).all()
+    assert (loss_mask[truncated] == 1).all() and (out["laser_weights"][truncated] == 0).all()
     with torch.no_grad():
         lp_z = trainer._laser_forward_lp_z(trainer.model, out)
     assert torch.isnan(lp_z[truncated]).all()
@@ -155,6 +158,37 @@ def test_loss_adds_alpha_times_core_mse(batch):
     assert rewards.min() < 0.5 < rewards.max()  # both classes, so the class balance matters
 
 
+# ------------------------------------------------------------------ advantage integration and warm-ups
+
+
+def test_advantage_integration_from_the_rollout_policy_score(tiny_model_dir, dataset, tmp_path):
+    trainer = make_trainer(tiny_model_dir, dataset, tmp_path, laser_c_ref=-4.0)
+    a = trainer.args
+    batches = {}
+    for name, tau, warmup in (("off", 0.0, 0), ("warmup", 0.5, 1), ("on", 0.5, 0)):
+        a.laser_tau, a.laser_self_reward_warmup_steps = tau, warmup
+        torch.manual_seed(1)  # the same completions each time (the extra no-grad pass draws no random numbers)
+        batches[name] = generation_batch(trainer, dataset)
+    plain, warm, mixed = batches["off"]["advantages"], batches["warmup"]["advantages"], batches["on"]["advantages"]
+    assert torch.equal(batches["off"]["completion_ids"], batches["on"]["completion_ids"])
+    assert torch.equal(plain, warm), "no integration during the self-reward warm-up"
+    out = batches["on"]
+    s = trainer.laser_score
+    scores = core.self_reward_score(teacher_forced(trainer, out), s.beta_v, s.c_ref)
+    group = torch.arange(len(plain)) // trainer.num_generations
+    expected, passed = core.self_reward_advantages(plain, scores, out["laser_z_column"] >= 0, group, 0.5, 0.0)
+    assert passed.any() and not torch.allclose(mixed, plain)
+    torch.testing.assert_close(mixed, expected, atol=1e-5, rtol=1e-5)
+    # TRL's completion log shows the advantages actually used
+    logged = list(trainer._logs["advantages"])  # a deque of the last generation_batch_size values
+    assert logged == pytest.approx(mixed.tolist()[-len(logged):])
+    # reasoning warm-up: plain GRPO, the MSE term is off
+    a.laser_reasoning_warmup_steps, a.laser_alpha = 1, 1.0
+    with torch.no_grad():
+        trainer._compute_loss(trainer.model, out)
+    assert trainer._metrics["train"]["laser/alpha"][-1] == 0.0
+
+
 # ------------------------------------------------------------------ two stop ids
 
 
@@ -184,7 +218,8 @@ def test_two_stop_ids(tiny_model_dir, dataset, tmp_path):
 
 
 def test_gradient_accumulation_1_vs_2_same_update(tiny_model_dir, dataset, tmp_path, one_thread):
-    common = dict(max_steps=1, laser_alpha=1.0, laser_tau=0.5)
+    # c_ref −4 puts the random model's scores inside (0, 1), so the advantage integration acts too
+    common = dict(max_steps=1, laser_alpha=1.0, laser_tau=0.5, laser_c_ref=-4.0)
     one = make_trainer(tiny_model_dir, dataset, tmp_path / "ga1", per_device_train_batch_size=8,
                        gradient_accumulation_steps=1, **common)
     start = params(one)
@@ -197,6 +232,7 @@ def test_gradient_accumulation_1_vs_2_same_update(tiny_model_dir, dataset, tmp_p
     diff = torch.cat([(a[k] - b[k]).flatten() for k in a])
     assert update.norm() > 1e-3
     assert diff.norm() <= 1e-5 * update.norm() + 1e-7
+    assert one.state.log_history[0]["laser/filter_pass_fraction"] > 0
     for key in ("laser/sr_loss", "laser/auroc", "laser/filter_pass_fraction"):
         assert one.state.log_history[0][key] == pytest.approx(two.state.log_history[0][key], rel=1e-5, abs=1e-7)
 
