@@ -317,3 +317,59 @@ def test_peft_lora_frozen_head_still_trains_the_score(tiny_model_dir, dataset, t
     (loss_with - loss_without).backward()  # the gradient of α·L_sr alone
     lora_grads = [p.grad for n, p in trainer.model.named_parameters() if "lora_" in n and p.grad is not None]
     assert lora_grads and max(float(g.abs().max()) for g in lora_grads) > 0, "the score must reach the adapter"
+
+
+# ------------------------------------------------------------------ TRL's command line and two processes
+
+
+def test_config_parses_from_trl_command_line(tmp_path):
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(adapter.LaserGRPOConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--use_cpu", "--bf16", "false", "--laser_c_ref", "-23",
+         "--laser_beta_v", "auto", "--laser_token", "151652"])
+    assert (args.laser_c_ref, args.laser_beta_v, args.laser_token) == (-23.0, "auto", "151652")
+
+
+DDP_SCRIPT = """
+import json, sys
+from datasets import Dataset
+from transformers import AutoTokenizer
+from laser_rl.integrations.trl import LaserGRPOConfig, LaserGRPOTrainer
+from laser_rl.tasks.arith import load_arith
+model_dir, out = sys.argv[1], sys.argv[2]
+ds = Dataset.from_list([{"prompt": p.problem, "answer": p.answer}
+                        for p in load_arith("test", model_dir=model_dir).problems[:32]])
+args = LaserGRPOConfig(output_dir=out, per_device_train_batch_size=4, num_generations=4, max_completion_length=10,
+    max_steps=2, report_to=[], logging_steps=1, seed=0, bf16=False, use_cpu=True, save_strategy="no",
+    gradient_checkpointing=False, disable_tqdm=True, laser_c_ref="auto", laser_c_ref_samples=8,
+    laser_beta_v="auto", laser_target_logprob=-1.0, laser_self_reward_warmup_steps=0, laser_filter_threshold=0.0)
+trainer = LaserGRPOTrainer(model=model_dir, reward_funcs=lambda completions, **_: [len(c) % 2 for c in completions],
+                           args=args, train_dataset=ds, processing_class=AutoTokenizer.from_pretrained(model_dir))
+rank = trainer.accelerator.process_index
+json.dump([trainer.accelerator.num_processes, trainer.laser_score.c_ref], open(f"{out}/rank{rank}.json", "w"))
+trainer.train()
+if rank == 0:
+    json.dump(trainer.state.log_history, open(f"{out}/log.json", "w"))
+trainer.save_model(f"{out}/final")
+"""
+
+
+def test_two_processes_share_c_ref_and_train(tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+           str(script), str(tiny_model_dir), str(out)]
+    res = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] and ranks[0][0] == 2  # c_ref measured once (auto) and broadcast
+    logs = [h for h in json.loads((out / "log.json").read_text()) if "laser/sr_loss" in h]
+    assert len(logs) == 2 and all(h["laser/phase_integration"] == 1.0 for h in logs)
+    assert json.loads((out / "final" / "laser.json").read_text())["c_ref"] == ranks[0][1]
