@@ -373,3 +373,15 @@ def test_two_processes_share_c_ref_and_train(tiny_model_dir, tmp_path):
     logs = [h for h in json.loads((out / "log.json").read_text()) if "laser/sr_loss" in h]
     assert len(logs) == 2 and all(h["laser/phase_integration"] == 1.0 for h in logs)
     assert json.loads((out / "final" / "laser.json").read_text())["c_ref"] == ranks[0][1]
+
+
+def test_example_script_trains_and_evaluates(tiny_model_dir, tmp_path, one_thread):
+    spec = importlib.util.spec_from_file_location("trl_laser_example", ROOT / "examples" / "trl_laser.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = tmp_path / "run"
+    rc = example.main(["--base", str(tiny_model_dir), "--out", str(out), "--steps", "1", "--prompts-per-step", "2",
+                       "--n", "4", "--c-ref", "-6", "--beta-v", "0.5", "--eval-n", "2", "--eval-limit", "2"])
+    assert rc == 0
+    assert json.loads((out / "final" / "laser.json").read_text())["extra"]["trainer"] == "trl"
+    assert json.loads((out / "eval" / "metrics.json").read_text())["num_problems"] == 2
