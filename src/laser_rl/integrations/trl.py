@@ -117,6 +117,8 @@ class LaserGRPOConfig(GRPOConfig):
         Then MSE on, advantage integration off for this many steps.
     """
 
+    # laser_token / laser_beta_v / laser_c_ref are typed `str` because TRL's command-line parser (HfArgumentParser)
+    # accepts no unions; __post_init__ turns numbers into floats and checks every value.
     laser_token: str = field(
         default=_AUTO,
         metadata={
