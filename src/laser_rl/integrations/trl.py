@@ -30,7 +30,7 @@ import itertools
 import math
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +243,7 @@ def resolve_score_params(
     checked by the same :func:`select_self_reward_token` call as ``laser train`` (same errors) and against
     the model's embedding size. c_ref ``auto``: measured with :func:`laser_rl.calibrate.calibrate_c_ref`
     on responses sampled from ``prompts`` (tokenised by ``tokenize``, TRL's own prompt tokenisation).
-    β_v ``auto``: :func:`laser_rl.core.laser.derive_beta_v` through ``LaserConfig.resolve_beta_v``.
+    β_v ``auto``: :func:`laser_rl.score_params.resolve_beta_v`, the one β_v derivation.
     """
     from laser_rl.integrations.special_token import (
         parse_token_arg,
@@ -252,7 +252,7 @@ def resolve_score_params(
         validate_token_id,
     )
     from laser_rl.rollout.sampler import vocab_size
-    from laser_rl.training.config import LaserConfig
+    from laser_rl.score_params import resolve_beta_v
 
     saved = ScoreParams.load(model_folder) if model_folder and Path(model_folder).is_dir() else None
     token = parse_token_arg(args.laser_token)
@@ -260,7 +260,7 @@ def resolve_score_params(
         token = saved.token
     token_str, z_id, added = select_self_reward_token(
         tokenizer, token, stop_ids=stop_ids, data_sample_texts=[_prompt_text(p) for p in prompts[:200]],
-        add_if_missing=args.laser_add_token_if_missing,
+        add_if_missing=args.laser_add_token_if_missing, force_option=None, add_option="laser_add_token_if_missing=True",
     )
     if added:
         resize_embeddings_if_needed(model, tokenizer)
@@ -277,7 +277,8 @@ def resolve_score_params(
             model, tokenizer, tokenize(prompts[: args.laser_c_ref_samples]), z_id=z_id, stop_ids=stop_ids,
             pad_id=pad_id, n=args.laser_c_ref_samples, config=sampling, seed=args.seed,
         )
-    beta_v = LaserConfig(beta_v=args.laser_beta_v, target_logprob=args.laser_target_logprob).resolve_beta_v(float(c_ref))
+    beta_v = resolve_beta_v(args.laser_beta_v, float(c_ref), args.laser_target_logprob, "laser_beta_v",
+                            "laser_target_logprob")
     return ScoreParams(token_str, int(z_id), float(beta_v), float(c_ref), c_std)
 
 
@@ -470,7 +471,7 @@ class LaserGRPOTrainer(GRPOTrainer):
         if mode == "train" and phase.integration and args.laser_tau > 0:
             with torch.no_grad():
                 lp_z = self._laser_forward_lp_z(self.model, out, batch_size=args.per_device_train_batch_size)
-            scores_all = self.accelerator.gather(core.self_reward_score(lp_z, self.laser_score.beta_v, self.laser_score.c_ref))
+            scores_all = self.accelerator.gather(self.laser_score.score(lp_z))
             adv_all = self.accelerator.gather(out["advantages"])
             group = torch.arange(adv_all.shape[0], device=device) // self.num_generations
             mixed, passed = core.self_reward_advantages(
@@ -501,7 +502,7 @@ class LaserGRPOTrainer(GRPOTrainer):
         phase = self._laser_phase()
         alpha = core.alpha_schedule(step, args.laser_alpha, args.laser_reasoning_warmup_steps,
                                     args.laser_alpha_warmup_steps) if phase.mse else 0.0
-        scores = core.self_reward_score(lp_z, self.laser_score.beta_v, self.laser_score.c_ref)
+        scores = self.laser_score.score(lp_z)
         finished = z_column >= 0
         # Like TRL's token-level losses: the weight sum spans the generation batch of all processes, so rescale
         # it to one accumulation window on one process (DDP averages the processes' gradients).
@@ -545,12 +546,14 @@ class LaserGRPOTrainer(GRPOTrainer):
         v = verification_metrics(score, correct)
         m = self._metrics[mode]
         m["laser/sr_loss"].append(float(sums[0] / sums[1].clamp(min=torch.finfo(sums.dtype).tiny)))
-        m["laser/score_mean"].append(float(score[fin.numpy()].mean()) if fin.any() else 0.0)
-        m["laser/score_mean_correct"].append(float(score[correct].mean()) if correct.any() else 0.0)
-        m["laser/score_mean_incorrect"].append(float(score[~correct].mean()) if (~correct).any() else 0.0)
-        m["laser/lp_z_mean"].append(float(lp[fin].mean()) if fin.any() else 0.0)
+        # undefined values are NaN, which TRL's log averages away (None where nothing is defined)
+        nan = float("nan")
+        m["laser/score_mean"].append(float(score[fin.numpy()].mean()) if fin.any() else nan)
+        m["laser/score_mean_correct"].append(float(score[correct].mean()) if correct.any() else nan)
+        m["laser/score_mean_incorrect"].append(float(score[~correct].mean()) if (~correct).any() else nan)
+        m["laser/lp_z_mean"].append(float(lp[fin].mean()) if fin.any() else nan)
         for key in ("tpr", "tnr", "hm_tpr_tnr", "auroc"):
-            m[f"laser/{key}"].append(v[key])
+            m[f"laser/{key}"].append(nan if v[key] is None else v[key])
         m["laser/alpha"].append(alpha)
         m["laser/phase_mse"].append(float(phase.mse))
         m["laser/phase_integration"].append(max(integration) if integration else float(phase.integration))
@@ -568,7 +571,7 @@ class LaserGRPOTrainer(GRPOTrainer):
         s = self.laser_score
         extra = dict(s.extra, stop_ids=self.laser_stop_ids, prompt_style=self.laser_prompt_style,
                      max_new_tokens=self.args.max_completion_length, step=self.state.global_step, trainer="trl")
-        ScoreParams(s.token, s.token_id, s.beta_v, s.c_ref, s.c_ref_std, extra).save(folder)
+        replace(s, extra=extra).save(folder)
         base = self._laser_model_folder
         task = Path(base) / "task.json" if base else None
         if task is not None and task.is_file() and task.resolve() != (folder / "task.json").resolve():
