@@ -223,3 +223,63 @@ def test_memory_plan_arithmetic():
     assert plan["kv_cache_kb_per_token"] == pytest.approx(2 * 2 * 4 * 128 * 28 / 1e3, abs=0.1)
     assert plan["ddp_fp32_master_gb"] > 80 > plan["fsdp2_generation_window_peak_gb"] > plan["fsdp2_train_peak_gb"]
     assert sharding_bench.memory_plan("3b", 8, 2, 10240, 32)["params_b"] == pytest.approx(3.213, abs=1e-3)
+
+
+# ------------------------------------------------------------------ laser train under FSDP2
+
+
+def _train_cmd(model_dir: Path, out: Path, port: int, *extra: str) -> list[str]:
+    from test_trainer import DEMO_CONFIG, fast_overrides
+
+    over = fast_overrides(model_dir, out, steps=6, **{"train.save_every": 2, "optim.lr": 0.003})
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+            "-m", "laser_rl.cli", "train", "--config", DEMO_CONFIG, *over, *extra]
+
+
+def _metrics(out: Path) -> list[dict]:
+    from laser_rl.training.trainer import metric_keys_without_timing
+
+    return [metric_keys_without_timing(json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_laser_train_fsdp2_equals_ddp_resumes_exactly_after_sigkill_and_saves_a_loadable_folder(tiny_model_dir, tmp_path):
+    """`torchrun --nproc_per_node 2 … laser train train.sharding=fsdp2` on CPU (gloo): the same losses and rewards
+    as a 2-process DDP run, an exact resume after SIGKILL, and an ordinary save_pretrained final folder."""
+    import signal
+    import time
+
+    from transformers import AutoModelForCausalLM
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    runs = {}
+    for name, port, extra in (("ddp", 29571, ()), ("fsdp2", 29572, ("train.sharding=fsdp2",))):
+        res = subprocess.run(_train_cmd(tiny_model_dir, tmp_path / name, port, *extra), env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[name] = _metrics(tmp_path / name)
+    assert [r["step"] for r in runs["fsdp2"]] == list(range(1, 7))
+    for a, b in zip(runs["fsdp2"], runs["ddp"]):
+        for key in ("loss", "reward_mean", "sr_loss", "grad_norm"):
+            assert _close(a[key], b[key]) or abs(a[key] - b[key]) < 1e-7, (key, a, b)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_train_cmd(tiny_model_dir, cut, 29573, "train.sharding=fsdp2"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    while not (cut / "checkpoints" / "step-000004").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(_metrics(cut)) < 6, "the run should have been killed before finishing"
+    res = subprocess.run(_train_cmd(tiny_model_dir, cut, 29574, "train.sharding=fsdp2", "--resume"), env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _metrics(cut) == runs["fsdp2"]
+
+    final = tmp_path / "fsdp2" / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert json.loads((final / "laser.json").read_text())["token_id"] >= 0
