@@ -91,7 +91,9 @@ class ModelConfig:
 
     path: str = _f("", "Model folder or Hugging Face hub id of the policy to train (required).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
-        "auto", "Weights/compute dtype: auto = bfloat16 on CUDA, float32 on CPU."
+        "auto",
+        "Weights/compute dtype: auto = bfloat16 on CUDA, float32 on CPU. Under train.sharding=fsdp2 the weights "
+        "and optimizer state stay float32 and this is the compute dtype only.",
     )
     trust_remote_code: bool = _f(
         False, "Passed to from_pretrained: allow custom modelling code from the hub."
