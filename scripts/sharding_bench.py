@@ -21,7 +21,6 @@ import resource
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -138,19 +137,19 @@ def sync(device: torch.device) -> None:
 
 def synthetic_batch(vocab: int, batch: int, prompt: int, response: int, device: torch.device) -> Any:
     """A right-padded training batch with z after EOS in the last column (every row finished)."""
-    from laser_rl.training.batch import TrainBatch
+    from laser_rl.training.batch import Sequences, TrainBatch
 
     g = torch.Generator().manual_seed(0)
     L = prompt + response + 1
     ids = torch.randint(0, vocab, (batch, L), generator=g)
     cols = torch.arange(L - 1).expand(batch, L - 1)
-    return TrainBatch(
+    seq = Sequences(
         input_ids=ids, attention_mask=torch.ones(batch, L, dtype=torch.long), position_ids=torch.arange(L).expand(batch, L),
         pred_mask=(cols >= prompt - 1) & (cols < L - 2), eos_column=torch.full((batch,), L - 2),
         finished=torch.ones(batch, dtype=torch.bool), old_logprobs=torch.zeros(batch, L - 1),
-        advantages=torch.randn(batch, generator=g), rewards=(torch.arange(batch) % 2).float(),
-        mse_weights=torch.ones(batch),
     ).to(device)
+    return TrainBatch(seq, torch.randn(batch, generator=g).to(device), (torch.arange(batch) % 2).float().to(device),
+                      torch.ones(batch, device=device))
 
 
 def make_optimizer(params: list[torch.nn.Parameter], device: torch.device, sharded: bool) -> torch.optim.Optimizer:
@@ -164,10 +163,11 @@ def make_optimizer(params: list[torch.nn.Parameter], device: torch.device, shard
 
 
 def train_steps(args: argparse.Namespace, sharding: str, device: torch.device, mem: Memory) -> dict[str, Any]:
+    from laser_rl.core.laser import PolicyLossConfig
     from laser_rl.score_params import ScoreParams
     from laser_rl.training.policy import PolicyWithScore
     from laser_rl.training.sharding import enable_gradient_checkpointing, shard_model
-    from laser_rl.training.trainer import laser_loss
+    from laser_rl.training.trainer import micro_batch_loss
 
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     # unsharded = today's trainer: weights and AdamW state in model.dtype; fsdp2: float32 masters
@@ -182,16 +182,16 @@ def train_steps(args: argparse.Namespace, sharding: str, device: torch.device, m
         shard_model(policy, compute_dtype=compute)
     opt = make_optimizer(list(policy.parameters()), device, sharding == "fsdp2")
     batch = synthetic_batch(model.config.vocab_size, args.batch, args.prompt, args.response, device)
-    lo = SimpleNamespace(clip_low=0.2, clip_high=0.2, aggregation="token-mean", kl_coef=0.0)
+    lo = PolicyLossConfig()
     score = ScoreParams("z", 1, 0.1, -23.0)
     times, losses = [], []
     for _ in range(args.steps):
         sync(device)
         t0 = time.perf_counter()
-        out = policy(batch.input_ids, batch.attention_mask, batch.position_ids, batch.pred_mask,
-                     batch.eos_column, batch.finished)
-        loss = laser_loss(out, batch, lo, alpha=0.1, score=score, normalizer=float(batch.pred_mask.sum()),
-                          weight_sum=float(batch.mse_weights.sum()), on_policy=True)[0]
+        q = batch.seq
+        out = policy(q.input_ids, q.attention_mask, q.position_ids, q.pred_mask, q.eos_column, q.finished)
+        loss = micro_batch_loss(out, batch, lo, alpha=0.1, score=score, normalizer=float(q.pred_mask.sum()),
+                                weight_sum=float(batch.mse_weights.sum())).total
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(policy.parameters()), 1.0)
         opt.step()

@@ -17,10 +17,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
+
+
+def forward_args(b):  # noqa: ANN001, ANN201 - PolicyWithScore's positional inputs of a TrainBatch
+    q = b.seq
+    return q.input_ids, q.attention_mask, q.position_ids, q.pred_mask, q.eos_column, q.finished
 
 
 def main() -> None:
@@ -29,7 +33,7 @@ def main() -> None:
     from laser_rl.core import laser as core
     from laser_rl.rollout import SamplingConfig, sample
     from laser_rl.score_params import ScoreParams
-    from laser_rl.training.batch import build_train_batch
+    from laser_rl.training.batch import TrainBatch, build_sequences
     from laser_rl.training.checkpoint import load_sharded_state, save_sharded_state
     from laser_rl.training.policy import PolicyWithScore
     from laser_rl.training.sharding import (
@@ -40,7 +44,7 @@ def main() -> None:
         save_pretrained_full,
         shard_model,
     )
-    from laser_rl.training.trainer import laser_loss
+    from laser_rl.training.trainer import micro_batch_loss
 
     model_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     torch.set_num_threads(1)
@@ -50,7 +54,7 @@ def main() -> None:
     z = tok.convert_tokens_to_ids("<z>")
     stops, pad = [tok.eos_token_id], tok.pad_token_id
     score = ScoreParams("<z>", z, 0.5, -3.0)
-    lo = SimpleNamespace(clip_low=0.2, clip_high=0.28, aggregation="token-mean", kl_coef=0.0)
+    lo = core.PolicyLossConfig(clip_low=0.2, clip_high=0.28)
     results: dict[str, object] = {}
 
     def load() -> torch.nn.Module:
@@ -66,9 +70,8 @@ def main() -> None:
     rewards = (torch.arange(B) % 2).float()
     advantages = torch.linspace(-1.0, 1.0, B)
     weights = core.class_balance_weights(rewards, roll.finished)
-    batch = build_train_batch(prompts, roll.response_ids, roll.response_mask, roll.logprobs, stop_ids=stops,
-                              pad_id=pad, z_id=z, advantages=advantages, rewards=rewards, mse_weights=weights)
-    count = float(batch.pred_mask.sum())
+    batch = TrainBatch(build_sequences(prompts, roll, pad_id=pad, z_id=z, stop_ids=stops), advantages, rewards, weights)
+    count = float(batch.seq.pred_mask.sum())
     w_sum = float(batch.mse_weights.sum())
     results["finished_rows"] = int(roll.finished.sum())
     local = batch.select(torch.arange(rank * B // world, (rank + 1) * B // world))
@@ -76,9 +79,9 @@ def main() -> None:
     def step(policy: torch.nn.Module, sub, parts: int) -> tuple[float, float]:
         """One update; ``parts`` processes share the batch (loss normalisers divided as the trainer does)."""
         opt = torch.optim.AdamW(policy.parameters(), lr=1e-2, weight_decay=0.1)
-        out = policy(sub.input_ids, sub.attention_mask, sub.position_ids, sub.pred_mask, sub.eos_column, sub.finished)
-        loss, _, _, _ = laser_loss(out, sub, lo, alpha=0.5, score=score, normalizer=count / parts,
-                                   weight_sum=w_sum / parts, on_policy=True)
+        out = policy(*forward_args(sub))
+        loss = micro_batch_loss(out, sub, lo, alpha=0.5, score=score, normalizer=count / parts,
+                                weight_sum=w_sum / parts).total
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(list(policy.parameters()), 1e9)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
@@ -160,8 +163,7 @@ def main() -> None:
     frozen = load().requires_grad_(False).eval()
     ref_sharded = shard_model(PolicyWithScore(frozen))
     with torch.no_grad():
-        args = (local.input_ids, local.attention_mask, local.position_ids, local.pred_mask, local.eos_column,
-                local.finished)
+        args = forward_args(local)
         got_ref, want_ref = ref_sharded(*args), PolicyWithScore(base)(*args)
     diff = torch.tensor([float((got_ref.token_logprobs - want_ref.token_logprobs).abs().max()),
                          float((got_ref.lp_z - want_ref.lp_z).nan_to_num().abs().max())])
@@ -171,9 +173,9 @@ def main() -> None:
     # ---- sharded checkpoint round trip (after one step, so the optimizer has state)
     ck = out_dir / "sharded-ckpt"
     opt = torch.optim.AdamW(fsdp.parameters(), lr=1e-2)
-    out = fsdp(local.input_ids, local.attention_mask, local.position_ids, local.pred_mask, local.eos_column, local.finished)
-    laser_loss(out, local, lo, alpha=0.5, score=score, normalizer=count / world, weight_sum=w_sum / world,
-               on_policy=True)[0].backward()
+    out = fsdp(*forward_args(local))
+    micro_batch_loss(out, local, lo, alpha=0.5, score=score, normalizer=count / world,
+                     weight_sum=w_sum / world).total.backward()
     opt.step()
     if rank == 0:
         ck.mkdir(parents=True)
@@ -206,9 +208,9 @@ def main() -> None:
     decoder_layers(mp)[0].register_forward_hook(
         lambda m, a, o: layer_out.append(str((o[0] if isinstance(o, tuple) else o).dtype)))
     mp_opt = torch.optim.AdamW(mp.parameters(), lr=1e-2)
-    out = mp(local.input_ids, local.attention_mask, local.position_ids, local.pred_mask, local.eos_column, local.finished)
-    laser_loss(out, local, lo, alpha=0.5, score=score, normalizer=count / world, weight_sum=w_sum / world,
-               on_policy=True)[0].backward()
+    out = mp(*forward_args(local))
+    micro_batch_loss(out, local, lo, alpha=0.5, score=score, normalizer=count / world,
+                     weight_sum=w_sum / world).total.backward()
     mp_opt.step()
     dtypes = {str(p.dtype) for p in mp.parameters()} | {str(v.dtype) for s in mp_opt.state.values()
                                                       for k, v in s.items() if k != "step"}

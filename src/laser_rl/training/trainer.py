@@ -444,17 +444,8 @@ class Trainer:
                     sync = self.acc.no_sync(self.policy) if defer else contextlib.nullcontext()
                     with sync:
                         out = self._forward(sub.seq, with_score=alpha is not None)
-                        scores = None
-                        if alpha is not None:
-                            assert self.score is not None
-                            scores = self.score.score(out.lp_z, sub.ref_lp_z)
-                        old = out.token_logprobs.detach() if on_policy else sub.seq.old_logprobs
-                        terms = core.laser_loss(
-                            out.token_logprobs, old, sub.advantages, sub.seq.pred_mask, loss_cfg,
-                            normalizer=normalizer, alpha=alpha, scores=scores, rewards=sub.rewards,
-                            finished=sub.seq.finished, mse_weights=sub.mse_weights, mse_weight_sum=w_sum,
-                            ref_logprobs=sub.ref_logprobs,
-                        )
+                        terms = micro_batch_loss(out, sub, loss_cfg, alpha=alpha, score=self.score,
+                                                 normalizer=normalizer, weight_sum=w_sum, on_policy=on_policy)
                         if cfg.guard.nan_check and not torch.isfinite(terms.total):
                             raise LaserError(self._stop_message(f"loss is {float(terms.total)} at step {self.step}"))
                         self.acc.backward(terms.total)
@@ -807,6 +798,36 @@ def _any_free_id(pad_id: int, stop_ids: list[int]) -> int:
     while i == pad_id or i in stop_ids:
         i += 1
     return i
+
+
+def micro_batch_loss(
+    out: PolicyOutput,
+    sub: TrainBatch,
+    config: core.PolicyLossConfig,
+    *,
+    alpha: float | None,
+    score: ScoreParams | None,
+    normalizer: torch.Tensor | float,
+    weight_sum: torch.Tensor | float,
+    on_policy: bool = True,
+) -> core.LaserLossTerms:
+    """The LaSeR loss of one micro-batch from its forward ``out`` (``alpha=None``: plain GRPO).
+
+    The score comes from the same forward (``out.lp_z``); on-policy (one epoch, one mini-batch) the old
+    log-probs are the detached current ones. ``normalizer`` / ``weight_sum``: the whole mini-batch's token
+    (or row) count and MSE weight sum, divided by the number of processes.
+    """
+    scores = None
+    if alpha is not None:
+        if score is None:
+            raise LaserError("the self-reward MSE needs score parameters (z, beta_v, c_ref)")
+        scores = score.score(out.lp_z, sub.ref_lp_z)
+    old = out.token_logprobs.detach() if on_policy else sub.seq.old_logprobs
+    return core.laser_loss(
+        out.token_logprobs, old, sub.advantages, sub.seq.pred_mask, config, normalizer=normalizer, alpha=alpha,
+        scores=scores, rewards=sub.rewards, finished=sub.seq.finished, mse_weights=sub.mse_weights,
+        mse_weight_sum=weight_sum, ref_logprobs=sub.ref_logprobs,
+    )
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
