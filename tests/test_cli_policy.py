@@ -56,17 +56,21 @@ def test_train_used_token_message_names_no_missing_option(tiny_model_dir, tmp_pa
     assert "force" not in err  # train has no such option: the message must not name one
 
 
-@pytest.mark.parametrize("command", ["eval", "score", "calibrate"])
-def test_unknown_token_exits_2_in_eval_score_calibrate(tiny_model_dir, tmp_path, capsys, command, no_model_load):
+def _token_argv(command: str, model_dir, tmp_path, token: str) -> list[str]:  # noqa: ANN001
+    """`laser eval|score|calibrate` with ``--token token``, otherwise valid arguments."""
     samples = tmp_path / "in.jsonl"
     samples.write_text(json.dumps({"problem": "1+2=", "responses": ["3"]}) + "\n")
-    common = ["--model", str(tiny_model_dir), "--token", "<nosuch>"]
-    argv = {
+    common = ["--model", str(model_dir), "--token", token]
+    return {
         "eval": ["eval", *common, "--data", "arith", "--n", "1", "--out", str(tmp_path / "ev")],
         "score": ["score", *common, "--input", str(samples), "--out", str(tmp_path / "s.jsonl")],
         "calibrate": ["calibrate", *common, "--data", "arith", "--n", "2"],
     }[command]
-    rc = main(argv)
+
+
+@pytest.mark.parametrize("command", ["eval", "score", "calibrate"])
+def test_unknown_token_exits_2_in_eval_score_calibrate(tiny_model_dir, tmp_path, capsys, command, no_model_load):
+    rc = main(_token_argv(command, tiny_model_dir, tmp_path, "<nosuch>"))
     err = capsys.readouterr().err
     assert rc == 2, err
     assert err.startswith(f"laser {command}: error: ") and err.count("\n") == 1
@@ -76,15 +80,7 @@ def test_unknown_token_exits_2_in_eval_score_calibrate(tiny_model_dir, tmp_path,
 @pytest.mark.parametrize("command", ["eval", "score", "calibrate"])
 def test_ordinary_token_message_names_the_commands_force_option(tiny_model_dir, tmp_path, capsys, command,
                                                                 no_model_load):
-    samples = tmp_path / "in.jsonl"
-    samples.write_text(json.dumps({"problem": "1+2=", "responses": ["3"]}) + "\n")
-    common = ["--model", str(tiny_model_dir), "--token", "7"]
-    argv = {
-        "eval": ["eval", *common, "--data", "arith", "--n", "1", "--out", str(tmp_path / "ev")],
-        "score": ["score", *common, "--input", str(samples), "--out", str(tmp_path / "s.jsonl")],
-        "calibrate": ["calibrate", *common, "--data", "arith", "--n", "2"],
-    }[command]
-    rc = main(argv)
+    rc = main(_token_argv(command, tiny_model_dir, tmp_path, "7"))
     err = capsys.readouterr().err
     assert rc == 2 and "ordinary text token" in err and "(or pass --force-token to override)" in err
 
