@@ -111,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
     options: dict[str, str] = {"problem_key": args.problem_key} if args.problem_key != "problem" else {}
     if args.answer_key != "answer":
         options["answer_key"] = args.answer_key
-    if args.data.partition(":")[0] == "arith":  # the embedded task reads its settings from the model folder
+    from laser_rl.tasks.embedded import is_embedded_task
+
+    if is_embedded_task(args.data):  # the embedded task reads its settings from the model folder
         options["model_dir"] = str(folder)
     data = load_task_data(args.data, **options)
     problems = _problems(data, args.n, args.seed)

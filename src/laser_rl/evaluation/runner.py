@@ -218,10 +218,10 @@ def _positive_int(value: Any, name: str) -> int:
 
 def load_eval_data(spec: str, model_dir: str | os.PathLike[str]) -> Any:
     """``--data`` → TaskData; the embedded task reads its options from the model folder's task.json."""
+    from laser_rl.tasks.embedded import is_embedded_task
     from laser_rl.tasks.registry import load_task_data
 
-    name = spec.partition(":")[0]
-    options: dict[str, Any] = {"model_dir": str(model_dir)} if name == "arith" else {}
+    options: dict[str, Any] = {"model_dir": str(model_dir)} if is_embedded_task(spec) else {}
     data = load_task_data(spec, **options)
     if data.problems is None:
         raise LaserError(f"--data {spec} is an endless training stream; evaluate a finite split (e.g. arith:test)")
