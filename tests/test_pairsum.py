@@ -77,6 +77,21 @@ def test_sft_data_writes_wrong_pairs_honestly_at_the_set_rate():
                for p in problems[:50])
 
 
+def test_check_text_states_whether_the_sum_hits_the_target():
+    assert solution("[17,42,9,33,25]50=", check_text=True) == "17+33=50;ok;#17,33"
+    cfg = PairSumConfig(check_text=True, sft_wrong_rate=0.5)
+    for i in range(300):
+        p = train_problem(cfg, 1, i)
+        t = cfg.sft_target(p, random.Random(i))
+        eq, check, answer = t.split(";")
+        a, b = (int(x) for x in answer.removeprefix("#").split(","))
+        assert check == ("ok" if a + b == parse_prompt(p.problem)[1] else "no")
+        assert (check == "ok") == (PairSumVerifier().reward(t, p.answer) == 1.0)  # the check text is exact
+        assert len(t) + 1 <= cfg.max_response_tokens()
+    with pytest.raises(LaserError, match="check_text"):
+        PairSumConfig(check_text="yes")
+
+
 def test_splits_are_deterministic_and_disjoint():
     cfg = PairSumConfig(test_size=300)
     test = held_out_problems(cfg)
@@ -133,8 +148,8 @@ def test_laser_base_trains_a_pairsum_model(tmp_path, capsys):
     tiny = ["--max-steps", "2", "--eval-every", "2", "--eval-problems", "4", "--final-problems", "8", "--quiet",
             "--threads", "1", "--hidden", "32", "--heads", "2", "--layers", "1"]
     assert main(["base", "--out", str(out), "--task", "pairsum", "--min-numbers", "4", "--max-numbers", "5",
-                 "--sft-wrong-rate", "0.2", *tiny]) == 0
-    assert load_task_config(out) == PairSumConfig(min_numbers=4, max_numbers=5, sft_wrong_rate=0.2)
+                 "--sft-wrong-rate", "0.2", "--check-text", *tiny]) == 0
+    assert load_task_config(out) == PairSumConfig(min_numbers=4, max_numbers=5, sft_wrong_rate=0.2, check_text=True)
     assert "," in json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
     assert main(["base", "--out", str(tmp_path / "bad"), "--task", "pairsum", "--max-numbers", "2", *tiny]) == 2
     assert "--max-numbers" in capsys.readouterr().err

@@ -64,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.3,
         help="pairsum: fraction of SFT responses that write a wrong pair with its true sum (default 0.3)",
     )
+    g.add_argument(
+        "--check-text",
+        action="store_true",
+        help="pairsum: responses write ';ok;' or ';no;' (does the sum equal the target?) before the answer",
+    )
     g.add_argument("--test-size", type=int, default=1000, help="size of the held-out test split")
     g.add_argument("--task-seed", type=int, default=0, help="seed of the held-out test split")
     parser.add_argument(
@@ -97,7 +102,7 @@ def task_config(args: argparse.Namespace) -> object:
               "seed": args.task_seed}
     if args.task == "pairsum":
         fields = {**shared, "min_numbers": args.min_numbers, "max_numbers": args.max_numbers,
-                  "sft_wrong_rate": args.sft_wrong_rate}
+                  "sft_wrong_rate": args.sft_wrong_rate, "check_text": args.check_text}
     else:
         fields = {**shared, "min_operands": args.min_operands, "max_operands": args.max_operands,
                   "modulus": args.modulus}

@@ -16,6 +16,11 @@ writes its true sum (``17+42=59;#17,42``), as a corpus of attempts would. It aff
 model's training data (:meth:`PairSumConfig.sft_target`); the test split, the training stream and
 the verifier never see it. The self-reward token ``<z>`` is never part of any of this text.
 
+**Check text** (``check_text``, a secondary lever of issue 18): the response also writes the
+comparison of its sum with the target in words, ``17+33=50;ok;#17,33`` / ``17+42=59;no;#17,42``, as
+pretraining corpora contain self-checks. The model learns to write it in SFT; whether the token
+after EOS links it to correctness is still left to LaSeR's RL (the verifier ignores the check text).
+
 Splits work like :mod:`laser_rl.tasks.arith`: a seeded test split of ``test_size`` distinct prompts,
 and an endless training stream addressed by ``(seed, index)`` that rejects every test prompt.
 """
@@ -37,9 +42,9 @@ from laser_rl.tasks.char_tokenizer import DEFAULT_ALPHABET
 
 TASK_NAME = "pairsum"
 _FORMAT_VERSION = 1
-#: The arithmetic alphabet plus the list brackets and the separator; appended, so every arith
-#: character keeps its token id.
-ALPHABET = DEFAULT_ALPHABET + ",[]"
+#: The arithmetic alphabet plus the list brackets, the separator and the check words' letters;
+#: appended, so every arith character keeps its token id.
+ALPHABET = DEFAULT_ALPHABET + ",[]okn"
 MAX_VALUE_LIMIT = 10**6
 MAX_NUMBERS_LIMIT = 16
 _MAX_ATTEMPTS = 1000
@@ -61,6 +66,7 @@ class PairSumConfig:
     min_value: int = 10  # list numbers are distinct, drawn uniformly from [min_value, max_value]
     max_value: int = 99
     sft_wrong_rate: float = 0.3  # fraction of SFT responses that write a wrong pair with its true sum
+    check_text: bool = False  # responses write ";ok;" / ";no;" (sum == target?) before the answer
     test_size: int = 1000
     seed: int = 0  # seeds the held-out test split
 
@@ -74,6 +80,9 @@ class PairSumConfig:
             if f.name == "sft_wrong_rate":
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
                     raise LaserError(f"pairsum task: sft_wrong_rate must be a number in [0, 1), got {v!r}")
+            elif f.name == "check_text":
+                if not isinstance(v, bool):
+                    raise LaserError(f"pairsum task: check_text must be true or false, got {v!r}")
             elif not isinstance(v, int) or isinstance(v, bool):
                 raise LaserError(f"pairsum task: {f.name} must be an integer, got {v!r}")
         if not 3 <= self.min_numbers <= MAX_NUMBERS_LIMIT:
@@ -116,7 +125,8 @@ class PairSumConfig:
     def max_response_tokens(self) -> int:
         """Longest possible response in characters, plus one for EOS: a safe ``max_new_tokens``."""
         value, total = len(str(self.max_value)), len(str(2 * self.max_value))
-        return (2 * value + 1 + 1 + total + 1) + (1 + 2 * value + 1) + 1  # "a+b=s;" "#a,b" EOS
+        check = 3 if self.check_text else 0  # "ok;"
+        return (2 * value + 1 + 1 + total + 1) + check + (1 + 2 * value + 1) + 1  # "a+b=s;" "#a,b" EOS
 
     def to_dict(self) -> dict[str, Any]:
         """Serialisable description (``task.json``), enough to rebuild the same task and test split."""
@@ -157,15 +167,21 @@ class PairSumConfig:
             right = {int(v) for v in problem.answer.split(",")}
             pairs = [(a, b) for i, a in enumerate(numbers) for b in numbers[i + 1 :] if {a, b} != right]
             a, b = rng.choice(pairs)
-            return _response(a, b)
-        return solution(problem.problem)
+            return _response(a, b, _target(problem.problem) if self.check_text else None)
+        return solution(problem.problem, self.check_text)
 
 
 # ----------------------------------------------------------------------------------------- problems
 
 
-def _response(a: int, b: int) -> str:
-    return f"{a}+{b}={a + b};#{a},{b}"
+def _response(a: int, b: int, target: int | None = None) -> str:
+    """``a+b=s;#a,b``; with a ``target``, the check text ``ok;`` / ``no;`` after the sum."""
+    check = "" if target is None else ("ok;" if a + b == target else "no;")
+    return f"{a}+{b}={a + b};{check}#{a},{b}"
+
+
+def _target(prompt: str) -> int:
+    return parse_prompt(prompt)[1]
 
 
 def parse_prompt(prompt: str) -> tuple[list[int], int]:
@@ -239,13 +255,14 @@ def train_stream(cfg: PairSumConfig, seed: int, start: int = 0) -> Iterator[Prob
         index += 1
 
 
-def solution(prompt: str) -> str:
-    """The reference response (without EOS): ``solution("[17,42,9,33,25]50=") == "17+33=50;#17,33"``."""
+def solution(prompt: str, check_text: bool = False) -> str:
+    """The reference response (without EOS): ``solution("[17,42,9,33,25]50=") == "17+33=50;#17,33"``
+    (``"17+33=50;ok;#17,33"`` with ``check_text``)."""
     numbers, target = parse_prompt(prompt)
     pairs = _pairs_summing_to(numbers, target)
     if len(pairs) != 1:
         raise LaserError(f"pairsum task: {prompt!r} has {len(pairs)} pairs summing to {target}, expected one")
-    return _response(*pairs[0])
+    return _response(*pairs[0], target if check_text else None)
 
 
 # ----------------------------------------------------------------------------------------- verifier
