@@ -135,7 +135,8 @@ def test_task_json_and_registry(tmp_path):
 
 
 def test_tokenizer_covers_the_task_and_keeps_arith_ids():
-    tok = build_char_tokenizer(PairSumConfig.alphabet)
+    assert "o" not in PairSumConfig().alphabet and "o" in PairSumConfig(check_text=True).alphabet
+    tok = build_char_tokenizer(PairSumConfig(check_text=True).alphabet)
     arith = build_char_tokenizer()
     assert all(tok.convert_tokens_to_ids(c) == arith.convert_tokens_to_ids(c) for c in DEFAULT_ALPHABET)
     p = held_out_problems(PairSumConfig())[0]

@@ -42,9 +42,10 @@ from laser_rl.tasks.char_tokenizer import DEFAULT_ALPHABET
 
 TASK_NAME = "pairsum"
 _FORMAT_VERSION = 1
-#: The arithmetic alphabet plus the list brackets, the separator and the check words' letters;
-#: appended, so every arith character keeps its token id.
-ALPHABET = DEFAULT_ALPHABET + ",[]okn"
+#: The arithmetic alphabet plus the list brackets and the separator, appended so every arith character
+#: keeps its token id; ``CHECK_LETTERS`` follow only when the responses write check text.
+ALPHABET = DEFAULT_ALPHABET + ",[]"
+CHECK_LETTERS = "okn"
 MAX_VALUE_LIMIT = 10**6
 MAX_NUMBERS_LIMIT = 16
 _MAX_ATTEMPTS = 1000
@@ -59,7 +60,6 @@ class PairSumConfig:
     """Difficulty, SFT-data and split settings of the pair-sum task (all saved in ``task.json``)."""
 
     name: ClassVar[str] = TASK_NAME
-    alphabet: ClassVar[str] = ALPHABET
 
     min_numbers: int = 5
     max_numbers: int = 6
@@ -116,6 +116,12 @@ class PairSumConfig:
                 f"pairsum task: only about {space} distinct lists with min_numbers={self.min_numbers} and values "
                 f"{self.min_value}..{self.max_value}; need at least 10 x test_size ({self.test_size})"
             )
+
+    @property
+    def alphabet(self) -> str:
+        """The tokenizer's characters (the check words' letters only when ``check_text`` is on, so the
+        vocabulary, hence the model's initialisation, is unchanged without it)."""
+        return ALPHABET + (CHECK_LETTERS if self.check_text else "")
 
     def max_prompt_tokens(self) -> int:
         """Longest possible prompt in characters (= tokens of the character tokenizer)."""
