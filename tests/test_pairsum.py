@@ -152,5 +152,11 @@ def test_laser_base_trains_a_pairsum_model(tmp_path, capsys):
                  "--sft-wrong-rate", "0.2", "--check-text", *tiny]) == 0
     assert load_task_config(out) == PairSumConfig(min_numbers=4, max_numbers=5, sft_wrong_rate=0.2, check_text=True)
     assert "," in json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    # `laser eval --data pairsum` reads the task from the model folder (4-5 numbers here, not the default 5-6)
+    assert main(["eval", "--model", str(out), "--data", "pairsum", "--n", "2", "--limit", "3", "--out",
+                 str(tmp_path / "eval"), "--max-new-tokens", "8"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    expected = held_out_problems(PairSumConfig(min_numbers=4, max_numbers=5, sft_wrong_rate=0.2, check_text=True))
+    assert [r["problem"] for r in records] == [p.problem for p in expected[:3]]
     assert main(["base", "--out", str(tmp_path / "bad"), "--task", "pairsum", "--max-numbers", "2", *tiny]) == 2
     assert "--max-numbers" in capsys.readouterr().err
