@@ -52,7 +52,9 @@ def test_demo_base_settings_files(tmp_path):
     defaults = inspect.signature(train_base_model).parameters
     assert settings and all(settings[k] == defaults[k].default for k in settings)
     full = load_base_settings(demo_config_path("base", full=True))
-    assert full["task"].modulus > 0  # the research configuration: clock arithmetic
+    assert full["task"].name == "pairsum" and full["task"].check_text  # the research configuration of issue 18
+    clock = load_base_settings(demo_config_path("base", full=True).with_name("base-clock.yaml"))
+    assert clock["task"].modulus > 0  # rounds 2-3's clock arithmetic, kept for reproduction
 
     bad = tmp_path / "base.yaml"
     bad.write_text("task:\n  min_operands: 3\n  modulo: 10\n")

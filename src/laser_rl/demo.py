@@ -36,7 +36,7 @@ def demo_config_path(name: str, full: bool = False) -> Path:
     return path
 
 
-#: Keys of configs/demo/base*.yaml: ``task`` (ArithConfig fields), ``model`` (tiny-model shape) and
+#: Keys of configs/demo/base*.yaml: ``task`` (embedded task fields, ``name`` arith or pairsum), ``model`` (tiny-model shape) and
 #: these keyword arguments of ``train_base_model``.
 BASE_SFT_KEYS = ("max_steps", "target_accuracy", "lr", "batch_size", "eval_every", "eval_problems",
                  "final_problems", "target_logprob")
@@ -47,7 +47,7 @@ def load_base_settings(path: str | Path) -> dict[str, Any]:
     """``train_base_model`` keyword arguments from a demo base YAML (``LaserError`` naming file and key)."""
     import yaml
 
-    from laser_rl.tasks.arith import ArithConfig
+    from laser_rl.tasks.embedded import task_config_from_dict
 
     path = Path(path)
     try:
@@ -60,8 +60,8 @@ def load_base_settings(path: str | Path) -> dict[str, Any]:
     for key, value in data.items():
         if key == "task":
             if not isinstance(value, dict):
-                raise LaserError(f"{path}: task: expected a mapping of arith task fields")
-            settings["task"] = ArithConfig.from_dict(value, where=f"{path}: task")
+                raise LaserError(f"{path}: task: expected a mapping of task fields (name: arith or pairsum)")
+            settings["task"] = task_config_from_dict(value, where=f"{path}: task")
         elif key == "model":
             if not isinstance(value, dict):
                 raise LaserError(f"{path}: model: expected a mapping")
@@ -102,12 +102,13 @@ def _train(name: str, out: Path, base_dir: Path, params: ScoreParams, seed: int,
     return result.seconds
 
 
-def _evaluate(name: str, model_dir: Path, out: Path, seed: int, problems: int, n: int) -> tuple[dict[str, Any], list[dict]]:
+def _evaluate(name: str, model_dir: Path, out: Path, seed: int, problems: int, n: int,
+              data: str = "arith") -> tuple[dict[str, Any], list[dict]]:
     from laser_rl.evaluation.runner import EvalOptions, run_eval
 
     eval_dir = out / "eval" / name
-    _say(f"{name}: evaluating on {problems} held-out problems × {n} samples")
-    metrics = run_eval(EvalOptions(model=str(model_dir), data="arith", n=n, out=str(eval_dir), limit=problems,
+    _say(f"{name}: evaluating on {problems} held-out {data} problems × {n} samples")
+    metrics = run_eval(EvalOptions(model=str(model_dir), data=data, n=n, out=str(eval_dir), limit=problems,
                                    batch_size=512, seed=seed), log=_say)
     return metrics, read_jsonl(eval_dir / "samples.jsonl")[:problems]
 
@@ -211,18 +212,22 @@ def run_demo(out: str | Path, *, seed: int = 0, full: bool = False, eval_problem
     for name in ("grpo", "laser"):
         train_seconds[name] = _train(name, out, base_dir, params, seed, full, list(train_overrides or []))
 
-    # 3. evaluation
+    # 3. evaluation, on the held-out split of the task the base model was trained on
+    from laser_rl.tasks.embedded import load_task_config
+
+    task = load_task_config(base_dir)
+    data = task.name if task is not None else "arith"
     metrics, records = {}, {}
     dirs = {"base": base_dir, "grpo": out / "grpo" / "final", "laser": out / "laser" / "final"}
     for name in MODELS:
-        metrics[name], records[name] = _evaluate(name, dirs[name], out, seed, eval_problems, eval_n)
+        metrics[name], records[name] = _evaluate(name, dirs[name], out, seed, eval_problems, eval_n, data)
 
     # 4. summary, plots, report
     summary: dict[str, Any] = {name: summarise(metrics[name], train_seconds[name]) for name in MODELS}
     summary["c_ref"] = params.c_ref
     summary["wall_seconds"] = time.perf_counter() - t0
     info = {"beta_v": params.beta_v, "laser_vs_grpo_train_time": train_seconds["laser"] / max(train_seconds["grpo"], 1e-9),
-            "eval": {"problems": eval_problems, "n": eval_n, "seed": seed}}
+            "eval": {"problems": eval_problems, "n": eval_n, "seed": seed, "data": data}}
     plot_accuracy_vs_k(metrics, out / "accuracy_vs_k.png")
     plot_score_histograms(records, out / "score_histograms.png")
     plot_reliability(records, out / "reliability.png")
@@ -237,7 +242,7 @@ def run_demo(out: str | Path, *, seed: int = 0, full: bool = False, eval_problem
 
 def render_report(summary: dict[str, Any], info: dict[str, Any]) -> str:
     e, beta_v = info["eval"], info["beta_v"]
-    return f"""# laser demo: GRPO vs LaSeR on the embedded arithmetic task
+    return f"""# laser demo: GRPO vs LaSeR on the embedded {e.get('data', 'arith')} task
 
 Held-out split: {e['problems']} problems × {e['n']} samples (T = 1), seed {e['seed']}.
 c_ref = {summary['c_ref']:.3f} (measured on the base model), β_v = {beta_v:.4f}

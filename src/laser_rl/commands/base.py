@@ -1,8 +1,9 @@
 """``laser base``: train the embedded tiny base model by supervised learning and save it.
 
 The result is an ordinary Hugging Face model folder (model + tokenizer) plus ``task.json`` (the
-arithmetic task, so later commands rebuild the same test split) and ``laser.json`` (z, c_ref ± std,
-β_v derived from c_ref, the measured base accuracy), which ``laser train`` / ``eval`` read.
+embedded task, ``--task arith`` or ``pairsum``, so later commands rebuild the same test split) and
+``laser.json`` (z, c_ref ± std, β_v derived from c_ref, the measured base accuracy), which
+``laser train`` / ``eval`` read.
 """
 
 from __future__ import annotations
@@ -43,12 +44,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--layers", type=int, default=4, help="number of transformer layers")
     m.add_argument("--heads", type=int, default=4, help="attention heads (must divide --hidden)")
     m.add_argument("--intermediate", type=int, default=None, help="MLP size (default 3 x --hidden)")
-    g = parser.add_argument_group("task difficulty (saved in task.json)")
-    g.add_argument("--min-operands", type=int, default=3)
-    g.add_argument("--max-operands", type=int, default=5)
+    g = parser.add_argument_group("task and difficulty (saved in task.json)")
+    g.add_argument(
+        "--task",
+        choices=("arith", "pairsum"),
+        default="arith",
+        help="arith: chain arithmetic (default); pairsum: find the pair of a list that sums to a target",
+    )
+    g.add_argument("--min-operands", type=int, default=3, help="arith: fewest operands")
+    g.add_argument("--max-operands", type=int, default=5, help="arith: most operands")
     g.add_argument("--min-value", type=int, default=10, help="smallest operand")
     g.add_argument("--max-value", type=int, default=99, help="largest operand")
-    g.add_argument("--modulus", type=int, default=0, help="take every result mod this (clock arithmetic; 0 = off)")
+    g.add_argument("--modulus", type=int, default=0, help="arith: take every result mod this (clock arithmetic; 0 = off)")
+    g.add_argument("--min-numbers", type=int, default=5, help="pairsum: shortest list")
+    g.add_argument("--max-numbers", type=int, default=6, help="pairsum: longest list")
+    g.add_argument(
+        "--sft-wrong-rate",
+        type=float,
+        default=0.3,
+        help="pairsum: fraction of SFT responses that write a wrong pair with its true sum (default 0.3)",
+    )
+    g.add_argument(
+        "--check-text",
+        action="store_true",
+        help="pairsum: responses write ';ok;' or ';no;' (does the sum equal the target?) before the answer",
+    )
     g.add_argument("--test-size", type=int, default=1000, help="size of the held-out test split")
     g.add_argument("--task-seed", type=int, default=0, help="seed of the held-out test split")
     parser.add_argument(
@@ -74,26 +94,32 @@ def model_shape(args: argparse.Namespace) -> dict[str, int]:
     return {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "intermediate": intermediate}
 
 
-def run(args: argparse.Namespace) -> int:
-    from laser_rl.io import check_output_dir
-    from laser_rl.tasks.arith import ArithConfig
+def task_config(args: argparse.Namespace) -> object:
+    """The task config the flags describe (``LaserError`` naming the flag of an invalid field)."""
+    from laser_rl.tasks.embedded import default_task_config
 
-    task_defaults = ArithConfig()
+    shared = {"min_value": args.min_value, "max_value": args.max_value, "test_size": args.test_size,
+              "seed": args.task_seed}
+    if args.task == "pairsum":
+        fields = {**shared, "min_numbers": args.min_numbers, "max_numbers": args.max_numbers,
+                  "sft_wrong_rate": args.sft_wrong_rate, "check_text": args.check_text}
+    else:
+        fields = {**shared, "min_operands": args.min_operands, "max_operands": args.max_operands,
+                  "modulus": args.modulus}
+    defaults = default_task_config(args.task)
     try:
-        task = ArithConfig(
-            min_operands=args.min_operands,
-            max_operands=args.max_operands,
-            min_value=args.min_value,
-            max_value=args.max_value,
-            test_size=args.test_size,
-            seed=args.task_seed,
-            modulus=args.modulus,
-        )
+        return type(defaults)(**fields)
     except LaserError as e:  # name the flag, not the dataclass field
-        msg = str(e).removeprefix("arith task: ")
+        msg = str(e).removeprefix(f"{args.task} task: ")
         field = msg.split(" ", 1)[0]
         flag = {"seed": "task-seed"}.get(field, field.replace("_", "-"))
-        raise LaserError(f"--{flag}: {msg}" if hasattr(task_defaults, field) else msg) from None
+        raise LaserError(f"--{flag}: {msg}" if hasattr(defaults, field) else msg) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from laser_rl.io import check_output_dir
+
+    task = task_config(args)
     model_kwargs = model_shape(args)
     check_output_dir(args.out, args.overwrite)  # before any work
 

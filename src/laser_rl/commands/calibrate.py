@@ -136,12 +136,13 @@ def run(args: argparse.Namespace) -> int:
 def _load_problems(args: argparse.Namespace, folder: Path) -> tuple[Any, list[str]]:
     """``--data`` → (TaskData, the problem texts to sample): a finite split whole, else the first --n of
     the endless training stream."""
+    from laser_rl.tasks.embedded import is_embedded_task
     from laser_rl.tasks.registry import load_task_data
 
     options: dict[str, str] = {"problem_key": args.problem_key} if args.problem_key != "problem" else {}
     if args.answer_key != "answer":
         options["answer_key"] = args.answer_key
-    if args.data.partition(":")[0] == "arith":  # the embedded task reads its settings from the model folder
+    if is_embedded_task(args.data):  # the embedded task reads its settings from the model folder
         options["model_dir"] = str(folder)
     data = load_task_data(args.data, **options)
     if data.problems is not None:

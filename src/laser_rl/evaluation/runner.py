@@ -240,10 +240,10 @@ def load_eval_data(spec: str, model_dir: str | os.PathLike[str], verifier: str =
 
     ``verifier``: ``auto`` (the data's own) or a name from :mod:`laser_rl.rewards.registry`.
     """
+    from laser_rl.tasks.embedded import is_embedded_task
     from laser_rl.tasks.registry import load_task_data
 
-    name = spec.partition(":")[0]
-    options: dict[str, Any] = {"model_dir": str(model_dir)} if name == "arith" else {}
+    options: dict[str, Any] = {"model_dir": str(model_dir)} if is_embedded_task(spec) else {}
     options["verifier"] = verifier
     data = load_task_data(spec, **options)
     if data.problems is None:

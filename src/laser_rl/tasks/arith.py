@@ -18,16 +18,16 @@ Answers: the integer after the last ``#``, strictly canonical (see :class:`Arith
 from __future__ import annotations
 
 import functools
-import json
 import random
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from laser_rl.errors import LaserError
 from laser_rl.tasks.base import Problem, TaskData
+from laser_rl.tasks.char_tokenizer import DEFAULT_ALPHABET
 
 TASK_NAME = "arith"
 TASK_FILENAME = "task.json"
@@ -48,6 +48,9 @@ _CANONICAL_INT_RE = re.compile(r"-?(?:0|[1-9][0-9]*)")
 @dataclass(frozen=True)
 class ArithConfig:
     """Difficulty and split settings of the arithmetic task (all saved in ``task.json``)."""
+
+    name: ClassVar[str] = TASK_NAME
+    alphabet: ClassVar[str] = DEFAULT_ALPHABET
 
     min_operands: int = 3
     max_operands: int = 5
@@ -156,6 +159,18 @@ class ArithConfig:
             return cls(**data)
         except LaserError as e:
             raise LaserError(f"{where}: {str(e).removeprefix('arith task: ')}") from None
+
+    # The embedded-task interface (laser_rl.tasks.embedded) used by `laser base`.
+
+    def train_problem(self, seed: int, index: int) -> Problem:
+        return train_problem(self, seed, index)
+
+    def verifier(self) -> ArithVerifier:
+        return ArithVerifier()
+
+    def sft_target(self, problem: Problem, rng: random.Random | None = None) -> str:
+        """The SFT response for ``problem``: always the reference solution (``rng`` is unused)."""
+        return solution(problem.problem, self.modulus)
 
 
 # ----------------------------------------------------------------------------------------- problems
@@ -292,23 +307,19 @@ class ArithVerifier:
 
 def save_task(folder: str | Path, cfg: ArithConfig) -> None:
     """Write ``task.json`` into ``folder`` (a model folder) so later commands rebuild the same task."""
-    from laser_rl.io import write_json_atomic
+    from laser_rl.tasks.embedded import save_task as save_embedded_task
 
-    write_json_atomic(Path(folder) / TASK_FILENAME, cfg.to_dict())
+    save_embedded_task(folder, cfg)
 
 
 def load_task_config(folder: str | Path) -> ArithConfig | None:
-    """The task saved in a model folder's ``task.json``; ``None`` when the folder has none."""
-    path = Path(folder) / TASK_FILENAME
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise LaserError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise LaserError(f"{path}: expected a JSON object")
-    return ArithConfig.from_dict(data, where=str(path))
+    """The arith task saved in a model folder's ``task.json``; ``None`` when the folder has none."""
+    from laser_rl.tasks.embedded import load_task_config as load_embedded_config
+
+    cfg = load_embedded_config(folder)
+    if cfg is not None and not isinstance(cfg, ArithConfig):
+        raise LaserError(f"{Path(folder) / TASK_FILENAME}: task name is {cfg.name!r}, expected {TASK_NAME!r}")
+    return cfg
 
 
 def load_arith(split: str = "test", **options: Any) -> TaskData:

@@ -1,6 +1,7 @@
 """Resolve a ``--data`` argument to a :class:`TaskData`.
 
-- ``arith`` / ``arith:test``: the embedded task's held-out split; ``arith:train``: its training stream.
+- ``arith`` / ``arith:test``: the embedded task's held-out split; ``arith:train``: its training stream
+  (likewise ``pairsum``, the pair-sum task; see ``laser_rl.tasks.embedded``).
 - ``math500``, ``amc23``, ``aime24``, ``aime25``, ``OlympiadBench``: the bundled math benchmarks.
 - anything else: a file or folder path (JSONL / parquet / Hugging Face ``datasets`` folder).
 
@@ -28,11 +29,11 @@ def load_task_data(spec: str, **options: Any) -> TaskData:
 
 
 def _load(spec: str, **options: Any) -> TaskData:
-    name, _, split = spec.partition(":")
-    if name == "arith":
-        from laser_rl.tasks.arith import load_arith
+    from laser_rl.tasks.embedded import is_embedded_task, load_embedded_task
 
-        return load_arith(split or "test", **options)
+    if is_embedded_task(spec):
+        return load_embedded_task(spec, **options)
+    name = spec.partition(":")[0]
     from laser_rl.tasks.math import BENCHMARKS, load_benchmark
 
     if name.lower() in {b.lower() for b in BENCHMARKS}:

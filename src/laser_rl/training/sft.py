@@ -17,6 +17,7 @@ test split) and ``laser.json`` (z, c_ref ± std, β_v derived from c_ref, the ba
 from __future__ import annotations
 
 import math
+import random
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 
 from laser_rl.errors import LaserError
 from laser_rl.io import check_output_dir
-from laser_rl.tasks.arith import ArithConfig, ArithVerifier, save_task, solution, train_problem
+from laser_rl.tasks.arith import ArithConfig, solution
 from laser_rl.tasks.base import Problem
 
 # Stream positions used for measurements: training reads positions [0, steps·batch), far below.
@@ -80,16 +81,21 @@ def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
-def sft_batch(tokenizer: Any, problems: Sequence[Problem], modulus: int = 0) -> tuple[Any, Any, Any]:
+def sft_batch(
+    tokenizer: Any, problems: Sequence[Problem], modulus: int = 0, responses: Sequence[str] | None = None
+) -> tuple[Any, Any, Any]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``loss_mask`` for teacher forcing.
 
-    Sequence = prompt + solution + EOS; ``loss_mask[b, t]`` marks the positions whose *next* token is
-    a response token or EOS (the loss is on the response and EOS only, never on the prompt).
+    Sequence = prompt + response + EOS, the response being ``responses[b]`` or else the arith
+    solution; ``loss_mask[b, t]`` marks the positions whose *next* token is a response token or EOS
+    (the loss is on the response and EOS only, never on the prompt).
     """
     import torch
 
     prompts = _encode(tokenizer, [p.problem for p in problems])
-    targets = _encode(tokenizer, [solution(p.problem, modulus) for p in problems])
+    if responses is None:
+        responses = [solution(p.problem, modulus) for p in problems]
+    targets = _encode(tokenizer, list(responses))
     eos = tokenizer.eos_token_id
     seqs = [torch.tensor(p + t + [eos]) for p, t in zip(prompts, targets)]
     input_ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=tokenizer.pad_token_id)
@@ -132,14 +138,18 @@ def measure(
     z_id: int | None = None,
     generator: Any = None,
     batch_size: int = 512,
+    verifier: Any = None,
 ) -> Measurement:
-    """Sample one response per problem at temperature 1, verify it, and read lp_z (if ``z_id``)."""
+    """Sample one response per problem at temperature 1, verify it (default: the arith verifier), and
+    read lp_z (if ``z_id``)."""
     import torch
 
     from laser_rl.rollout.engine import SamplerEngine
     from laser_rl.rollout.pipeline import rollout_verify_score
     from laser_rl.rollout.sampler import SamplingConfig
 
+    if verifier is None:
+        verifier = ArithConfig().verifier()
     eos = tokenizer.eos_token_id
     suppress = tuple(i for i in {tokenizer.pad_token_id, z_id} if i is not None and i != eos)
     engine = SamplerEngine(model, tokenizer.pad_token_id, [eos], z_id, suppress)
@@ -150,7 +160,7 @@ def measure(
         with torch.no_grad():
             rb = rollout_verify_score(
                 engine, tokenizer, _encode(tokenizer, [p.problem for p in problems]), [p.answer for p in problems],
-                ArithVerifier(), sampling=config, batch_size=batch_size, generator=generator,
+                verifier, sampling=config, batch_size=batch_size, generator=generator,
             )
     finally:
         model.train(was_training)
@@ -179,7 +189,7 @@ def train_base_model(
     out_dir: str | Path,
     *,
     seed: int = 0,
-    task: ArithConfig | None = None,
+    task: Any = None,
     max_steps: int = 1500,
     target_accuracy: float = 0.35,
     lr: float = 2e-3,
@@ -200,6 +210,8 @@ def train_base_model(
     ``seconds``, ``reached_target``, ``stop_accuracy`` (the evaluation that stopped training),
     ``history`` (``[(step, accuracy, loss)]``) and ``out_dir``. ``out_dir`` is written atomically.
     ``num_threads`` sets torch's CPU threads for the run (restored afterwards); ``None`` keeps them.
+    ``task``: an embedded task config (``ArithConfig``, the default, or ``PairSumConfig``); its
+    ``sft_target`` gives the SFT responses and its ``alphabet`` the tokenizer's characters.
     """
     import torch
 
@@ -238,7 +250,7 @@ def train_base_model(
 
 def _train(
     out: Path,
-    task: ArithConfig,
+    task: Any,
     cfg: SFTConfig,
     model_kwargs: dict[str, Any] | None,
     progress: bool,
@@ -250,12 +262,14 @@ def _train(
     from laser_rl.io import atomic_path
     from laser_rl.score_params import ScoreParams
     from laser_rl.tasks.char_tokenizer import Z_TOKEN, build_char_tokenizer, z_token_id
+    from laser_rl.tasks.embedded import save_task
     from laser_rl.tasks.tiny_model import build_tiny_model
 
     seed = cfg.seed
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    tokenizer = build_char_tokenizer()
+    tokenizer = build_char_tokenizer(task.alphabet)
+    verifier = task.verifier()
     z_id = z_token_id(tokenizer, Z_TOKEN)
     max_new_tokens = max(64, task.max_response_tokens())
     max_position = max(256, 2 * (task.max_prompt_tokens() + max_new_tokens + 1))
@@ -264,7 +278,7 @@ def _train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(seed + 1)
 
-    eval_set = [train_problem(task, seed, EVAL_OFFSET + i) for i in range(cfg.eval_problems)]
+    eval_set = [task.train_problem(seed, EVAL_OFFSET + i) for i in range(cfg.eval_problems)]
     history: list[tuple[int, float, float]] = []
     stop_accuracy: float | None = None
     reached = False
@@ -273,8 +287,11 @@ def _train(
     bar = tqdm(total=cfg.max_steps, desc="laser base", disable=not progress, dynamic_ncols=True, leave=False)
     try:
         while step < cfg.max_steps:
-            problems = [train_problem(task, seed, step * cfg.batch_size + i) for i in range(cfg.batch_size)]
-            input_ids, attention_mask, loss_mask = sft_batch(tokenizer, problems, task.modulus)
+            first = step * cfg.batch_size
+            problems = [task.train_problem(seed, first + i) for i in range(cfg.batch_size)]
+            # one RNG per stream position: the SFT data is a fixed function of (seed, position)
+            responses = [task.sft_target(p, random.Random(f"sft:{seed}:{first + i}")) for i, p in enumerate(problems)]
+            input_ids, attention_mask, loss_mask = sft_batch(tokenizer, problems, responses=responses)
             loss = sft_loss(model, input_ids, attention_mask, loss_mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -285,7 +302,8 @@ def _train(
             running_loss = value if math.isnan(running_loss) else 0.9 * running_loss + 0.1 * value
             bar.update(1)
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                m = measure(model, tokenizer, eval_set, max_new_tokens=max_new_tokens, generator=generator)
+                m = measure(model, tokenizer, eval_set, max_new_tokens=max_new_tokens, generator=generator,
+                            verifier=verifier)
                 history.append((step, m.accuracy, running_loss))
                 stop_accuracy = m.accuracy
                 bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{m.accuracy:.3f}")
@@ -304,8 +322,9 @@ def _train(
         )
 
     # Reported accuracy and c_ref: fresh problems, one T = 1 sample each, lp_z read in the sampling loop.
-    final_set = [train_problem(task, seed, FINAL_OFFSET + i) for i in range(cfg.final_problems)]
-    final = measure(model, tokenizer, final_set, max_new_tokens=max_new_tokens, z_id=z_id, generator=generator)
+    final_set = [task.train_problem(seed, FINAL_OFFSET + i) for i in range(cfg.final_problems)]
+    final = measure(model, tokenizer, final_set, max_new_tokens=max_new_tokens, z_id=z_id, generator=generator,
+                    verifier=verifier)
     if final.lp_z.numel() >= 2:
         c_ref = float(final.lp_z.mean())
         c_ref_std = float(final.lp_z.std())
@@ -317,7 +336,7 @@ def _train(
         lp = score_responses(
             model,
             _encode(tokenizer, [p.problem for p in final_set]),
-            _encode(tokenizer, [solution(p.problem, task.modulus) for p in final_set]),
+            _encode(tokenizer, [task.sft_target(p) for p in final_set]),
             z_id=z_id,
             pad_id=tokenizer.pad_token_id,
             stop_ids=[tokenizer.eos_token_id],

@@ -225,7 +225,9 @@ class Trainer:
 
     def _load_data(self, spec: str) -> TaskData:
         d = self.cfg.data
-        if spec.partition(":")[0] == "arith":  # the embedded task's options live in the base model folder
+        from laser_rl.tasks.embedded import is_embedded_task
+
+        if is_embedded_task(spec):  # the embedded task's options live in the base model folder
             return load_task_data(spec, model_dir=str(self.base_path), verifier=d.verifier)
         from laser_rl.tasks.math import find_benchmark
 

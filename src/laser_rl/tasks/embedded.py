@@ -1,0 +1,83 @@
+"""The embedded tasks (generated in-process, exact verifiers, a character tokenizer): one owner for
+which names they are and how a model folder's ``task.json`` selects one.
+
+A task config (``ArithConfig``, ``PairSumConfig``) offers what ``laser base`` needs: ``name``,
+``alphabet``, ``validate()``, ``max_prompt_tokens()``, ``max_response_tokens()``,
+``train_problem(seed, index)``, ``sft_target(problem, rng)``, ``verifier()`` and ``to_dict()``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from laser_rl.errors import LaserError
+from laser_rl.tasks.base import TaskData
+
+TASK_FILENAME = "task.json"
+#: ``--data`` names of the embedded tasks; their options live in the model folder's task.json.
+EMBEDDED_TASKS = ("arith", "pairsum")
+
+
+def is_embedded_task(spec: str) -> bool:
+    """Whether a ``--data`` spec (``arith``, ``pairsum:train``...) names an embedded task."""
+    return spec.partition(":")[0] in EMBEDDED_TASKS
+
+
+def _config_class(name: Any, where: str) -> Any:
+    if name == "arith":
+        from laser_rl.tasks.arith import ArithConfig
+
+        return ArithConfig
+    if name == "pairsum":
+        from laser_rl.tasks.pairsum import PairSumConfig
+
+        return PairSumConfig
+    raise LaserError(f"{where}: unknown task name {name!r} (known: {', '.join(EMBEDDED_TASKS)})")
+
+
+def task_config_from_dict(data: Mapping[str, Any], where: str = "task") -> Any:
+    """A task config from its dict; ``name`` selects the task (``arith`` when absent, as in old files)."""
+    return _config_class(data.get("name", "arith"), where).from_dict(data, where=where)
+
+
+def default_task_config(name: str) -> Any:
+    """The default config of the embedded task ``name``."""
+    return _config_class(name, "--task")()
+
+
+def save_task(folder: str | Path, cfg: Any) -> None:
+    """Write ``task.json`` into ``folder`` (a model folder) so later commands rebuild the same task."""
+    from laser_rl.io import write_json_atomic
+
+    write_json_atomic(Path(folder) / TASK_FILENAME, cfg.to_dict())
+
+
+def load_task_config(folder: str | Path) -> Any | None:
+    """The task saved in a model folder's ``task.json`` (any embedded task); ``None`` when it has none."""
+    path = Path(folder) / TASK_FILENAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LaserError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise LaserError(f"{path}: expected a JSON object")
+    return task_config_from_dict(data, where=str(path))
+
+
+def load_embedded_task(spec: str, **options: Any) -> TaskData:
+    """``NAME[:split]`` of an embedded task → its :class:`TaskData` (options as ``load_arith``)."""
+    name, _, split = spec.partition(":")
+    if name == "arith":
+        from laser_rl.tasks.arith import load_arith
+
+        return load_arith(split or "test", **options)
+    if name == "pairsum":
+        from laser_rl.tasks.pairsum import load_pairsum
+
+        return load_pairsum(split or "test", **options)
+    raise LaserError(f"--data {spec}: not an embedded task (known: {', '.join(EMBEDDED_TASKS)})")
