@@ -268,7 +268,8 @@ the harmonic mean of the accuracy on correct (TPR) and incorrect (TNR) responses
 - Only the LaSeR run's last-token score separates right from wrong answers (AUROC, hm): the GRPO
   model's log π(z | x, y, EOS) carries no signal, because nothing trained it.
 - The score costs no extra forward pass in training and one decode step at test time.
-- It does **not** show the paper's self-verification strength (hm 72–80): a 0.2M-parameter model
-  gathers much less of what it knows into the token after EOS. Compare with the free log-prob
-  baselines above, which a 7B model's self-reward beats but this tiny model's may not.
+- Whether the score beats the free log-prob baselines above depends on the task: on chain arithmetic
+  (the quick demo) a wrong answer comes from a low-probability sampling slip, so the token log-probs
+  already tell, and the tiny model's last-token score does not beat them; on the pair-sum task
+  (`--full`) a wrong pair is written fluently, likelihood cannot tell, and the trained score can.
 """
