@@ -248,131 +248,91 @@ def train_base_model(
         torch.set_num_threads(threads_before)
 
 
-def _train(
-    out: Path,
-    task: Any,
-    cfg: SFTConfig,
-    model_kwargs: dict[str, Any] | None,
-    progress: bool,
-    say: Callable[[str], None],
-) -> dict[str, Any]:
+@dataclass
+class _SFTRun:
+    """What the supervised loop leaves behind."""
+
+    steps: int
+    reached: bool  # the stopping evaluation reached target_accuracy
+    stop_accuracy: float | None  # the last evaluation's accuracy
+    history: list[tuple[int, float, float]]  # (step, accuracy, running loss) per evaluation
+
+
+def _sft_loop(model: Any, tokenizer: Any, task: Any, cfg: SFTConfig, max_new_tokens: int, generator: Any,
+              progress: bool) -> _SFTRun:
+    """Teacher-force the task's SFT responses until an evaluation reaches ``target_accuracy`` (or the cap)."""
     import torch
     from tqdm.auto import tqdm
 
-    from laser_rl.io import atomic_path
-    from laser_rl.score_params import ScoreParams
-    from laser_rl.tasks.char_tokenizer import Z_TOKEN, build_char_tokenizer, z_token_id
-    from laser_rl.tasks.embedded import save_task
-    from laser_rl.tasks.tiny_model import build_tiny_model
-
-    seed = cfg.seed
-    t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    tokenizer = build_char_tokenizer(task.alphabet)
-    verifier = task.verifier()
-    z_id = z_token_id(tokenizer, Z_TOKEN)
-    max_new_tokens = max(64, task.max_response_tokens())
-    max_position = max(256, 2 * (task.max_prompt_tokens() + max_new_tokens + 1))
-    model = build_tiny_model(tokenizer, seed=seed, **{"max_position": max_position, **(model_kwargs or {})})
-    model.train()
+    seed, verifier = cfg.seed, task.verifier()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    generator = torch.Generator().manual_seed(seed + 1)
-
     eval_set = [task.train_problem(seed, EVAL_OFFSET + i) for i in range(cfg.eval_problems)]
-    history: list[tuple[int, float, float]] = []
-    stop_accuracy: float | None = None
-    reached = False
-    step = 0
+    run = _SFTRun(steps=0, reached=False, stop_accuracy=None, history=[])
     running_loss = float("nan")
     bar = tqdm(total=cfg.max_steps, desc="laser base", disable=not progress, dynamic_ncols=True, leave=False)
     try:
-        while step < cfg.max_steps:
-            first = step * cfg.batch_size
+        while run.steps < cfg.max_steps:
+            first = run.steps * cfg.batch_size
             problems = [task.train_problem(seed, first + i) for i in range(cfg.batch_size)]
             # one RNG per stream position: the SFT data is a fixed function of (seed, position)
             responses = [task.sft_target(p, random.Random(f"sft:{seed}:{first + i}")) for i, p in enumerate(problems)]
-            input_ids, attention_mask, loss_mask = sft_batch(tokenizer, problems, responses=responses)
-            loss = sft_loss(model, input_ids, attention_mask, loss_mask)
+            loss = sft_loss(model, *sft_batch(tokenizer, problems, responses=responses))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            step += 1
+            run.steps += 1
             value = float(loss.detach())
             running_loss = value if math.isnan(running_loss) else 0.9 * running_loss + 0.1 * value
             bar.update(1)
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            if run.steps % cfg.eval_every == 0 or run.steps == cfg.max_steps:
                 m = measure(model, tokenizer, eval_set, max_new_tokens=max_new_tokens, generator=generator,
                             verifier=verifier)
-                history.append((step, m.accuracy, running_loss))
-                stop_accuracy = m.accuracy
+                run.history.append((run.steps, m.accuracy, running_loss))
+                run.stop_accuracy = m.accuracy
                 bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{m.accuracy:.3f}")
                 if m.accuracy >= cfg.target_accuracy:
-                    reached = True
+                    run.reached = True
                     break
-            elif step % 10 == 0:
-                bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{stop_accuracy:.3f}" if history else "-")
+            elif run.steps % 10 == 0:
+                bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{run.stop_accuracy:.3f}" if run.history else "-")
     finally:
         bar.close()
-    train_seconds = time.perf_counter() - t0
-    if not reached:
-        say(
-            f"warning: stopped at the step cap ({cfg.max_steps}) before reaching accuracy "
-            f"{cfg.target_accuracy} (last evaluation: {stop_accuracy:.3f})"
-        )
+    return run
 
-    # Reported accuracy and c_ref: fresh problems, one T = 1 sample each, lp_z read in the sampling loop.
-    final_set = [task.train_problem(seed, FINAL_OFFSET + i) for i in range(cfg.final_problems)]
-    final = measure(model, tokenizer, final_set, max_new_tokens=max_new_tokens, z_id=z_id, generator=generator,
-                    verifier=verifier)
+
+def _measure_c_ref(
+    model: Any, tokenizer: Any, task: Any, final_set: Sequence[Problem], final: Measurement, z_id: int,
+    say: Callable[[str], None],
+) -> tuple[float, float, int]:
+    """(c_ref, std, count) from the final measurement's lp_z; when almost nothing finished, from the
+    task's reference responses scored teacher-forced."""
     if final.lp_z.numel() >= 2:
-        c_ref = float(final.lp_z.mean())
-        c_ref_std = float(final.lp_z.std())
-        c_ref_n = int(final.lp_z.numel())
-    else:  # almost nothing finished: score the reference solutions teacher-forced instead
-        from laser_rl.rollout.scorer import score_responses
+        return float(final.lp_z.mean()), float(final.lp_z.std()), int(final.lp_z.numel())
+    from laser_rl.rollout.scorer import score_responses
 
-        say("warning: too few sampled responses finished; measuring c_ref on the reference solutions")
-        lp = score_responses(
-            model,
-            _encode(tokenizer, [p.problem for p in final_set]),
-            _encode(tokenizer, [task.sft_target(p) for p in final_set]),
-            z_id=z_id,
-            pad_id=tokenizer.pad_token_id,
-            stop_ids=[tokenizer.eos_token_id],
-            eos_id=tokenizer.eos_token_id,
-        ).float()
-        c_ref, c_ref_std, c_ref_n = float(lp.mean()), float(lp.std()), int(lp.numel())
-    beta_v, fallback = _beta_v_for(c_ref, cfg.target_logprob, say)
-    lo, hi = TARGET_BAND
-    if not lo <= final.accuracy <= hi:
-        say(f"warning: base accuracy {final.accuracy:.3f} is outside the band [{lo}, {hi}] where RL has room")
+    say("warning: too few sampled responses finished; measuring c_ref on the reference solutions")
+    lp = score_responses(
+        model,
+        _encode(tokenizer, [p.problem for p in final_set]),
+        _encode(tokenizer, [task.sft_target(p) for p in final_set]),
+        z_id=z_id,
+        pad_id=tokenizer.pad_token_id,
+        stop_ids=[tokenizer.eos_token_id],
+        eos_id=tokenizer.eos_token_id,
+    ).float()
+    return float(lp.mean()), float(lp.std()), int(lp.numel())
 
-    params = ScoreParams(
-        token=Z_TOKEN,
-        token_id=z_id,
-        beta_v=beta_v,
-        c_ref=c_ref,
-        c_ref_std=c_ref_std,
-        extra={
-            "base_accuracy": final.accuracy,
-            "base_accuracy_problems": len(final_set),
-            "base_finished": final.finished,
-            "stop_ids": [tokenizer.eos_token_id],
-            "max_new_tokens": max_new_tokens,
-            "c_ref_samples": c_ref_n,
-            "target_logprob": cfg.target_logprob,
-            "beta_v_fallback": fallback,
-            "sft_steps": step,
-            "sft_reached_target": reached,
-            "sft_stop_accuracy": stop_accuracy,
-            "sft_seed": seed,
-        },
-    )
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+def _save_base_model(out: Path, model: Any, tokenizer: Any, task: Any, params: Any) -> None:
+    """An ordinary save_pretrained folder plus task.json and laser.json, written atomically."""
     from transformers.utils import logging as hf_logging
 
+    from laser_rl.io import atomic_path
+    from laser_rl.tasks.embedded import save_task
+
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar for a 1 MB file
     try:
@@ -386,16 +346,68 @@ def _train(
         if bars:
             hf_logging.enable_progress_bar()
 
+
+def _train(
+    out: Path,
+    task: Any,
+    cfg: SFTConfig,
+    model_kwargs: dict[str, Any] | None,
+    progress: bool,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    import torch
+
+    from laser_rl.score_params import ScoreParams
+    from laser_rl.tasks.char_tokenizer import Z_TOKEN, build_char_tokenizer, z_token_id
+    from laser_rl.tasks.tiny_model import build_tiny_model
+
+    seed = cfg.seed
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    tokenizer = build_char_tokenizer(task.alphabet)
+    z_id = z_token_id(tokenizer, Z_TOKEN)
+    max_new_tokens = max(64, task.max_response_tokens())
+    max_position = max(256, 2 * (task.max_prompt_tokens() + max_new_tokens + 1))
+    model = build_tiny_model(tokenizer, seed=seed, **{"max_position": max_position, **(model_kwargs or {})})
+    model.train()
+    generator = torch.Generator().manual_seed(seed + 1)
+    run = _sft_loop(model, tokenizer, task, cfg, max_new_tokens, generator, progress)
+    train_seconds = time.perf_counter() - t0
+    if not run.reached:
+        say(
+            f"warning: stopped at the step cap ({cfg.max_steps}) before reaching accuracy "
+            f"{cfg.target_accuracy} (last evaluation: {run.stop_accuracy:.3f})"
+        )
+
+    # Reported accuracy and c_ref: fresh problems, one T = 1 sample each, lp_z read in the sampling loop.
+    final_set = [task.train_problem(seed, FINAL_OFFSET + i) for i in range(cfg.final_problems)]
+    final = measure(model, tokenizer, final_set, max_new_tokens=max_new_tokens, z_id=z_id, generator=generator,
+                    verifier=task.verifier())
+    c_ref, c_ref_std, c_ref_n = _measure_c_ref(model, tokenizer, task, final_set, final, z_id, say)
+    beta_v, fallback = _beta_v_for(c_ref, cfg.target_logprob, say)
+    lo, hi = TARGET_BAND
+    if not lo <= final.accuracy <= hi:
+        say(f"warning: base accuracy {final.accuracy:.3f} is outside the band [{lo}, {hi}] where RL has room")
+    params = ScoreParams(
+        token=Z_TOKEN, token_id=z_id, beta_v=beta_v, c_ref=c_ref, c_ref_std=c_ref_std,
+        extra={
+            "base_accuracy": final.accuracy, "base_accuracy_problems": len(final_set), "base_finished": final.finished,
+            "stop_ids": [tokenizer.eos_token_id], "max_new_tokens": max_new_tokens, "c_ref_samples": c_ref_n,
+            "target_logprob": cfg.target_logprob, "beta_v_fallback": fallback, "sft_steps": run.steps,
+            "sft_reached_target": run.reached, "sft_stop_accuracy": run.stop_accuracy, "sft_seed": seed,
+        },
+    )
+    _save_base_model(out, model, tokenizer, task, params)
     return {
         "accuracy": final.accuracy,
         "c_ref": c_ref,
         "c_ref_std": c_ref_std,
         "beta_v": beta_v,
-        "steps": step,
+        "steps": run.steps,
         "seconds": time.perf_counter() - t0,
         "train_seconds": train_seconds,
-        "reached_target": reached,
-        "stop_accuracy": stop_accuracy,
-        "history": history,
+        "reached_target": run.reached,
+        "stop_accuracy": run.stop_accuracy,
+        "history": run.history,
         "out_dir": str(out),
     }
