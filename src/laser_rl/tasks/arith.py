@@ -17,7 +17,6 @@ Answers: the integer after the last ``#``, strictly canonical (see :class:`Arith
 
 from __future__ import annotations
 
-import functools
 import random
 import re
 from collections.abc import Iterator, Mapping
@@ -28,6 +27,7 @@ from typing import Any, ClassVar
 from laser_rl.errors import LaserError
 from laser_rl.tasks.base import Problem, TaskData
 from laser_rl.tasks.char_tokenizer import DEFAULT_ALPHABET
+from laser_rl.tasks.embedded import held_out_split, problem_stream, stream_problem
 
 TASK_NAME = "arith"
 TASK_FILENAME = "task.json"
@@ -37,8 +37,6 @@ SUPPORTED_OPS = "+-"
 #: Keeps numbers (and so sequences) short enough for a tiny model and a 64-token budget by default.
 MAX_VALUE_LIMIT = 10**6
 MAX_OPERANDS_LIMIT = 32
-# Draw attempts per problem before concluding the settings leave too few distinct prompts.
-_MAX_ATTEMPTS = 1000
 
 _PROMPT_RE = re.compile(r"(\d+)((?:[+-]\d+)+)=")
 _TERM_RE = re.compile(r"([+-])(\d+)")
@@ -190,47 +188,19 @@ def _draw(cfg: ArithConfig, rng: random.Random) -> Problem:
     return Problem(problem="".join(text) + "=", answer=str(total), meta={"n_operands": n})
 
 
-@functools.lru_cache(maxsize=8)
-def _test_split(cfg: ArithConfig) -> tuple[tuple[Problem, ...], frozenset[str]]:
-    rng = random.Random(f"arith-test:{cfg.seed}")
-    problems: list[Problem] = []
-    seen: set[str] = set()
-    attempts = 0
-    while len(problems) < cfg.test_size:
-        attempts += 1
-        if attempts > _MAX_ATTEMPTS * max(cfg.test_size, 1):
-            raise LaserError(f"arith task: could not draw {cfg.test_size} distinct test prompts; widen the ranges")
-        p = _draw(cfg, rng)
-        if p.problem not in seen:
-            seen.add(p.problem)
-            problems.append(p)
-    return tuple(problems), frozenset(seen)
-
-
 def held_out_problems(cfg: ArithConfig) -> list[Problem]:
     """The fixed held-out split: ``cfg.test_size`` distinct problems determined by ``cfg`` alone."""
-    return list(_test_split(cfg)[0])
+    return list(held_out_split("arith", cfg, _draw)[0])
 
 
 def train_problem(cfg: ArithConfig, seed: int, index: int) -> Problem:
     """Problem number ``index`` of the training stream ``seed``: never a test-split prompt."""
-    test = _test_split(cfg)[1]
-    for attempt in range(_MAX_ATTEMPTS):
-        p = _draw(cfg, random.Random(f"arith-train:{seed}:{index}:{attempt}"))
-        if p.problem not in test:
-            return p
-    raise LaserError("arith task: the training stream finds only test prompts; widen the ranges")
+    return stream_problem("arith", cfg, _draw, seed, index)
 
 
 def train_stream(cfg: ArithConfig, seed: int, start: int = 0) -> Iterator[Problem]:
     """Endless training problems from position ``start`` (resumable: position i is fixed by (seed, i))."""
-    if start < 0:
-        raise LaserError(f"arith task: stream start must be >= 0, got {start}")
-    _test_split(cfg)  # build (and validate) the split before the first draw
-    index = start
-    while True:
-        yield train_problem(cfg, seed, index)
-        index += 1
+    return problem_stream("arith", cfg, _draw, seed, start)
 
 
 def _apply(total: int, op: str, value: int, modulus: int) -> int:

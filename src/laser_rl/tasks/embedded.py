@@ -8,13 +8,19 @@ A task config (``ArithConfig``, ``PairSumConfig``) offers what ``laser base`` ne
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from laser_rl.errors import LaserError
-from laser_rl.tasks.base import TaskData
+from laser_rl.tasks.base import Problem, TaskData
+
+#: Draws per wanted problem before giving up (a range too narrow for distinct prompts).
+MAX_ATTEMPTS = 1000
+Draw = Callable[[Any, random.Random], Problem]
 
 TASK_FILENAME = "task.json"
 #: ``--data`` names of the embedded tasks; their options live in the model folder's task.json.
@@ -81,3 +87,46 @@ def load_embedded_task(spec: str, **options: Any) -> TaskData:
 
         return load_pairsum(split or "test", **options)
     raise LaserError(f"--data {spec}: not an embedded task (known: {', '.join(EMBEDDED_TASKS)})")
+
+
+# ------------------------------------------------------------------ held-out split and training stream
+
+
+@functools.lru_cache(maxsize=16)
+def held_out_split(name: str, cfg: Any, draw: Draw) -> tuple[tuple[Problem, ...], frozenset[str]]:
+    """The task's fixed held-out split (``cfg.test_size`` distinct prompts, a function of ``cfg`` alone)
+    and the set of its prompts, which the training stream never yields."""
+    rng = random.Random(f"{name}-test:{cfg.seed}")
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(problems) < cfg.test_size:
+        attempts += 1
+        if attempts > MAX_ATTEMPTS * max(cfg.test_size, 1):
+            raise LaserError(f"{name} task: could not draw {cfg.test_size} distinct test prompts; widen the ranges")
+        p = draw(cfg, rng)
+        if p.problem not in seen:
+            seen.add(p.problem)
+            problems.append(p)
+    return tuple(problems), frozenset(seen)
+
+
+def stream_problem(name: str, cfg: Any, draw: Draw, seed: int, index: int) -> Problem:
+    """Problem number ``index`` of the training stream ``seed``: fixed by (seed, index), never a test prompt."""
+    test = held_out_split(name, cfg, draw)[1]
+    for attempt in range(MAX_ATTEMPTS):
+        p = draw(cfg, random.Random(f"{name}-train:{seed}:{index}:{attempt}"))
+        if p.problem not in test:
+            return p
+    raise LaserError(f"{name} task: the training stream finds only test prompts; widen the ranges")
+
+
+def problem_stream(name: str, cfg: Any, draw: Draw, seed: int, start: int = 0) -> Iterator[Problem]:
+    """Endless training problems from position ``start`` (resumable: position i is fixed by (seed, i))."""
+    if start < 0:
+        raise LaserError(f"{name} task: stream start must be >= 0, got {start}")
+    held_out_split(name, cfg, draw)  # build (and validate) the split before the first draw
+    index = start
+    while True:
+        yield stream_problem(name, cfg, draw, seed, index)
+        index += 1

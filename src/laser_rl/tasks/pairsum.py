@@ -27,7 +27,6 @@ and an endless training stream addressed by ``(seed, index)`` that rejects every
 
 from __future__ import annotations
 
-import functools
 import random
 import re
 from collections.abc import Iterator, Mapping
@@ -39,6 +38,7 @@ from typing import Any, ClassVar
 from laser_rl.errors import LaserError
 from laser_rl.tasks.base import Problem, TaskData
 from laser_rl.tasks.char_tokenizer import DEFAULT_ALPHABET
+from laser_rl.tasks.embedded import MAX_ATTEMPTS, held_out_split, problem_stream, stream_problem
 
 TASK_NAME = "pairsum"
 _FORMAT_VERSION = 1
@@ -48,7 +48,6 @@ ALPHABET = DEFAULT_ALPHABET + ",[]"
 CHECK_LETTERS = "okn"
 MAX_VALUE_LIMIT = 10**6
 MAX_NUMBERS_LIMIT = 16
-_MAX_ATTEMPTS = 1000
 
 _PROMPT_RE = re.compile(r"\[(\d+(?:,\d+)+)\](\d+)=")
 _CANONICAL_INT = r"(?:0|[1-9][0-9]*)"
@@ -203,7 +202,7 @@ def _pairs_summing_to(numbers: list[int], target: int) -> list[tuple[int, int]]:
 
 
 def _draw(cfg: PairSumConfig, rng: random.Random) -> Problem:
-    for _ in range(_MAX_ATTEMPTS):
+    for _ in range(MAX_ATTEMPTS):
         n = rng.randint(cfg.min_numbers, cfg.max_numbers)
         numbers = rng.sample(range(cfg.min_value, cfg.max_value + 1), n)
         sums: dict[int, list[tuple[int, int]]] = {}
@@ -218,47 +217,19 @@ def _draw(cfg: PairSumConfig, rng: random.Random) -> Problem:
     raise LaserError("pairsum task: could not draw a list with a uniquely summing pair; widen the value range")
 
 
-@functools.lru_cache(maxsize=8)
-def _test_split(cfg: PairSumConfig) -> tuple[tuple[Problem, ...], frozenset[str]]:
-    rng = random.Random(f"pairsum-test:{cfg.seed}")
-    problems: list[Problem] = []
-    seen: set[str] = set()
-    attempts = 0
-    while len(problems) < cfg.test_size:
-        attempts += 1
-        if attempts > _MAX_ATTEMPTS * max(cfg.test_size, 1):
-            raise LaserError(f"pairsum task: could not draw {cfg.test_size} distinct test prompts; widen the ranges")
-        p = _draw(cfg, rng)
-        if p.problem not in seen:
-            seen.add(p.problem)
-            problems.append(p)
-    return tuple(problems), frozenset(seen)
-
-
 def held_out_problems(cfg: PairSumConfig) -> list[Problem]:
     """The fixed held-out split: ``cfg.test_size`` distinct problems determined by ``cfg`` alone."""
-    return list(_test_split(cfg)[0])
+    return list(held_out_split("pairsum", cfg, _draw)[0])
 
 
 def train_problem(cfg: PairSumConfig, seed: int, index: int) -> Problem:
     """Problem number ``index`` of the training stream ``seed``: never a test-split prompt."""
-    test = _test_split(cfg)[1]
-    for attempt in range(_MAX_ATTEMPTS):
-        p = _draw(cfg, random.Random(f"pairsum-train:{seed}:{index}:{attempt}"))
-        if p.problem not in test:
-            return p
-    raise LaserError("pairsum task: the training stream finds only test prompts; widen the ranges")
+    return stream_problem("pairsum", cfg, _draw, seed, index)
 
 
 def train_stream(cfg: PairSumConfig, seed: int, start: int = 0) -> Iterator[Problem]:
     """Endless training problems from position ``start`` (resumable: position i is fixed by (seed, i))."""
-    if start < 0:
-        raise LaserError(f"pairsum task: stream start must be >= 0, got {start}")
-    _test_split(cfg)
-    index = start
-    while True:
-        yield train_problem(cfg, seed, index)
-        index += 1
+    return problem_stream("pairsum", cfg, _draw, seed, start)
 
 
 def solution(prompt: str, check_text: bool = False) -> str:
