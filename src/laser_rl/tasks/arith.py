@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from laser_rl.errors import LaserError
 from laser_rl.tasks.base import Problem, TaskData
 from laser_rl.tasks.char_tokenizer import DEFAULT_ALPHABET
-from laser_rl.tasks.embedded import held_out_split, problem_stream, stream_problem
+from laser_rl.tasks.embedded import held_out_split, problem_stream, stream_problem, task_from_dict
 
 TASK_NAME = "arith"
 TASK_FILENAME = "task.json"
@@ -142,21 +142,7 @@ class ArithConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "arith task") -> ArithConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming ``where``."""
-        data = dict(data)
-        name = data.pop("name", TASK_NAME)
-        if name != TASK_NAME:
-            raise LaserError(f"{where}: task name is {name!r}, expected {TASK_NAME!r}")
-        version = data.pop("version", _FORMAT_VERSION)
-        if version != _FORMAT_VERSION:
-            raise LaserError(f"{where}: unsupported task format version {version!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LaserError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        try:
-            return cls(**data)
-        except LaserError as e:
-            raise LaserError(f"{where}: {str(e).removeprefix('arith task: ')}") from None
+        return task_from_dict(cls, data, where, TASK_NAME, _FORMAT_VERSION)
 
     # The embedded-task interface (laser_rl.tasks.embedded) used by `laser base`.
 

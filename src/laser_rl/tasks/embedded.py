@@ -130,3 +130,28 @@ def problem_stream(name: str, cfg: Any, draw: Draw, seed: int, start: int = 0) -
     while True:
         yield stream_problem(name, cfg, draw, seed, index)
         index += 1
+
+
+# ------------------------------------------------------------------ task.json records
+
+
+def task_from_dict(cls: type, data: Mapping[str, Any], where: str, name: str, version: int) -> Any:
+    """Rebuild a task config from its ``to_dict`` record: the name and format version must match, and an
+    unknown key is an error naming ``where``."""
+    from dataclasses import fields
+
+    data = dict(data)
+    found = data.pop("name", name)
+    if found != name:
+        raise LaserError(f"{where}: task name is {found!r}, expected {name!r}")
+    found_version = data.pop("version", version)
+    if found_version != version:
+        raise LaserError(f"{where}: unsupported task format version {found_version!r}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise LaserError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    try:
+        return cls(**data)
+    except LaserError as e:
+        raise LaserError(f"{where}: {str(e).removeprefix(f'{name} task: ')}") from None
