@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from laser_rl.errors import LaserError
 from laser_rl.tasks.base import Problem, TaskData
 from laser_rl.tasks.char_tokenizer import DEFAULT_ALPHABET
-from laser_rl.tasks.embedded import held_out_split, problem_stream, stream_problem, task_from_dict
+from laser_rl.tasks.embedded import held_out_split, load_task, problem_stream, stream_problem, task_from_dict
 
 TASK_NAME = "arith"
 TASK_FILENAME = "task.json"
@@ -279,37 +279,6 @@ def load_task_config(folder: str | Path) -> ArithConfig | None:
 
 
 def load_arith(split: str = "test", **options: Any) -> TaskData:
-    """The registry entry point: ``arith`` / ``arith:test`` → the test split, ``arith:train`` → the stream.
-
-    Options: ``config`` (an :class:`ArithConfig` or its dict), ``model_dir`` (a model folder whose
-    ``task.json`` defines the task; ignored when it has none) and/or any ``ArithConfig`` field
-    (overrides). Precedence: explicit fields > ``config`` > ``model_dir`` > defaults.
-    """
-    base: dict[str, Any] = {}
-    model_dir = options.pop("model_dir", None)
-    if model_dir is not None:
-        saved = load_task_config(model_dir)
-        if saved is not None:
-            base = asdict(saved)
-    config = options.pop("config", None)
-    if isinstance(config, ArithConfig):
-        base = asdict(config)
-    elif isinstance(config, Mapping):
-        base = asdict(ArithConfig.from_dict(config))
-    elif config is not None:
-        raise LaserError(f"arith task: config must be an ArithConfig or a dict, got {type(config).__name__}")
-    known = {f.name for f in fields(ArithConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise LaserError(f"arith task: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    cfg = ArithConfig(**{**base, **options})
-    verifier = ArithVerifier()
-    if split in ("", "test"):
-        return TaskData(name=f"{TASK_NAME}:test", verifier=verifier, prompt_style="raw", problems=held_out_problems(cfg))
-    if split == "train":
-
-        def stream(seed: int, start: int = 0) -> Iterator[Problem]:
-            return train_stream(cfg, seed, start)
-
-        return TaskData(name=f"{TASK_NAME}:train", verifier=verifier, prompt_style="raw", stream=stream)
-    raise LaserError(f"unknown split {split!r} of task {TASK_NAME!r} (use {TASK_NAME}:test or {TASK_NAME}:train)")
+    """The registry entry point: ``arith`` / ``arith:test`` → the test split, ``arith:train`` → the stream
+    (options: :func:`laser_rl.tasks.embedded.load_task`)."""
+    return load_task(ArithConfig, TASK_NAME, split, options, held_out_problems, train_stream)

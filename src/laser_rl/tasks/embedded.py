@@ -155,3 +155,48 @@ def task_from_dict(cls: type, data: Mapping[str, Any], where: str, name: str, ve
         return cls(**data)
     except LaserError as e:
         raise LaserError(f"{where}: {str(e).removeprefix(f'{name} task: ')}") from None
+
+
+def load_task(
+    cls: type,
+    name: str,
+    split: str,
+    options: dict[str, Any],
+    held_out: Callable[[Any], list[Problem]],
+    stream: Callable[[Any, int, int], Iterator[Problem]],
+) -> TaskData:
+    """The registry entry point of an embedded task: ``NAME`` / ``NAME:test`` → the held-out split,
+    ``NAME:train`` → the endless training stream.
+
+    ``options``: ``config`` (a ``cls`` or its dict), ``model_dir`` (a model folder whose ``task.json``
+    defines the task; ignored when it has none) and/or any ``cls`` field (overrides). Precedence:
+    explicit fields > ``config`` > ``model_dir`` > defaults.
+    """
+    from dataclasses import asdict, fields
+
+    base: dict[str, Any] = {}
+    model_dir = options.pop("model_dir", None)
+    if model_dir is not None:
+        saved = load_task_config(model_dir)
+        if saved is not None and not isinstance(saved, cls):
+            raise LaserError(f"{Path(model_dir) / TASK_FILENAME}: the model's task is {saved.name!r}, not {name!r}")
+        if saved is not None:
+            base = asdict(saved)
+    config = options.pop("config", None)
+    if isinstance(config, cls):
+        base = asdict(config)
+    elif isinstance(config, Mapping):
+        base = asdict(cls.from_dict(config))
+    elif config is not None:
+        raise LaserError(f"{name} task: config must be a {cls.__name__} or a dict, got {type(config).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise LaserError(f"{name} task: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    cfg = cls(**{**base, **options})
+    if split in ("", "test"):
+        return TaskData(name=f"{name}:test", verifier=cfg.verifier(), prompt_style="raw", problems=held_out(cfg))
+    if split == "train":
+        return TaskData(name=f"{name}:train", verifier=cfg.verifier(), prompt_style="raw",
+                        stream=lambda seed, start=0: stream(cfg, seed, start))
+    raise LaserError(f"unknown split {split!r} of task {name!r} (use {name}:test or {name}:train)")

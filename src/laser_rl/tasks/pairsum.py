@@ -32,7 +32,6 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from math import comb
-from pathlib import Path
 from typing import Any, ClassVar
 
 from laser_rl.errors import LaserError
@@ -41,6 +40,7 @@ from laser_rl.tasks.char_tokenizer import DEFAULT_ALPHABET
 from laser_rl.tasks.embedded import (
     MAX_ATTEMPTS,
     held_out_split,
+    load_task,
     problem_stream,
     stream_problem,
     task_from_dict,
@@ -276,40 +276,6 @@ class PairSumVerifier:
 
 
 def load_pairsum(split: str = "test", **options: Any) -> TaskData:
-    """The registry entry point: ``pairsum`` / ``pairsum:test`` → the test split, ``pairsum:train`` → the stream.
-
-    Options as :func:`laser_rl.tasks.arith.load_arith`: ``config`` (a :class:`PairSumConfig` or its
-    dict), ``model_dir`` (a model folder whose ``task.json`` defines the task) and/or any field.
-    """
-    base: dict[str, Any] = {}
-    model_dir = options.pop("model_dir", None)
-    if model_dir is not None:
-        from laser_rl.tasks.embedded import load_task_config
-
-        saved = load_task_config(model_dir)
-        if saved is not None and not isinstance(saved, PairSumConfig):
-            raise LaserError(f"{Path(model_dir) / 'task.json'}: the model's task is {saved.name!r}, not {TASK_NAME!r}")
-        if saved is not None:
-            base = asdict(saved)
-    config = options.pop("config", None)
-    if isinstance(config, PairSumConfig):
-        base = asdict(config)
-    elif isinstance(config, Mapping):
-        base = asdict(PairSumConfig.from_dict(config))
-    elif config is not None:
-        raise LaserError(f"pairsum task: config must be a PairSumConfig or a dict, got {type(config).__name__}")
-    known = {f.name for f in fields(PairSumConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise LaserError(f"pairsum task: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    cfg = PairSumConfig(**{**base, **options})
-    verifier = PairSumVerifier()
-    if split in ("", "test"):
-        return TaskData(name=f"{TASK_NAME}:test", verifier=verifier, prompt_style="raw", problems=held_out_problems(cfg))
-    if split == "train":
-
-        def stream(seed: int, start: int = 0) -> Iterator[Problem]:
-            return train_stream(cfg, seed, start)
-
-        return TaskData(name=f"{TASK_NAME}:train", verifier=verifier, prompt_style="raw", stream=stream)
-    raise LaserError(f"unknown split {split!r} of task {TASK_NAME!r} (use {TASK_NAME}:test or {TASK_NAME}:train)")
+    """The registry entry point: ``pairsum`` / ``pairsum:test`` → the test split, ``pairsum:train`` → the stream
+    (options: :func:`laser_rl.tasks.embedded.load_task`)."""
+    return load_task(PairSumConfig, TASK_NAME, split, options, held_out_problems, train_stream)
