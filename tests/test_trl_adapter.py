@@ -333,6 +333,7 @@ def test_config_parses_from_trl_command_line(tmp_path):
 
 DDP_SCRIPT = """
 import json, sys
+import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 from laser_rl.integrations.trl import LaserGRPOConfig, LaserGRPOTrainer
@@ -352,6 +353,9 @@ trainer.train()
 if rank == 0:
     json.dump(trainer.state.log_history, open(f"{out}/log.json", "w"))
 trainer.save_model(f"{out}/final")
+# leave together: a rank that exits while the other still saves can abort in gloo's teardown
+trainer.accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()
 """
 
 
