@@ -28,6 +28,8 @@ class GenerationEngine(Protocol):
     reads_score: bool
     #: Ids that end a response (the pipeline strips them from decoded text).
     stop_ids: list[int]
+    #: The id that right-pads responses (batches of different lengths are joined with it).
+    pad_id: int
 
     def generate(
         self,

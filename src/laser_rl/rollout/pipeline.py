@@ -127,7 +127,7 @@ def generate(
         parts.append(engine.generate(rows[start : start + batch_size], sampling, generator=generator, row_seeds=seeds))
         if progress is not None:
             progress(min(start + batch_size, len(rows)), len(rows))
-    return concat_rollouts(parts, getattr(engine, "pad_id", 0))
+    return concat_rollouts(parts, engine.pad_id)
 
 
 def decode_responses(tokenizer: Any, rollout: Rollout, stop_ids: Sequence[int]) -> list[str]:
