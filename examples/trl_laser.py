@@ -5,9 +5,9 @@
 
 ``--base`` is a ``laser base`` folder (the tiny model SFT-ed on the chain-arithmetic task, with its
 ``task.json`` and ``laser.json``); it is built first when missing (a few minutes). The settings follow
-``configs/demo/laser.yaml`` (16 prompts × 8 completions per step, T = 1, lr 1e-4, token-mean loss,
+``configs/demo/laser-arith.yaml`` (16 prompts × 8 completions per step, T = 1, lr 1e-4, token-mean loss,
 β_v auto, α = τ = 0.1, 30 self-reward warm-up steps), so the run is comparable with
-``laser train --config configs/demo/laser.yaml``. It then evaluates the saved folder exactly as any
+``laser train --config configs/demo/laser-arith.yaml``. It then evaluates the saved folder exactly as any
 other model: ``laser eval --model OUT/final --data arith``.
 """
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     config = LaserGRPOConfig(
         output_dir=str(out / "trl"), seed=args.seed, max_steps=args.steps, use_cpu=True, bf16=False,
         gradient_checkpointing=False, report_to=[], logging_steps=10, save_strategy="no", disable_tqdm=True,
-        # GRPO as in configs/demo/laser.yaml: one optimiser step per generation batch, token-mean, no KL
+        # GRPO as in configs/demo/laser-arith.yaml: one optimiser step per generation batch, token-mean, no KL
         per_device_train_batch_size=args.prompts_per_step * args.n, num_generations=args.n,
         max_completion_length=64, temperature=1.0, learning_rate=1e-4, weight_decay=0.01,
         lr_scheduler_type="constant", max_grad_norm=1.0, beta=0.0, epsilon=0.2, loss_type="dapo",

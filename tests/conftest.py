@@ -10,19 +10,22 @@ import torch
 torch.set_num_threads(2)
 
 
-def make_tiny_model_dir(folder: Path, *, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
-    """A `laser base`-shaped folder (model, tokenizer, task.json, laser.json) with random weights."""
+def make_tiny_model_dir(folder: Path, *, seed: int = 0, hidden: int = 32, layers: int = 2, task: object = None) -> Path:
+    """A `laser base`-shaped folder (model, tokenizer, task.json, laser.json) with random weights;
+    ``task`` is an embedded task config (default: a small arith task)."""
     from laser_rl.score_params import ScoreParams
-    from laser_rl.tasks.arith import ArithConfig, save_task
+    from laser_rl.tasks.arith import ArithConfig
     from laser_rl.tasks.char_tokenizer import Z_TOKEN, build_char_tokenizer, z_token_id
+    from laser_rl.tasks.embedded import save_task
     from laser_rl.tasks.tiny_model import build_tiny_model
 
-    tok = build_char_tokenizer()
+    task = task if task is not None else ArithConfig(min_operands=2, max_operands=3, test_size=40)
+    tok = build_char_tokenizer(task.alphabet)
     model = build_tiny_model(tok, seed=seed, hidden=hidden, layers=layers, heads=4, intermediate=2 * hidden)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    save_task(folder, ArithConfig(min_operands=2, max_operands=3, test_size=40))
+    save_task(folder, task)
     # a random model gives z a log-prob near −log(vocab) ≈ −3; c_ref −6 keeps scores in a sane range
     ScoreParams(Z_TOKEN, z_token_id(tok), 0.5, -6.0, 0.5, {"stop_ids": [tok.eos_token_id]}).save(folder)
     return folder

@@ -11,7 +11,7 @@ import pytest
 from laser_rl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = str(ROOT / "configs" / "demo" / "laser.yaml")
+DEMO_CONFIG = str(ROOT / "configs" / "demo" / "laser-arith.yaml")
 
 
 def _train_overrides(model_dir: Path, out: Path, **extra: object) -> list[str]:

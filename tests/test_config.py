@@ -55,7 +55,7 @@ def _error(fn) -> str:
 
 def test_all_expected_configs_exist() -> None:
     names = {p.relative_to(ROOT / "configs").as_posix() for p in CONFIGS}
-    expected = {"demo/laser.yaml", "demo/grpo.yaml"} | {
+    expected = {f"demo/{arm}-{setup}.yaml" for arm in ("laser", "grpo") for setup in ("pairsum", "arith", "clock")} | {
         f"paper/{m}-{v}.yaml" for m in ("qwen2.5-7b", "orz-7b", "octothinker-3b") for v in ("laser", "grpo")
     }
     assert expected <= names
@@ -131,8 +131,8 @@ def test_paper_grpo_differs_from_laser_only_in_enabled(model: str) -> None:
 
 
 def test_demo_configs() -> None:
-    laser = load_config(DEMO / "laser.yaml", [])
-    grpo = load_config(DEMO / "grpo.yaml", [])
+    laser = load_config(DEMO / "laser-arith.yaml", [])
+    grpo = load_config(DEMO / "grpo-arith.yaml", [])
     a, b = _flat(config_to_dict(laser)), _flat(config_to_dict(grpo))
     assert {k for k in a if a[k] != b[k]} == {"laser.enabled", "output_dir"}
     assert laser.laser.enabled and not grpo.laser.enabled
@@ -146,8 +146,8 @@ def test_demo_configs() -> None:
     assert laser.rollout.max_new_tokens == 64 and 200 <= laser.train.steps <= 300
     assert laser.laser.beta_v == "auto" and laser.laser.c_ref == "auto"
     assert (laser.laser.alpha, laser.laser.tau, laser.laser.filter_threshold) == (0.1, 0.1, 0.1)
-    # --full: the same comparison (GRPO vs LaSeR differ only in laser.enabled), longer, α ramped in
-    full_laser, full_grpo = load_config(DEMO / "laser-full.yaml", []), load_config(DEMO / "grpo-full.yaml", [])
+    # the default setup (pair sum): the same comparison (GRPO vs LaSeR differ only in laser.enabled), α ramped in
+    full_laser, full_grpo = load_config(DEMO / "laser-pairsum.yaml", []), load_config(DEMO / "grpo-pairsum.yaml", [])
     a, b = _flat(config_to_dict(full_laser)), _flat(config_to_dict(full_grpo))
     assert {k for k in a if a[k] != b[k]} == {"laser.enabled", "output_dir"}
     assert full_laser.train.steps == 200 and full_laser.laser.alpha == 0.1 and full_laser.laser.alpha_warmup_steps == 50
@@ -156,7 +156,7 @@ def test_demo_configs() -> None:
     # demo measurement: c_ref ≈ -12 on the tiny base; auto puts the correct target at -4 -> beta_v = 0.125
     assert laser.laser.resolve_beta_v(-12.0) == pytest.approx(0.125)
     # the demo overrides the placeholder model path
-    assert load_config(DEMO / "laser.yaml", ["model.path=/tmp/b"]).model.path == "/tmp/b"
+    assert load_config(DEMO / "laser-arith.yaml", ["model.path=/tmp/b"]).model.path == "/tmp/b"
 
 
 # ----------------------------------------------------------------------------------- schema / dump
@@ -177,7 +177,7 @@ def test_every_field_has_help_and_dump_shows_it() -> None:
 
 def test_print_config_dump_is_valid_yaml_for_resolved_overrides() -> None:
     cfg = load_config(
-        DEMO / "laser.yaml", ["rollout.stop_tokens=[';', '#', 'yes', '1e5']", "data.instruction=' x: y # z'"]
+        DEMO / "laser-arith.yaml", ["rollout.stop_tokens=[';', '#', 'yes', '1e5']", "data.instruction=' x: y # z'"]
     )
     text = config_to_yaml(cfg, header="laser train --print-config")
     assert text.startswith("# laser train --print-config\n")

@@ -5,15 +5,23 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from laser_rl.cli import main
 
+DEMO_ARGS = ["--eval-problems", "3", "--eval-n", "8", "train.steps=2", "data.prompts_per_step=4", "rollout.n=4",
+             "rollout.max_new_tokens=12", "logging.progress=none", "guard.length_collapse_ratio=0",
+             "guard.collapse_ratio=0", "train.save_every=0"]
 
-def test_demo_writes_summary_report_and_plots_and_reuses_finished_phases(tiny_model_dir, tmp_path, capsys):
+
+def test_demo_writes_summary_report_and_plots_and_reuses_finished_phases(tmp_path, capsys):
+    from conftest import make_tiny_model_dir
+    from laser_rl.tasks.pairsum import PairSumConfig
+
     out = tmp_path / "demo"
-    shutil.copytree(tiny_model_dir, out / "base")  # reused instead of training a base model
-    args = ["demo", "--out", str(out), "--eval-problems", "3", "--eval-n", "8", "train.steps=2",
-            "data.prompts_per_step=4", "rollout.n=4", "rollout.max_new_tokens=12", "logging.progress=none",
-            "guard.length_collapse_ratio=0", "guard.collapse_ratio=0", "train.save_every=0"]
+    # a random pair-sum base, reused instead of training one: the default setup runs on it
+    make_tiny_model_dir(out / "base", task=PairSumConfig(check_text=True, test_size=40))
+    args = ["demo", "--out", str(out), *DEMO_ARGS]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"base", "grpo", "laser", "c_ref", "wall_seconds"}
@@ -23,14 +31,43 @@ def test_demo_writes_summary_report_and_plots_and_reuses_finished_phases(tiny_mo
             assert key in summary[name], (name, key)
     assert summary["base"]["train_seconds"] == 0 and summary["laser"]["train_seconds"] > 0
     assert summary["c_ref"] == -6.0
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["setup"] == "pairsum" and info["eval"]["data"] == "pairsum"
+    samples = (out / "eval" / "laser" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 3 and json.loads(samples[0])["problem"].startswith("[")  # pair-sum prompts
     for f in ("report.md", "accuracy_vs_k.png", "score_histograms.png", "reliability.png", "training_curves.png"):
         assert (out / f).stat().st_size > 0, f
-    assert "| laser |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| laser |" in report
+    # the conclusions are computed from this run's numbers
+    acc = summary["laser"]["accuracy"] * 100
+    assert f"LaSeR {acc:.1f} (LaSeR − GRPO" in report
     # a second run reuses every finished phase: same training times, same metrics
     assert main(args) == 0
     again = json.loads((out / "summary.json").read_text())
     assert again["laser"] == summary["laser"] and again["grpo"] == summary["grpo"]
     assert "reusing the finished run" in capsys.readouterr().err
+
+
+def test_demo_refuses_a_base_of_another_task_and_unknown_setups(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    shutil.copytree(tiny_model_dir, out / "base")  # an arith base in the default (pair-sum) setup's folder
+    assert main(["demo", "--out", str(out), *DEMO_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "holds a base model for the arith task, but --setup pairsum trains on pairsum" in err
+    assert not (out / "grpo").exists()  # refused before any training
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", str(out), "--setup", "nope"])
+    assert main(["demo", "--out", str(out), "--full", "--setup", "arith"]) == 2
+    assert "--full is the pairsum setup" in capsys.readouterr().err
+
+
+def test_demo_arith_setup_runs_on_an_arith_base(tiny_model_dir, tmp_path):
+    out = tmp_path / "demo"
+    shutil.copytree(tiny_model_dir, out / "base")
+    assert main(["demo", "--out", str(out), "--setup", "arith", *DEMO_ARGS]) == 0
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["setup"] == "arith" and info["eval"]["data"] == "arith"
 
 
 def test_demo_base_settings_files(tmp_path):
@@ -44,16 +81,16 @@ def test_demo_base_settings_files(tmp_path):
     from laser_rl.tasks.tiny_model import tiny_model_config
     from laser_rl.training.sft import train_base_model
 
-    # the default demo's base settings are exactly `laser base`'s defaults
-    settings = load_base_settings(demo_config_path("base"))
+    # the arith setup's base settings are exactly `laser base`'s defaults
+    settings = load_base_settings(demo_config_path("base", "arith"))
     assert settings.pop("task") == ArithConfig()
     shape = inspect.signature(tiny_model_config).parameters
     assert settings.pop("model_kwargs") == {k: shape[k].default for k in ("hidden", "layers", "heads", "intermediate")}
     defaults = inspect.signature(train_base_model).parameters
     assert settings and all(settings[k] == defaults[k].default for k in settings)
-    full = load_base_settings(demo_config_path("base", full=True))
-    assert full["task"].name == "pairsum" and full["task"].check_text  # the research configuration of issue 18
-    clock = load_base_settings(demo_config_path("base", full=True).with_name("base-clock.yaml"))
+    default = load_base_settings(demo_config_path("base"))
+    assert default["task"].name == "pairsum" and default["task"].check_text  # the research configuration of issue 18
+    clock = load_base_settings(demo_config_path("base", "clock"))
     assert clock["task"].modulus > 0  # rounds 2-3's clock arithmetic, kept for reproduction
 
     bad = tmp_path / "base.yaml"

@@ -19,7 +19,7 @@ SIZES = {"math500": 500, "amc23": 40, "aime24": 30, "aime25": 30, "OlympiadBench
 
 
 @pytest.mark.slow
-def test_wheel_holds_the_five_benchmarks_with_their_record_counts(tmp_path):
+def test_wheel_holds_the_benchmarks_and_the_configs(tmp_path):
     # Build from a copy of what the wheel is made of, so that the build leaves nothing in the checkout.
     # pip is in every venv; building with its default isolation uses pyproject's build backend, as users do.
     source = tmp_path / "source"
@@ -40,6 +40,9 @@ def test_wheel_holds_the_five_benchmarks_with_their_record_counts(tmp_path):
             assert len(lines) == size
             assert all({"problem", "answer"} <= json.loads(line).keys() for line in lines)
         assert {"laser_rl/tasks/benchmarks/LICENSE", "laser_rl/tasks/benchmarks/README.md"} <= names
+        # every shipped config, `laser demo`'s included, is in the wheel
+        configs = {p.relative_to(ROOT / "src").as_posix() for p in (ROOT / "src" / "laser_rl" / "configs").rglob("*.yaml")}
+        assert len(configs) >= 17 and configs <= names
         # the unpacked wheel, alone on the path, serves a benchmark from an empty folder
         site = tmp_path / "site"
         zf.extractall(site)
@@ -49,6 +52,8 @@ def test_wheel_holds_the_five_benchmarks_with_their_record_counts(tmp_path):
     env["PYTHONPATH"] = str(site)
     probe = (
         "import laser_rl; from laser_rl.tasks.registry import load_task_data; "
+        "from laser_rl.demo import demo_config_path, load_base_settings; "
+        "assert load_base_settings(demo_config_path('base'))['task'].name == 'pairsum'; "
         "print(laser_rl.__file__, len(load_task_data('aime24').problems))"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=empty, env=env, check=True, capture_output=True,

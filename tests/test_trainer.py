@@ -21,7 +21,7 @@ from laser_rl.training.policy import PolicyWithScore, chunked_token_logprobs
 from laser_rl.training.trainer import metric_keys_without_timing
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = str(ROOT / "configs" / "demo" / "laser.yaml")
+DEMO_CONFIG = str(ROOT / "configs" / "demo" / "laser-arith.yaml")
 
 
 def fast_overrides(model_dir: Path, out: Path, steps: int = 3, **extra: object) -> list[str]:

@@ -266,7 +266,7 @@ def test_invalid_laser_token_gives_the_same_error_as_laser_train(tiny_model_dir,
     from laser_rl.training.trainer import Trainer
 
     for token in ("<eos>", "5"):
-        cfg = load_config(ROOT / "configs" / "demo" / "laser.yaml", [
+        cfg = load_config(ROOT / "configs" / "demo" / "laser-arith.yaml", [
             f"model.path={tiny_model_dir}", f"output_dir={tmp_path / 'train'}", f"laser.token={token}",
             "laser.c_ref=-6.0", "laser.beta_v=0.5", "logging.tensorboard=false"])
         with pytest.raises(LaserError) as builtin:

@@ -1,10 +1,13 @@
-"""`laser demo`: the paper's experiment on the embedded task — base model, GRPO, LaSeR, evaluation.
+"""`laser demo`: the paper's experiment on an embedded task — base model, GRPO, LaSeR, evaluation.
 
-    base   = `laser base` (SFT until accuracy ≈ 0.35; c_ref measured; β_v derived from it)
-    grpo   = configs/demo/grpo.yaml  from base, seed S
-    laser  = configs/demo/laser.yaml from base, seed S (same prompts, same budget, same c_ref/β_v)
+    base   = `laser base` with configs/demo/base-SETUP.yaml (SFT; c_ref measured; β_v derived from it)
+    grpo   = configs/demo/grpo-SETUP.yaml  from base, seed S
+    laser  = configs/demo/laser-SETUP.yaml from base, seed S (same prompts, same budget, same c_ref/β_v)
     eval   = each model on the held-out split, N problems × 8 samples, scored in the sampling loop
 
+SETUP is ``pairsum`` by default (issue 18's search task, where checking is easier than solving, so the
+score has something to find that likelihood cannot), ``arith`` (the first demo: chain arithmetic) or
+``clock`` (rounds 2-3 of docs/research/self-verification.md). The configs ship inside the package.
 Every phase is resumable: rerunning with the same ``--out`` reuses what is finished.
 """
 
@@ -20,7 +23,8 @@ from laser_rl.errors import LaserError
 from laser_rl.io import read_jsonl, write_json_atomic, write_text_atomic
 from laser_rl.score_params import ScoreParams
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "demo"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "demo"
+DEFAULT_SETUP = "pairsum"
 MODELS = ("base", "grpo", "laser")
 SUMMARY_KEYS = ("accuracy", "pass@8", "maj@8", "weighted_maj@8", "best_of@8", "hm_tpr_tnr", "auroc")
 
@@ -29,10 +33,16 @@ def _say(msg: str) -> None:
     print(f"[laser demo] {msg}", file=sys.stderr, flush=True)
 
 
-def demo_config_path(name: str, full: bool = False) -> Path:
-    path = CONFIG_DIR / (f"{name}-full.yaml" if full else f"{name}.yaml")
+def demo_setups() -> list[str]:
+    """The setups ``laser demo --setup`` accepts: every configs/demo/base-SETUP.yaml shipped."""
+    return sorted(p.name[len("base-"):-len(".yaml")] for p in CONFIG_DIR.glob("base-*.yaml"))
+
+
+def demo_config_path(name: str, setup: str = DEFAULT_SETUP) -> Path:
+    """configs/demo/NAME-SETUP.yaml (NAME: base, grpo or laser), from the installed package."""
+    path = CONFIG_DIR / f"{name}-{setup}.yaml"
     if not path.is_file():
-        raise LaserError(f"demo config {path} not found (run laser demo from a source checkout: pip install -e .)")
+        raise LaserError(f"--setup {setup}: no demo config {path.name} (setups: {', '.join(demo_setups())})")
     return path
 
 
@@ -80,7 +90,7 @@ def load_base_settings(path: str | Path) -> dict[str, Any]:
     return settings
 
 
-def _train(name: str, out: Path, base_dir: Path, params: ScoreParams, seed: int, full: bool, overrides: list[str]) -> float:
+def _train(name: str, out: Path, base_dir: Path, params: ScoreParams, seed: int, setup: str, overrides: list[str]) -> float:
     """Train (or resume, or reuse) one RL run; returns its training wall time in seconds."""
     from laser_rl.training.config import load_config
     from laser_rl.training.trainer import train
@@ -90,7 +100,7 @@ def _train(name: str, out: Path, base_dir: Path, params: ScoreParams, seed: int,
     if done_file.is_file() and (run_dir / "final" / "laser.json").is_file():
         _say(f"{name}: reusing the finished run in {run_dir}")
         return float(json.loads(done_file.read_text())["train_seconds"])
-    cfg = load_config(demo_config_path(name, full), [
+    cfg = load_config(demo_config_path(name, setup), [
         f"model.path={base_dir}", f"output_dir={run_dir}", f"train.seed={seed}",
         f"laser.c_ref={params.c_ref}", f"laser.beta_v={params.beta_v}", f"laser.token={params.token}", *overrides,
     ])
@@ -103,7 +113,7 @@ def _train(name: str, out: Path, base_dir: Path, params: ScoreParams, seed: int,
 
 
 def _evaluate(name: str, model_dir: Path, out: Path, seed: int, problems: int, n: int,
-              data: str = "arith") -> tuple[dict[str, Any], list[dict]]:
+              data: str) -> tuple[dict[str, Any], list[dict]]:
     from laser_rl.evaluation.runner import EvalOptions, run_eval
 
     eval_dir = out / "eval" / name
@@ -184,24 +194,57 @@ def render_summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines + base_lines)
 
 
-def run_demo(out: str | Path, *, seed: int = 0, full: bool = False, eval_problems: int | None = None,
-             eval_n: int = 8, base_overrides: dict[str, Any] | None = None, train_overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run the whole demo into ``out``; returns the summary (also written to ``out/summary.json``)."""
+def run_demo(out: str | Path, *, seed: int = 0, setup: str = DEFAULT_SETUP, eval_problems: int = 1000,
+             eval_n: int = 8, threads: int | None = 1, base_overrides: dict[str, Any] | None = None,
+             train_overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run the whole demo into ``out``; returns the summary (also written to ``out/summary.json``).
+
+    ``threads`` sets torch's CPU threads for the run (restored afterwards; ``None`` keeps them): the
+    tiny models gain nothing from intra-op threads, and on a loaded 2-core machine two threads made
+    the base SFT ~10x slower than one (docs/research/self-verification.md, round 4).
+    """
+    import torch
+
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise LaserError(f"--threads: must be a positive integer, got {threads!r}")
+    settings = load_base_settings(demo_config_path("base", setup))  # checks --setup before anything runs
+    threads_before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run_demo(Path(out), seed, setup, settings, eval_problems, eval_n, base_overrides or {},
+                         list(train_overrides or []))
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _check_base_task(base_dir: Path, settings: dict[str, Any], setup: str) -> None:
+    """A reused base folder must hold the setup's task: its tokenizer is the task's alphabet."""
+    from laser_rl.tasks.embedded import load_task_config
+
+    task = load_task_config(base_dir)
+    have, want = (task.name if task is not None else "arith"), settings["task"].name
+    if have != want:
+        raise LaserError(f"{base_dir} holds a base model for the {have} task, but --setup {setup} trains on {want}: "
+                         f"use another --out (or --setup {have})")
+
+
+def _run_demo(out: Path, seed: int, setup: str, settings: dict[str, Any], eval_problems: int, eval_n: int,
+              base_overrides: dict[str, Any], train_overrides: list[str]) -> dict[str, Any]:
     from laser_rl.evaluation.report import plot_accuracy_vs_k, plot_reliability, plot_score_histograms
     from laser_rl.training.sft import train_base_model
 
     t0 = time.perf_counter()
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    eval_problems = eval_problems or (1000 if full else 300)
     base_dir = out / "base"
+    settings = {**settings, **base_overrides}
 
     # 1. base model
     if ScoreParams.load(base_dir) is None:
-        _say(f"base: training the embedded base model into {base_dir}")
-        settings = load_base_settings(demo_config_path("base", full))
-        train_base_model(base_dir, seed=seed, overwrite=True, **{**settings, **(base_overrides or {})})
+        _say(f"base: training the embedded {settings['task'].name} base model into {base_dir} (setup {setup})")
+        train_base_model(base_dir, seed=seed, overwrite=True, **settings)
     else:
+        _check_base_task(base_dir, settings, setup)
         _say(f"base: reusing {base_dir}")
     params = ScoreParams.load(base_dir)
     assert params is not None
@@ -210,13 +253,10 @@ def run_demo(out: str | Path, *, seed: int = 0, full: bool = False, eval_problem
     # 2. RL runs, same seed, prompts and budget
     train_seconds = {"base": 0.0}
     for name in ("grpo", "laser"):
-        train_seconds[name] = _train(name, out, base_dir, params, seed, full, list(train_overrides or []))
+        train_seconds[name] = _train(name, out, base_dir, params, seed, setup, train_overrides)
 
     # 3. evaluation, on the held-out split of the task the base model was trained on
-    from laser_rl.tasks.embedded import load_task_config
-
-    task = load_task_config(base_dir)
-    data = task.name if task is not None else "arith"
+    data = settings["task"].name
     metrics, records = {}, {}
     dirs = {"base": base_dir, "grpo": out / "grpo" / "final", "laser": out / "laser" / "final"}
     for name in MODELS:
@@ -226,7 +266,8 @@ def run_demo(out: str | Path, *, seed: int = 0, full: bool = False, eval_problem
     summary: dict[str, Any] = {name: summarise(metrics[name], train_seconds[name]) for name in MODELS}
     summary["c_ref"] = params.c_ref
     summary["wall_seconds"] = time.perf_counter() - t0
-    info = {"beta_v": params.beta_v, "laser_vs_grpo_train_time": train_seconds["laser"] / max(train_seconds["grpo"], 1e-9),
+    info = {"setup": setup, "beta_v": params.beta_v,
+            "laser_vs_grpo_train_time": train_seconds["laser"] / max(train_seconds["grpo"], 1e-9),
             "eval": {"problems": eval_problems, "n": eval_n, "seed": seed, "data": data}}
     plot_accuracy_vs_k(metrics, out / "accuracy_vs_k.png")
     plot_score_histograms(records, out / "score_histograms.png")
@@ -262,14 +303,43 @@ the harmonic mean of the accuracy on correct (TPR) and incorrect (TNR) responses
 
 ![training curves](training_curves.png)
 
-## What this shows and what it does not
+## What this run shows
 
-- RL on a verifiable reward improves the base model (accuracy, maj@8), with or without LaSeR.
-- Only the LaSeR run's last-token score separates right from wrong answers (AUROC, hm): the GRPO
-  model's log π(z | x, y, EOS) carries no signal, because nothing trained it.
-- The score costs no extra forward pass in training and one decode step at test time.
-- Whether the score beats the free log-prob baselines above depends on the task: on chain arithmetic
-  (the quick demo) a wrong answer comes from a low-probability sampling slip, so the token log-probs
-  already tell, and the tiny model's last-token score does not beat them; on the pair-sum task
-  (`--full`) a wrong pair is written fluently, likelihood cannot tell, and the trained score can.
+{chr(10).join(f"- {line}" for line in findings(summary))}
+
+The score costs no extra forward pass in training and one decode step at test time. Whether it beats
+the free log-prob baselines depends on the task: on chain arithmetic (`--setup arith`) a wrong answer
+comes from a low-probability sampling slip, so the token log-probs already tell; on the pair-sum task
+(the default) a wrong pair is written fluently, likelihood cannot tell, and a trained check can.
 """
+
+
+def findings(summary: dict[str, Any]) -> list[str]:
+    """The report's conclusions, each computed from the summary (nothing asserted that was not measured)."""
+    from laser_rl.evaluation.metrics import format_metric
+
+    def pct(x: float | None) -> str:
+        return format_metric(x, ".1f", 100)
+
+    def gain(a: float | None, b: float | None) -> str:
+        return "n/a" if a is None or b is None else f"{100 * (a - b):+.1f}"
+
+    base, grpo, laser = summary["base"], summary["grpo"], summary["laser"]
+    lines = [
+        f"Accuracy: base {pct(base['accuracy'])}, GRPO {pct(grpo['accuracy'])}, LaSeR {pct(laser['accuracy'])} "
+        f"(LaSeR − GRPO {gain(laser['accuracy'], grpo['accuracy'])} points).",
+        f"Self-verification AUROC of log π(z | x, y, EOS): LaSeR {pct(laser['auroc'])}, GRPO {pct(grpo['auroc'])} "
+        f"(nothing trained GRPO's, so 50 is chance); hm(TPR, TNR) {pct(laser['hm_tpr_tnr'])} vs {pct(grpo['hm_tpr_tnr'])}.",
+        f"Voting with the LaSeR model's own scores: weighted maj@8 {pct(laser['weighted_maj@8'])} vs maj@8 "
+        f"{pct(laser['maj@8'])} ({gain(laser['weighted_maj@8'], laser['maj@8'])}); best-of-8 {pct(laser['best_of@8'])} "
+        f"vs a random sample {pct(laser['accuracy'])} ({gain(laser['best_of@8'], laser['accuracy'])}).",
+    ]
+    free = {b: laser.get(f"{b}_within_problem_auroc") for b in ("mean_logprob", "min_logprob")}
+    free = {b: v for b, v in free.items() if v is not None}
+    ours = laser.get("within_problem_auroc")
+    if free and ours is not None:
+        best = max(free, key=lambda b: free[b])
+        verdict = "beats" if ours > free[best] else "does not beat"
+        lines.append(f"Ranking a problem's own samples (within-problem AUROC), the LaSeR score ({pct(ours)}) {verdict} "
+                     f"the best free likelihood baseline, {best.replace('_', ' ')} ({pct(free[best])}).")
+    return lines

@@ -1,4 +1,4 @@
-"""``laser demo [--out DIR] [--seed S] [--full]``: the paper's experiment on the embedded task."""
+"""``laser demo [--out DIR] [--seed S] [--setup pairsum|arith|clock]``: the paper's experiment on an embedded task."""
 
 from __future__ import annotations
 
@@ -6,12 +6,19 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from laser_rl.demo import DEFAULT_SETUP, demo_setups
+
     parser.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder (reused and resumed if present)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the base model, both RL runs and the evaluation")
+    parser.add_argument("--setup", default=DEFAULT_SETUP, choices=demo_setups(),
+                        help="configs/demo/{base,grpo,laser}-SETUP.yaml: pairsum (default; a search task where "
+                             "checking is easier than solving), arith (chain arithmetic), clock (research rounds 2-3)")
     parser.add_argument("--full", action="store_true",
-                        help="the longer research configuration (configs/demo/*-full.yaml; 1000 eval problems)")
-    parser.add_argument("--eval-problems", type=int, default=None, help="held-out problems to evaluate (default 300; 1000 with --full)")
+                        help="the issue-18 research configuration, now the default: same as --setup pairsum")
+    parser.add_argument("--eval-problems", type=int, default=1000, help="held-out problems to evaluate")
     parser.add_argument("--eval-n", type=int, default=8, help="samples per held-out problem")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (the tiny models gain nothing from more; 0 keeps torch's default)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to both RL runs")
 
 
@@ -19,8 +26,13 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from laser_rl.demo import run_demo
+    from laser_rl.errors import LaserError
 
-    summary = run_demo(args.out, seed=args.seed, full=args.full, eval_problems=args.eval_problems, eval_n=args.eval_n,
-                       train_overrides=args.overrides)
+    if args.full and args.setup != "pairsum":
+        raise LaserError(f"--full is the pairsum setup; it contradicts --setup {args.setup}")
+    if args.eval_problems < 1 or args.eval_n < 1:
+        raise LaserError("--eval-problems and --eval-n must be positive")
+    summary = run_demo(args.out, seed=args.seed, setup=args.setup, eval_problems=args.eval_problems,
+                       eval_n=args.eval_n, threads=args.threads or None, train_overrides=args.overrides)
     print(json.dumps({k: summary[k] for k in ("base", "grpo", "laser", "c_ref", "wall_seconds")}, indent=2))
     return 0
