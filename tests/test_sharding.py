@@ -283,3 +283,16 @@ def test_laser_train_fsdp2_equals_ddp_resumes_exactly_after_sigkill_and_saves_a_
     model = AutoModelForCausalLM.from_pretrained(final)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert json.loads((final / "laser.json").read_text())["token_id"] >= 0
+
+
+def test_laser_train_leaves_its_process_group_on_success():
+    import torch.distributed as dist
+
+    from laser_rl.commands.train import _leave_process_group
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process")
+    assert sharding.ensure_process_group(torch.device("cpu"))
+    _leave_process_group()
+    assert not dist.is_initialized()
+    _leave_process_group()  # no group: nothing to do
