@@ -152,6 +152,7 @@ def test_demo_configs() -> None:
     assert {k for k in a if a[k] != b[k]} == {"laser.enabled", "output_dir"}
     assert full_laser.train.steps == 200 and full_laser.laser.alpha == 0.1 and full_laser.laser.alpha_warmup_steps == 50
     assert full_laser.laser.tau == 0.0  # advantage integration measured to cost accuracy (rounds 3 and 4)
+    assert full_laser.loss.kl_coef == 0.1  # keeps the written check honest in both arms (round 5)
     assert (full_laser.data.train, full_laser.data.eval) == ("pairsum:train", "pairsum")  # issue 18's task
     # demo measurement: c_ref ≈ -12 on the tiny base; auto puts the correct target at -4 -> beta_v = 0.125
     assert laser.laser.resolve_beta_v(-12.0) == pytest.approx(0.125)
