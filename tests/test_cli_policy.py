@@ -163,6 +163,26 @@ def test_eval_refuses_an_unrelated_folder_and_resumes_its_own(tiny_model_dir, tm
     assert len(_records(out)) == 1 and json.loads((out / "eval_config.json").read_text())["seed"] == 5
 
 
+def test_train_refuses_a_folder_that_holds_something_else(tiny_model_dir, tmp_path, capsys, one_thread):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    assert main(["train", "--config", DEMO_CONFIG, *_train_overrides(tiny_model_dir, out)]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty and holds no laser train run (e.g. notes.txt)" in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]  # nothing written, nothing lost
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["train", "--config", DEMO_CONFIG, *_train_overrides(tiny_model_dir, afile)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    # a run that stopped before its first step (config.yaml only) starts again without --resume
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "config.yaml").write_text("output_dir: x\n")
+    assert main(["train", "--config", DEMO_CONFIG, *_train_overrides(tiny_model_dir, stopped)]) == 0
+    assert (stopped / "metrics.jsonl").is_file()
+
+
 def test_score_metrics_calibrate_bench_refuse_an_existing_file(tiny_model_dir, tmp_path, capsys, one_thread):
     run = tmp_path / "run"
     assert _eval(tiny_model_dir, run, "--limit", "2") == 0

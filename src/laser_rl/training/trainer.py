@@ -143,6 +143,11 @@ class Trainer:
             self._print(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting from step 1")
         if not resume and (self.out / METRICS_FILE).exists():
             raise LaserError(f"output_dir {self.out} already holds a run; pass --resume to continue it or choose another output_dir")
+        if self.out.exists() and not self.out.is_dir():
+            raise LaserError(f"output_dir {self.out}: exists and is not a folder")
+        if not resume and _foreign_files(self.out):
+            raise LaserError(f"output_dir {self.out} exists, is not empty and holds no laser train run "
+                             f"(e.g. {_foreign_files(self.out)[0]}); choose another output_dir or empty it")
         model_path = str(self.resume_from[1]) if self.resume_from else cfg.model.path
         self.base_path = Path(cfg.model.path)
         self.sharding = resolve_sharding(cfg.train.sharding)
@@ -830,6 +835,14 @@ def micro_batch_loss(
         scores=scores, rewards=sub.rewards, finished=sub.seq.finished, mse_weights=sub.mse_weights,
         mse_weight_sum=weight_sum, ref_logprobs=sub.ref_logprobs,
     )
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """What an output_dir holds besides a run of ours: nothing, for a missing or empty folder or one
+    whose ``config.yaml`` (written before step 1) marks a run that stopped before its first step."""
+    if not out.is_dir() or (out / "config.yaml").is_file():
+        return []
+    return sorted(p.name for p in out.iterdir())
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
