@@ -443,6 +443,19 @@ def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
     assert "must be a mapping" in _error(lambda: load_config(f, []))
 
 
+def test_shipped_configs_load_by_name_from_any_folder(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the names resolve inside the installed package
+    by_name = load_config("paper/qwen2.5-7b-laser.yaml", [])
+    assert by_name == load_config(PAPER / "qwen2.5-7b-laser.yaml", [])
+    assert load_config("configs/demo/laser-pairsum.yaml", []).data.train == "pairsum:train"
+    msg = _error(lambda: load_config("paper/nope.yaml", []))
+    assert msg.startswith("paper/nope.yaml: config file not found (nor among the shipped configs:")
+    assert "paper/orz-7b-grpo.yaml" in msg and "demo/laser-arith.yaml" in msg
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "paper" / "qwen2.5-7b-laser.yaml").write_text("output_dir: mine\nmodel: {path: m}\ndata: {train: arith:train}\n")
+    assert load_config("paper/qwen2.5-7b-laser.yaml", []).output_dir == "mine"  # a file that exists wins
+
+
 def test_missing_or_unreadable_config_file(tmp_path: Path) -> None:
     assert (
         _error(lambda: load_config(tmp_path / "nope.yaml", []))

@@ -54,6 +54,8 @@ def test_wheel_holds_the_benchmarks_and_the_configs(tmp_path):
         "import laser_rl; from laser_rl.tasks.registry import load_task_data; "
         "from laser_rl.demo import demo_config_path, load_base_settings; "
         "assert load_base_settings(demo_config_path('base'))['task'].name == 'pairsum'; "
+        "from laser_rl.training.config import load_config; "
+        "assert load_config('paper/orz-7b-laser.yaml').laser.enabled; "
         "print(laser_rl.__file__, len(load_task_data('aime24').problems))"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=empty, env=env, check=True, capture_output=True,

@@ -27,7 +27,7 @@ class _Once(argparse.Action):
 def add_arguments(parser: argparse.ArgumentParser) -> list[str]:
     """Declare the flags on ``parser``; returns their long names (for "did you mean")."""
     flags = [
-        parser.add_argument("--config", "-c", metavar="CONFIG.yaml", action=_Once, help="YAML config (see configs/)"),
+        parser.add_argument("--config", "-c", metavar="CONFIG.yaml", action=_Once, help="YAML config: a path, or a shipped config such as paper/qwen2.5-7b-laser.yaml (configs/ in the repository)"),
         parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir"),
         parser.add_argument("--print-config", action="store_true", help="print the fully resolved config as YAML and exit"),
     ]

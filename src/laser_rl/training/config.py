@@ -790,6 +790,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     """
     data: dict[str, Any] = {}
     lines: dict[str, int] = {}
+    if path is not None:
+        path = resolve_config_path(path)
     source = "" if path is None else str(path)
     if path is not None:
         data, lines = _parse_yaml(_read_text(Path(path)), source)
@@ -799,6 +801,25 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         _set_dotted(data, key, value)
         origins[key] = f"override '{text}'"
     return _make(data, _locator(source, lines, origins))
+
+
+#: The configs shipped inside the package (the repository's configs/ links here).
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` itself when it exists; otherwise a shipped config of that name, so an installed
+    package serves ``--config paper/qwen2.5-7b-laser.yaml`` (or ``configs/paper/...``) from anywhere."""
+    path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    shipped = SHIPPED_CONFIGS.joinpath(*parts) if parts else SHIPPED_CONFIGS
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.relative_to(SHIPPED_CONFIGS).as_posix() for p in SHIPPED_CONFIGS.glob("*/*.yaml")
+                             if p.parent.name != "accelerate" and not p.name.startswith("base-")))
+    raise LaserError(f"{path}: config file not found (nor among the shipped configs: {names})")
 
 
 def _read_text(path: Path) -> str:
