@@ -53,6 +53,28 @@ def test_laser_base_writes_a_loadable_model_folder(tmp_path, capsys):
     assert all(p.meta["n_operands"] in (2, 3) for p in test.problems)
 
 
+def test_config_file_sets_the_base_and_flags_override_it(tmp_path, capsys):
+    from laser_rl.tasks.embedded import load_task_config
+    from laser_rl.tasks.pairsum import PairSumConfig
+
+    # the default demo's base, by its shipped name, with the step caps and one task field overridden
+    out = tmp_path / "pairsum"
+    small = ["--hidden", "16", "--heads", "2", "--intermediate", "32"]
+    assert main(["base", "--out", str(out), "--config", "demo/base-pairsum.yaml", "--max-value", "40", *small, *TINY]) == 0
+    assert load_task_config(out) == PairSumConfig(max_value=40, sft_wrong_rate=0.6, check_text=True)
+    config = AutoModelForCausalLM.from_pretrained(out).config
+    assert (config.hidden_size, config.num_hidden_layers) == (16, 4)  # --hidden given, layers from the file
+    # a task field that has no flag (ops) comes from the file too
+    custom = tmp_path / "mine.yaml"
+    custom.write_text("task: {min_operands: 2, max_operands: 3, ops: '+'}\nmodel: {hidden: 16, heads: 2, layers: 1}\n")
+    out = tmp_path / "plus"
+    assert main(["base", "--out", str(out), "--config", str(custom), *TINY]) == 0
+    assert load_task_config(out) == ArithConfig(min_operands=2, max_operands=3, ops="+")
+    assert main(["base", "--out", str(tmp_path / "x"), "--config", "demo/nope.yaml", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "demo/nope.yaml: config file not found" in err and "demo/base-pairsum.yaml" in err
+
+
 def test_model_shape_flags_build_that_model(tmp_path):
     out = tmp_path / "base"
     flags = ["--hidden", "32", "--layers", "2", "--heads", "2", "--min-operands", "2", "--max-operands", "2"]

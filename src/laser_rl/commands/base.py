@@ -12,9 +12,18 @@ import argparse
 
 from laser_rl.errors import LaserError
 
+#: Flags that always take their own default (a --config file does not set them).
+_NOT_IN_CONFIG = ("out", "overwrite", "seed", "config", "threads", "quiet", "help")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output model folder")
+    parser.add_argument(
+        "--config",
+        metavar="BASE.yaml",
+        help="laser base settings from a file, e.g. demo/base-pairsum.yaml (the default demo's base; a path or a "
+        "shipped name); flags given as well override it",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and sampling")
     parser.add_argument("--max-steps", type=int, default=1500, help="step cap if the target is not reached")
@@ -78,6 +87,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    # Flags a --config file may set are left out of the namespace unless given, so that the order
+    # flag > file > default can be applied in run(); their defaults travel in _flag_defaults.
+    settable = [a for a in parser._actions if a.dest not in _NOT_IN_CONFIG]
+    parser.set_defaults(_flag_defaults={a.dest: a.default for a in settable})
+    for action in settable:
+        action.default = argparse.SUPPRESS
+
+
+def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
+    """Every setting, each from its flag if given, else the --config file, else the flag's default.
+    A config's task fields that have no flag (arith ``ops``, ``no_negative``) come along as
+    ``task_extra`` when the task is the config's."""
+    values = dict(args._flag_defaults)
+    task_extra: dict[str, object] = {}
+    config_task = None
+    if args.config:
+        from laser_rl.demo import load_base_settings
+        from laser_rl.training.config import resolve_config_path
+
+        settings = load_base_settings(resolve_config_path(args.config, base_model=True))
+        task = settings.pop("task", None)
+        if task is not None:
+            fields = task.to_dict()
+            fields.pop("version", None)
+            config_task = values["task"] = fields.pop("name")
+            fields["task_seed"] = fields.pop("seed")
+            for key, value in fields.items():
+                (values if key in values else task_extra)[key] = value
+        values.update(settings.pop("model_kwargs", {}))
+        values.update(settings)  # the SFT keys are named like their flags
+    given = {k: v for k, v in vars(args).items() if k != "_flag_defaults"}
+    values.update(given)
+    return argparse.Namespace(**values, task_extra=task_extra if values["task"] == config_task else {})
 
 
 def model_shape(args: argparse.Namespace) -> dict[str, int]:
@@ -98,8 +140,8 @@ def task_config(args: argparse.Namespace) -> object:
     """The task config the flags describe (``LaserError`` naming the flag of an invalid field)."""
     from laser_rl.tasks.embedded import default_task_config
 
-    shared = {"min_value": args.min_value, "max_value": args.max_value, "test_size": args.test_size,
-              "seed": args.task_seed}
+    shared = {**getattr(args, "task_extra", {}), "min_value": args.min_value, "max_value": args.max_value,
+              "test_size": args.test_size, "seed": args.task_seed}
     if args.task == "pairsum":
         fields = {**shared, "min_numbers": args.min_numbers, "max_numbers": args.max_numbers,
                   "sft_wrong_rate": args.sft_wrong_rate, "check_text": args.check_text}
@@ -119,6 +161,7 @@ def task_config(args: argparse.Namespace) -> object:
 def run(args: argparse.Namespace) -> int:
     from laser_rl.io import check_output_dir
 
+    args = resolve_settings(args)
     task = task_config(args)
     model_kwargs = model_shape(args)
     check_output_dir(args.out, args.overwrite)  # before any work

@@ -807,9 +807,11 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def resolve_config_path(path: str | Path) -> Path:
+def resolve_config_path(path: str | Path, base_model: bool = False) -> Path:
     """``path`` itself when it exists; otherwise a shipped config of that name, so an installed
-    package serves ``--config paper/qwen2.5-7b-laser.yaml`` (or ``configs/paper/...``) from anywhere."""
+    package serves ``--config paper/qwen2.5-7b-laser.yaml`` (or ``configs/paper/...``) from anywhere.
+    ``base_model``: the error lists the shipped ``laser base`` settings (demo/base-*.yaml) instead
+    of the training configs."""
     path = Path(path)
     if path.exists() or path.is_absolute():
         return path
@@ -818,7 +820,7 @@ def resolve_config_path(path: str | Path) -> Path:
     if shipped.is_file():
         return shipped
     names = ", ".join(sorted(p.relative_to(SHIPPED_CONFIGS).as_posix() for p in SHIPPED_CONFIGS.glob("*/*.yaml")
-                             if p.parent.name != "accelerate" and not p.name.startswith("base-")))
+                             if p.parent.name != "accelerate" and p.name.startswith("base-") == base_model))
     raise LaserError(f"{path}: config file not found (nor among the shipped configs: {names})")
 
 
