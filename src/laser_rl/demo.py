@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from laser_rl.errors import LaserError
-from laser_rl.io import read_jsonl, write_json_atomic, write_text_atomic
+from laser_rl.io import SHIPPED_CONFIGS, read_jsonl, write_json_atomic, write_text_atomic
 from laser_rl.score_params import ScoreParams
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "demo"
+CONFIG_DIR = SHIPPED_CONFIGS / "demo"
 DEFAULT_SETUP = "pairsum"
 MODELS = ("base", "grpo", "laser")
 SUMMARY_KEYS = ("accuracy", "pass@8", "maj@8", "weighted_maj@8", "best_of@8", "hm_tpr_tnr", "auroc")

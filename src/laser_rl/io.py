@@ -21,6 +21,9 @@ from typing import Any
 
 from laser_rl.errors import LaserError
 
+#: The configs shipped inside the package (demo, paper, accelerate); the repository's configs/ links here.
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
 
 def check_output_file(path: str | os.PathLike[str], overwrite: bool, flag: str = "--out") -> Path:
     """Refuse to clobber a file: ``path`` must not exist unless ``overwrite`` (checked before any work)."""

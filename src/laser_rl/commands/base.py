@@ -14,6 +14,8 @@ from laser_rl.errors import LaserError
 
 #: Flags that always take their own default (a --config file does not set them).
 _NOT_IN_CONFIG = ("out", "overwrite", "seed", "config", "threads", "quiet", "help")
+#: Task fields whose flag is named otherwise (``--seed`` seeds the model; ``--task-seed`` the split).
+_TASK_FIELD_DEST = {"seed": "task_seed"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,8 +114,8 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
             fields = task.to_dict()
             fields.pop("version", None)
             config_task = values["task"] = fields.pop("name")
-            fields["task_seed"] = fields.pop("seed")
             for key, value in fields.items():
+                key = _TASK_FIELD_DEST.get(key, key)
                 (values if key in values else task_extra)[key] = value
         values.update(settings.pop("model_kwargs", {}))
         values.update(settings)  # the SFT keys are named like their flags
@@ -154,7 +156,7 @@ def task_config(args: argparse.Namespace) -> object:
     except LaserError as e:  # name the flag, not the dataclass field
         msg = str(e).removeprefix(f"{args.task} task: ")
         field = msg.split(" ", 1)[0]
-        flag = {"seed": "task-seed"}.get(field, field.replace("_", "-"))
+        flag = _TASK_FIELD_DEST.get(field, field).replace("_", "-")
         raise LaserError(f"--{flag}: {msg}" if hasattr(defaults, field) else msg) from None
 
 

@@ -803,15 +803,13 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return _make(data, _locator(source, lines, origins))
 
 
-#: The configs shipped inside the package (the repository's configs/ links here).
-SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
 def resolve_config_path(path: str | Path, base_model: bool = False) -> Path:
     """``path`` itself when it exists; otherwise a shipped config of that name, so an installed
     package serves ``--config paper/qwen2.5-7b-laser.yaml`` (or ``configs/paper/...``) from anywhere.
     ``base_model``: the error lists the shipped ``laser base`` settings (demo/base-*.yaml) instead
     of the training configs."""
+    from laser_rl.io import SHIPPED_CONFIGS
+
     path = Path(path)
     if path.exists() or path.is_absolute():
         return path

@@ -67,6 +67,7 @@ from laser_rl.training.sharding import (
 )
 
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"  # written before step 1: marks the folder as a run of ours
 FINAL_DIR = "final"
 TIMING_KEYS = ("time_rollout", "time_update", "time_step", "time_eval", "time_save")
 
@@ -145,9 +146,10 @@ class Trainer:
             raise LaserError(f"output_dir {self.out} already holds a run; pass --resume to continue it or choose another output_dir")
         if self.out.exists() and not self.out.is_dir():
             raise LaserError(f"output_dir {self.out}: exists and is not a folder")
-        if not resume and _foreign_files(self.out):
+        foreign = [] if resume else _foreign_files(self.out)
+        if foreign:
             raise LaserError(f"output_dir {self.out} exists, is not empty and holds no laser train run "
-                             f"(e.g. {_foreign_files(self.out)[0]}); choose another output_dir or empty it")
+                             f"(e.g. {foreign[0]}); choose another output_dir or empty it")
         model_path = str(self.resume_from[1]) if self.resume_from else cfg.model.path
         self.base_path = Path(cfg.model.path)
         self.sharding = resolve_sharding(cfg.train.sharding)
@@ -690,7 +692,7 @@ class Trainer:
             if metrics_path.exists():  # drop what was logged after the checkpoint we resumed from
                 history = [m for m in read_jsonl(metrics_path) if m.get("step", 0) <= self.step]
                 write_jsonl_atomic(metrics_path, history)
-            (self.out / "config.yaml").write_text(_yaml(cfg))
+            (self.out / CONFIG_FILE).write_text(_yaml(cfg))
         writer = self._tensorboard()
         wandb_run = self._wandb()
         if self.score is not None:
@@ -839,8 +841,8 @@ def micro_batch_loss(
 
 def _foreign_files(out: Path) -> list[str]:
     """What an output_dir holds besides a run of ours: nothing, for a missing or empty folder or one
-    whose ``config.yaml`` (written before step 1) marks a run that stopped before its first step."""
-    if not out.is_dir() or (out / "config.yaml").is_file():
+    whose ``CONFIG_FILE`` (written before step 1) marks a run that stopped before its first step."""
+    if not out.is_dir() or (out / CONFIG_FILE).is_file():
         return []
     return sorted(p.name for p in out.iterdir())
 
