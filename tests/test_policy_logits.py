@@ -186,3 +186,41 @@ def test_temperature_must_be_positive(temperature: float) -> None:
         PolicyWithScore(model)(ids, torch.ones_like(ids, dtype=torch.bool), torch.arange(4)[None],
                                torch.tensor([[False, True, False]]), torch.tensor([2]), torch.tensor([True]),
                                temperature)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_check_accepts_every_family_in_bfloat16(family: str) -> None:
+    """No false refusal from rounding: the check tolerates bf16 (its transform runs in the model's dtype)."""
+    model = make_model(family).to(torch.bfloat16)
+    assert PolicyWithScore(model).logit_transform == PolicyWithScore(make_model(family)).logit_transform
+
+
+def test_check_is_skipped_for_weights_on_the_meta_device() -> None:
+    """Under meta-device initialisation only the rank holding the weights can (and does) run the check."""
+    cfg = copy.deepcopy(FAMILIES["llama"][1])
+    cfg.logits_scaling = 8.0  # the check would refuse this (see above) if it ran
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    assert PolicyWithScore(model).logit_transform.scale == 1 / 8.0
+
+
+def test_head_pass_keeps_no_vocab_wide_activation_beyond_one_chunk() -> None:
+    """Entropy and the logit transform add no O(tokens × vocab) memory: what autograd keeps for backward
+    outside the checkpointed chunks has no [rows > chunk, V] tensor (the chunks keep only their inputs)."""
+    model = make_model("gemma2").train()
+    V, chunk = model.config.vocab_size, 3
+    ids = torch.randint(3, V - 1, (4, 12), generator=torch.Generator().manual_seed(0))
+    pred = torch.ones(4, 11, dtype=torch.bool)
+    widest: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() >= 1 and t.shape[-1] == V:
+            widest.append(t.numel() // V)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = PolicyWithScore(model, chunk_size=chunk)(ids, torch.ones_like(ids, dtype=torch.bool),
+                                                       torch.arange(12).expand(4, 12), pred,
+                                                       torch.full((4,), -1), torch.zeros(4, dtype=torch.bool))
+    assert out.token_logprobs.requires_grad and out.entropy.abs().sum() > 0
+    assert max(widest, default=0) <= chunk, f"a saved tensor spans {max(widest)} rows of vocab width"
