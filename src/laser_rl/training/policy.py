@@ -99,7 +99,8 @@ def check_logit_transform(model: nn.Module, transform: LogitTransform, probe_len
     if not _materialised(model):
         return
     vocab = head.weight.shape[0]
-    ids = torch.arange(probe_length, device=head.weight.device).remainder(vocab).unsqueeze(0)  # [1, n]
+    device = model.get_input_embeddings().weight.device
+    ids = torch.arange(probe_length, device=device).remainder(vocab).unsqueeze(0)  # [1, n]
     was_training = model.training
     model.eval()
     try:
@@ -114,8 +115,9 @@ def check_logit_transform(model: nn.Module, transform: LogitTransform, probe_len
         raise LaserError(f"{name}: its forward returns logits of shape {tuple(want.shape)}, but its LM head gives "
                          f"{tuple(got.shape)}; the training pass cannot reproduce this model's logits")
     want, got = want.float(), got.float()
-    tol = 16 * torch.finfo(head.weight.dtype).eps * (1.0 + want.abs().max().item())
-    diff = (got - want).abs().max().item()
+    largest = want.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).abs().max().item()
+    tol = 16 * torch.finfo(head.weight.dtype).eps * (1.0 + largest)
+    diff = (got.to(want.device) - want).abs().max().item()  # inf / NaN (masked logits) fail the test below
     if not diff <= tol:
         raise LaserError(
             f"{name}: its forward changes the LM head's logits in a way the model config does not describe "
