@@ -181,15 +181,11 @@ def chunked_logprobs_and_entropy(
 
 
 def chunked_token_logprobs(
-    hidden: Tensor,
-    head: nn.Linear,
-    targets: Tensor,
-    temperature: float | Tensor = 1.0,
-    chunk_size: int = 1024,
-    transform: LogitTransform = LogitTransform(),  # noqa: B008 - frozen, so one shared default is safe
+    hidden: Tensor, head: nn.Linear, targets: Tensor, temperature: float | Tensor = 1.0, chunk_size: int = 1024
 ) -> Tensor:
-    """log softmax(transform(head(hidden)) / T)[target] → ``[N]`` float32; see :func:`chunked_logprobs_and_entropy`."""
-    return chunked_logprobs_and_entropy(hidden, head, targets, temperature, chunk_size, transform)[0]
+    """log softmax(head(hidden) / T)[target] → ``[N]`` float32, no logit transform; see
+    :func:`chunked_logprobs_and_entropy`."""
+    return chunked_logprobs_and_entropy(hidden, head, targets, temperature, chunk_size)[0]
 
 
 @dataclass
