@@ -86,6 +86,11 @@ def test_laser_eval_self_verify_and_verdict_land_in_metrics_and_report(pairsum_m
     assert main(args) == 0
     assert "self-verify:" not in capsys.readouterr().err
     assert json.loads((out / "metrics.json").read_text())["baselines"] == m["baselines"]
+    # a smaller --limit: metrics over the first 2 problems, the report says so, the cache still serves
+    assert main([*args[:8], "2", *args[9:]]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_problems"] == 2
+    assert "first 2 of the 3 problems" in (out / "report.md").read_text()
+    assert "self-verify:" not in capsys.readouterr().err
     # bad flags fail before anything is sampled
     bad = tmp_path / "bad"
     assert main([*args[:9], "--out", str(bad), "--verdict-pattern", "(unclosed"]) == 2

@@ -246,9 +246,9 @@ def refresh_eval_baselines(
     say = log or (lambda msg: print(f"laser eval: {msg}", file=sys.stderr))
     folder = Path(out)
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    records = load_records(folder / SAMPLES_FILE)[0]
-    total = len(records) if limit is None else min(limit, len(records))
-    records = records[:total]
+    everything = load_records(folder / SAMPLES_FILE)[0]
+    total = len(everything) if limit is None else min(limit, len(everything))
+    records = everything[:total]  # the metrics cover these (--limit); the rest keep their note
     reader = verdict if verdict is not None else getattr(data, "verdict", None)
     if reader is not None:
         records = attach_verdicts(records, reader)
@@ -258,7 +258,7 @@ def refresh_eval_baselines(
         fields = _cached_self_verify(folder, records, self_verify_spec, load_model, config["prompt_style"],
                                      batch_size, say)
         records = [{**r, **f} for r, f in zip(records, fields)]
-    return _write_metrics_and_report(folder, records, total, data, config, say)
+    return _write_metrics_and_report(folder, records + everything[total:], total, data, config, say)
 
 
 __all__ = [
