@@ -9,6 +9,7 @@ from typing import Any
 
 from laser_rl.commands._types import non_negative_float, positive_int, probability
 from laser_rl.commands.score import add_model_arguments
+from laser_rl.evaluation.verdict import PATTERN_HELP
 from laser_rl.rewards.registry import VERIFIER_CHOICES
 
 
@@ -42,8 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Free baselines next to the self-reward score (issue 24): the written verdict, a second verification pass.
     parser.add_argument("--verdict-pattern", metavar="REGEX", default=None,
                         help="read the verdict each response writes about itself (default: the task's own, e.g. "
-                             "pair-sum's ;ok;/;no;; none for math): the last match's first group is yes "
-                             "(yes/ok/correct/right/true) or no (no/wrong/incorrect/false)")
+                             f"pair-sum's ;ok;/;no;; none for math): {PATTERN_HELP}")
     parser.add_argument("--self-verify", metavar="TEMPLATE", default=None,
                         help="also score each finished response by a second pass of the same model over x + y + "
                              "TEMPLATE: p(yes) normalised over the yes/no tokens, with its token and time cost")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from laser_rl.evaluation.verdict import PATTERN_HELP
+
 
 def _ks(text: str) -> list[int]:
     try:
@@ -25,9 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how answers are grouped for voting; auto: exact when every answer is a plain "
                              "integer, else math-verify")
     parser.add_argument("--verdict-pattern", metavar="REGEX", default=None,
-                        help="report the verdict each response writes about itself as a free baseline: the last "
-                             "match's first group is yes (yes/ok/correct/right/true) or no (no/wrong/incorrect/false), "
-                             "e.g. ';(ok|no);' for pair-sum; a 'verdicts' field in the records is used without it")
+                        help="report the verdict each response writes about itself as a free baseline: "
+                             f"{PATTERN_HELP}; e.g. ';(ok|no);' for pair-sum (a 'verdicts' field in the records "
+                             "is used without it)")
     parser.add_argument("--report", metavar="DIR", default=None,
                         help="also write report.md and plots into DIR (empty or new unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out (and write into a non-empty --report)")

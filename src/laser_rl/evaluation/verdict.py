@@ -31,6 +31,11 @@ VerdictReader = Callable[[str], "float | None"]
 #: Words a ``--verdict-pattern`` group may capture (compared lower-cased, surrounding space removed).
 YES_WORDS = frozenset({"yes", "y", "ok", "correct", "right", "true", "valid"})
 NO_WORDS = frozenset({"no", "n", "incorrect", "wrong", "false", "invalid"})
+#: The ``--verdict-pattern`` help text of the commands (one owner of the word lists' description).
+PATTERN_HELP = (
+    "the last match's first group must be a yes word (" + "/".join(sorted(YES_WORDS)) + ") or a no word ("
+    + "/".join(sorted(NO_WORDS)) + "), compared lower-cased; anything else is no verdict"
+)
 #: The score of a response without a verdict (AUROC, hm, best-of-k): between "no" (0) and "yes" (1).
 UNDEFINED_VERDICT_SCORE = 0.5
 VERDICT_FIELD = "verdicts"
@@ -89,6 +94,7 @@ def attach_verdicts(records: Sequence[Mapping[str, Any]], reader: VerdictReader)
 
 __all__ = [
     "NO_WORDS",
+    "PATTERN_HELP",
     "PatternVerdict",
     "UNDEFINED_VERDICT_SCORE",
     "VERDICT_FIELD",
