@@ -27,8 +27,11 @@ def test_demo_writes_summary_report_and_plots_and_reuses_finished_phases(tmp_pat
     assert set(summary) == {"base", "grpo", "laser", "c_ref", "wall_seconds"}
     for name in ("base", "grpo", "laser"):
         for key in ("accuracy", "pass@8", "maj@8", "weighted_maj@8", "best_of@8", "hm_tpr_tnr", "auroc",
-                    "train_seconds", "mean_logprob_auroc", "min_logprob_weighted_maj@8"):
+                    "train_seconds", "mean_logprob_auroc", "min_logprob_weighted_maj@8", "verdict_auroc",
+                    "verdict_within_problem_auroc", "verdict_hm_tpr_tnr", "verdict_weighted_maj@8", "verdict_best_of@8"):
             assert key in summary[name], (name, key)
+    # the verdict baseline is in each model's eval metrics too (pair-sum responses may write ;ok;/;no;)
+    assert "verdict" in json.loads((out / "eval" / "grpo" / "metrics.json").read_text())["baselines"]
     assert summary["base"]["train_seconds"] == 0 and summary["laser"]["train_seconds"] > 0
     assert summary["c_ref"] == -6.0
     info = json.loads((out / "run_info.json").read_text())
@@ -42,6 +45,7 @@ def test_demo_writes_summary_report_and_plots_and_reuses_finished_phases(tmp_pat
     # the conclusions are computed from this run's numbers
     acc = summary["laser"]["accuracy"] * 100
     assert f"LaSeR {acc:.1f} (LaSeR − GRPO" in report
+    assert "| grpo | written verdict |" in report and "the best free vote" in report
     # a second run reuses every finished phase: same training times, same metrics
     assert main(args) == 0
     again = json.loads((out / "summary.json").read_text())
@@ -103,3 +107,34 @@ def test_demo_base_settings_files(tmp_path):
     bad.write_text("lr: 1e-3\nsteps: 5\n")
     with pytest.raises(LaserError, match="unknown key 'steps'"):
         load_base_settings(bad)
+
+
+def _summary_entry(**values):
+    """A summary.json model entry with likelihood baselines; ``values`` override or add keys."""
+    entry = {"accuracy": 0.2, "maj@8": 0.25, "weighted_maj@8": 0.5, "best_of@8": 0.5, "hm_tpr_tnr": 0.9, "auroc": 0.95,
+             "within_problem_auroc": 0.95, "mean_logprob_within_problem_auroc": 0.6, "mean_logprob_weighted_maj@8": 0.26,
+             "min_logprob_within_problem_auroc": 0.55, "min_logprob_weighted_maj@8": 0.24}
+    return {**entry, **values}
+
+
+def test_findings_compare_the_score_with_the_written_verdict_on_grpo_and_laser():
+    from laser_rl.demo import findings
+
+    # issue 24's seed B: the verdict on the GRPO model votes as well as LaSeR's score: no "beats"
+    laser = {"weighted_maj@8": 0.649, "verdict_auroc": 0.96, "verdict_within_problem_auroc": 0.95,
+             "verdict_weighted_maj@8": 0.645}
+    grpo = {"auroc": 0.49, "verdict_auroc": 0.97, "verdict_within_problem_auroc": 0.96, "verdict_weighted_maj@8": 0.649}
+    summary = {"base": _summary_entry(), "laser": _summary_entry(**laser), "grpo": _summary_entry(**grpo)}
+    text = "\n".join(findings(summary))
+    assert "the LaSeR score (95.0) does not beat the best free signal: written verdict on the LaSeR model (95.0), " \
+           "written verdict on the GRPO model (96.0)" in text
+    assert "LaSeR's score-weighted maj@8 (64.9) does not beat the best free vote, written verdict-weighted maj@8 on " \
+           "the GRPO model (64.9, +0.0)" in text
+    assert "The written verdict (each response's own check word, free and untrained) reaches AUROC 97.0 on the GRPO" in text
+    # no verdict written (check_text off): the likelihood baselines are the best free signals, and z beats them
+    for name in ("laser", "grpo"):
+        summary[name] = {k: v for k, v in summary[name].items() if not k.startswith("verdict_")}
+    text = "\n".join(findings(summary))
+    assert "the LaSeR score (95.0) beats the best free signal: mean token log-prob on the LaSeR model (60.0)" in text
+    assert "score-weighted maj@8 (64.9) beats the best free vote, mean token log-prob-weighted maj@8 on the GRPO" in text
+    assert "written verdict" not in text

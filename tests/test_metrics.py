@@ -377,7 +377,10 @@ def test_baselines_rank_normalised():
     assert b["mean_logprob"]["weighted_maj@3"] == 0.0
     # min: weights 1, 2/3, 1/3 -> "2" wins -> wrong; AUROC: the correct one has the lowest min
     assert b["min_logprob"]["auroc"] == 0.0 and b["mean_logprob"]["auroc"] == 1.0
-    assert list(b["mean_logprob"]) == ["auroc", "within_problem_auroc", "weighted_maj@1", "weighted_maj@3"]
+    assert list(b["mean_logprob"]) == ["auroc", "within_problem_auroc", "weighted_maj@1", "weighted_maj@3",
+                                       "best_of@1", "best_of@3"]
+    # best-of-k takes the highest value: mean -0.1 (right), min -5.0 (wrong)
+    assert b["mean_logprob"]["best_of@3"] == 1.0 and b["min_logprob"]["best_of@3"] == 0.0
     assert b["mean_logprob"]["within_problem_auroc"] == 1.0 and b["min_logprob"]["within_problem_auroc"] == 0.0
     recs[0]["mean_logprobs"] = [
         -2.0,

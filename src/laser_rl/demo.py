@@ -26,6 +26,9 @@ from laser_rl.score_params import ScoreParams
 CONFIG_DIR = SHIPPED_CONFIGS / "demo"
 DEFAULT_SETUP = "pairsum"
 MODELS = ("base", "grpo", "laser")
+#: The free signals the score is compared with (summary key prefix -> label).
+FREE_SIGNALS = {"mean_logprob": "mean token log-prob", "min_logprob": "min token log-prob",
+                "verdict": "written verdict"}
 SUMMARY_KEYS = ("accuracy", "pass@8", "maj@8", "weighted_maj@8", "best_of@8", "hm_tpr_tnr", "auroc")
 
 
@@ -114,17 +117,22 @@ def _train(name: str, out: Path, base_dir: Path, params: ScoreParams, seed: int,
 
 def _evaluate(name: str, model_dir: Path, out: Path, seed: int, problems: int, n: int,
               data: str) -> tuple[dict[str, Any], list[dict]]:
-    from laser_rl.evaluation.runner import EvalOptions, run_eval
+    from laser_rl.evaluation.runner import EvalOptions, load_eval_data, run_eval
+    from laser_rl.evaluation.self_verify import refresh_eval_baselines
 
     eval_dir = out / "eval" / name
     _say(f"{name}: evaluating on {problems} held-out {data} problems × {n} samples")
-    metrics = run_eval(EvalOptions(model=str(model_dir), data=data, n=n, out=str(eval_dir), limit=problems,
-                                   batch_size=512, seed=seed), log=_say)
+    run_eval(EvalOptions(model=str(model_dir), data=data, n=n, out=str(eval_dir), limit=problems, batch_size=512,
+                         seed=seed), log=_say)
+    # the verdict the responses write (pair-sum's ;ok;/;no;): a free baseline next to the likelihood ones
+    metrics = refresh_eval_baselines(eval_dir, load_eval_data(data, model_dir), limit=problems, log=_say)
     return metrics, read_jsonl(eval_dir / "samples.jsonl")[:problems]
 
 
 def summarise(metrics: dict[str, Any], train_seconds: float) -> dict[str, Any]:
-    """The summary.json entry of one model: headline numbers plus the free log-prob baselines."""
+    """The summary.json entry of one model: headline numbers plus the free baselines (log-probs, and the
+    written verdict when the responses write one): ``NAME_auroc``, ``NAME_within_problem_auroc``,
+    ``NAME_weighted_maj@8``, ``NAME_best_of@8`` and, for the verdict, ``NAME_hm_tpr_tnr``."""
     v, voting = metrics["verification"], metrics["voting"]
     entry: dict[str, Any] = {
         "accuracy": metrics["accuracy"], "pass@8": voting["pass@8"], "maj@8": voting["maj@8"],
@@ -133,9 +141,9 @@ def summarise(metrics: dict[str, Any], train_seconds: float) -> dict[str, Any]:
         "tpr": v["tpr"], "tnr": v["tnr"], "ece": v["ece"], "train_seconds": train_seconds,
     }
     for name, b in (metrics.get("baselines") or {}).items():
-        entry[f"{name}_auroc"] = b["auroc"]
-        entry[f"{name}_within_problem_auroc"] = b["within_problem_auroc"]
-        entry[f"{name}_weighted_maj@8"] = b["weighted_maj@8"]
+        for key in ("auroc", "within_problem_auroc", "hm_tpr_tnr", "weighted_maj@8", "best_of@8"):
+            if key in b:
+                entry[f"{name}_{key}"] = b[key]
     return entry
 
 
@@ -182,14 +190,16 @@ def render_summary_table(summary: dict[str, Any]) -> str:
         m = summary[name]
         cells = [format_metric(m[c], ".1f", 1 if c == "train_seconds" else 100) for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    base_lines = ["", "Free confidence baselines from the sampled-token log-probs (no training needed):", "",
-                  "| model | score | AUROC | within-problem AUROC | weighted maj@8 |", "|---|---|---|---|---|"]
+    base_lines = ["", "Free signals next to LaSeR's score (no training needed): the sampled-token log-probs and, "
+                  "when the responses write one, their own verdict (`;ok;` / `;no;`):", "",
+                  "| model | score | AUROC | within-problem AUROC | hm(TPR, TNR) | weighted maj@8 | best-of-8 |",
+                  "|---|---|---|---|---|---|---|"]
     for name in MODELS:
         m = summary[name]
-        rows = [("LaSeR self-reward", "")] + [(b.replace("_", " "), f"{b}_") for b in ("mean_logprob", "min_logprob")
-                                              if f"{b}_auroc" in m]
+        rows = [("LaSeR self-reward", "")] + [(label, f"{b}_") for b, label in FREE_SIGNALS.items() if f"{b}_auroc" in m]
         for label, prefix in rows:
-            cells = [format_metric(m[f"{prefix}{c}"], ".1f", 100) for c in ("auroc", "within_problem_auroc", "weighted_maj@8")]
+            cells = [format_metric(m.get(f"{prefix}{c}"), ".1f", 100)
+                     for c in ("auroc", "within_problem_auroc", "hm_tpr_tnr", "weighted_maj@8", "best_of@8")]
             base_lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines + base_lines)
 
@@ -307,11 +317,36 @@ the harmonic mean of the accuracy on correct (TPR) and incorrect (TNR) responses
 
 {chr(10).join(f"- {line}" for line in findings(summary))}
 
-The score costs no extra forward pass in training and one decode step at test time. Whether it beats
-the free log-prob baselines depends on the task: on chain arithmetic (`--setup arith`) a wrong answer
-comes from a low-probability sampling slip, so the token log-probs already tell; on the pair-sum task
-(the default) a wrong pair is written fluently, likelihood cannot tell, and a trained check can.
+The score costs no extra forward pass in training and one decode step at test time. What it has to
+beat is the best signal a user already has for free: the token log-probs, and the verdict a response
+writes about itself when it writes one (the written-verdict rows above). On chain arithmetic
+(`--setup arith`) a wrong answer comes from a low-probability sampling slip, so the token log-probs
+already tell. On the pair-sum task a wrong pair is written fluently, so likelihood cannot tell; but
+with check text (`check_text: true`, the default base) every response states `;ok;` / `;no;`, and
+reading that word needs no training, so the conclusions above compare the score with it on the GRPO
+model too. The paper's claim is about responses that write no verdict, where the alternative is a
+second verification pass (`laser eval --self-verify TEMPLATE`, the "two-template" baseline).
 """
+
+
+def best_free_signal(entry: dict[str, Any], metric: str) -> tuple[str, float] | None:
+    """(name, value) of the free signal (:data:`FREE_SIGNALS`) that does best on ``metric`` for one model."""
+    values = {b: entry.get(f"{b}_{metric}") for b in FREE_SIGNALS}
+    defined = {b: float(v) for b, v in values.items() if v is not None}
+    if not defined:
+        return None
+    best = max(defined, key=lambda b: defined[b])
+    return best, defined[best]
+
+
+def best_free_vote(entry: dict[str, Any]) -> tuple[str, float]:
+    """(label, accuracy) of the best vote without LaSeR's score: maj@8 or a free signal's weighted maj@8."""
+    votes = {"maj@8": float(entry["maj@8"])}
+    for b, label in FREE_SIGNALS.items():
+        if entry.get(f"{b}_weighted_maj@8") is not None:
+            votes[f"{label}-weighted maj@8"] = float(entry[f"{b}_weighted_maj@8"])
+    best = max(votes, key=lambda k: votes[k])  # the first on ties: maj@8 before any weighting
+    return best, votes[best]
 
 
 def findings(summary: dict[str, Any]) -> list[str]:
@@ -334,12 +369,24 @@ def findings(summary: dict[str, Any]) -> list[str]:
         f"{pct(laser['maj@8'])} ({gain(laser['weighted_maj@8'], laser['maj@8'])}); best-of-8 {pct(laser['best_of@8'])} "
         f"vs a random sample {pct(laser['accuracy'])} ({gain(laser['best_of@8'], laser['accuracy'])}).",
     ]
-    free = {b: laser.get(f"{b}_within_problem_auroc") for b in ("mean_logprob", "min_logprob")}
-    free = {b: v for b, v in free.items() if v is not None}
+    if laser.get("verdict_auroc") is not None or grpo.get("verdict_auroc") is not None:
+        lines.append(f"The written verdict (each response's own check word, free and untrained) reaches AUROC {pct(grpo.get('verdict_auroc'))} "
+                     f"on the GRPO model and {pct(laser.get('verdict_auroc'))} on the LaSeR model, hm(TPR, TNR) "
+                     f"{pct(grpo.get('verdict_hm_tpr_tnr'))} / {pct(laser.get('verdict_hm_tpr_tnr'))}; "
+                     f"LaSeR's score: AUROC {pct(laser['auroc'])}, hm {pct(laser['hm_tpr_tnr'])}.")
     ours = laser.get("within_problem_auroc")
-    if free and ours is not None:
-        best = max(free, key=lambda b: free[b])
-        verdict = "beats" if ours > free[best] else "does not beat"
+    free = {name: best_free_signal(summary[name], "within_problem_auroc") for name in ("grpo", "laser")}
+    if ours is not None and all(free.values()):
+        (g_name, g_val), (l_name, l_val) = free["grpo"], free["laser"]  # type: ignore[misc]
+        verdict = "beats" if ours > max(g_val, l_val) else "does not beat"
         lines.append(f"Ranking a problem's own samples (within-problem AUROC), the LaSeR score ({pct(ours)}) {verdict} "
-                     f"the best free likelihood baseline, {best.replace('_', ' ')} ({pct(free[best])}).")
+                     f"the best free signal: {FREE_SIGNALS[l_name]} on the LaSeR model ({pct(l_val)}), "
+                     f"{FREE_SIGNALS[g_name]} on the GRPO model ({pct(g_val)}).")
+    votes = {name: best_free_vote(summary[name]) for name in ("grpo", "laser")}
+    (g_label, g_vote), (l_label, l_vote) = votes["grpo"], votes["laser"]
+    ours_vote = laser["weighted_maj@8"]
+    verdict = "beats" if ours_vote > max(g_vote, l_vote) else "does not beat"
+    lines.append(f"Voting: LaSeR's score-weighted maj@8 ({pct(ours_vote)}) {verdict} the best free vote, "
+                 f"{g_label} on the GRPO model ({pct(g_vote)}, {gain(ours_vote, g_vote)}) and {l_label} on the LaSeR "
+                 f"model ({pct(l_vote)}).")
     return lines

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from laser_rl.commands._types import non_negative_float, positive_int, probability
 from laser_rl.commands.score import add_model_arguments
+from laser_rl.evaluation.verdict import PATTERN_HELP
 from laser_rl.rewards.registry import VERIFIER_CHOICES
 
 
@@ -38,10 +40,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how responses are checked: auto = the data's own (math for benchmarks and files, "
                              "arith for arith); math = last \\boxed{} + symbolic equivalence; exact = last "
                              "\\boxed{} or else last line, equal as text; arith = integer after the last #")
+    # Free baselines next to the self-reward score (issue 24): the written verdict, a second verification pass.
+    parser.add_argument("--verdict-pattern", metavar="REGEX", default=None,
+                        help="read the verdict each response writes about itself (default: the task's own, e.g. "
+                             f"pair-sum's ;ok;/;no;; none for math): {PATTERN_HELP}")
+    parser.add_argument("--self-verify", metavar="TEMPLATE", default=None,
+                        help="also score each finished response by a second pass of the same model over x + y + "
+                             "TEMPLATE: p(yes) normalised over the yes/no tokens, with its token and time cost")
+    parser.add_argument("--self-verify-words", metavar="YES,NO", default="yes,no",
+                        help="the verdict words whose first tokens are read after TEMPLATE (spaces kept)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from laser_rl.evaluation.metrics import verification_line
+    from laser_rl.evaluation.metrics import baseline_lines, verification_line
     from laser_rl.evaluation.runner import EvalOptions, run_eval
 
     if args.quiet:
@@ -56,12 +67,47 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype, save_ids=args.save_ids, force_token=args.force_token,
         overwrite=args.overwrite, progress=not args.quiet, verifier=args.verifier,
     )
+    baselines = _baseline_options(args)  # checked before sampling
     metrics = run_eval(opts)
+    metrics = _add_baselines(args, *baselines) or metrics
     v = metrics["voting"]
     ver = metrics["verification"]
     ks = sorted({int(key.split("@")[1]) for key in v})
     print(f"accuracy {metrics['accuracy']:.4f} over {metrics['num_problems']} problems x {args.n} responses")
     print(f"self-verification: {verification_line(ver)}")
     print(json.dumps({f"{m}@{ks[-1]}": v[f"{m}@{ks[-1]}"] for m in ("maj", "weighted_maj", "best_of", "pass")}))
+    for line in baseline_lines(metrics):
+        print(line)
     print(f"wrote {args.out}/samples.jsonl, metrics.json, report.md")
     return 0
+
+
+def _baseline_options(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(verdict reader or None, SelfVerifySpec or None) from the flags."""
+    from laser_rl.errors import LaserError
+    from laser_rl.evaluation.self_verify import SelfVerifySpec
+    from laser_rl.evaluation.verdict import pattern_reader
+
+    spec = None
+    if args.self_verify is not None:
+        words = args.self_verify_words.split(",")
+        if len(words) != 2 or not all(words) or not args.self_verify:
+            raise LaserError(f"--self-verify needs a template and --self-verify-words YES,NO, got "
+                             f"{args.self_verify!r} and {args.self_verify_words!r}")
+        spec = SelfVerifySpec(args.self_verify, (words[0], words[1]))
+    return pattern_reader(args.verdict_pattern), spec
+
+
+def _add_baselines(args: argparse.Namespace, verdict: Any, spec: Any) -> dict[str, Any] | None:
+    """The written verdict and ``--self-verify`` added to the folder's metrics and report (None: nothing to add)."""
+    from laser_rl.evaluation.runner import load_eval_data, load_scoring_model
+    from laser_rl.evaluation.self_verify import refresh_eval_baselines
+
+    data = load_eval_data(args.data, args.model, args.verifier)
+    if verdict is None and data.verdict is None and spec is None:
+        return None
+    return refresh_eval_baselines(
+        args.out, data, limit=args.limit, verdict=verdict, self_verify_spec=spec, batch_size=args.batch_size,
+        load_model=lambda: load_scoring_model(args.model, token=args.token, beta_v=args.beta_v, c_ref=args.c_ref,
+                                              device=args.device, dtype=args.dtype, force_token=args.force_token),
+    )

@@ -27,7 +27,17 @@ Pure Python/NumPy (no model, no torch), so ``laser metrics`` runs anywhere. Conv
   the raw value, its ``within_problem_auroc``, and ``weighted_maj@k`` whose weight is the value's *rank within the first k responses
   of the problem*: weight = average rank / k, rank 1 = lowest value, ties sharing their average rank,
   so weights lie in (0, 1] and the most confident response weighs 1. Raw log-probs cannot be used as
-  votes directly (they are negative and not on a common scale across problems).
+  votes directly (they are negative and not on a common scale across problems). ``best_of@k`` takes
+  the highest value (first on ties).
+- probability baselines (records with ``verdicts``, the written verdict 1/0/null of
+  :mod:`laser_rl.evaluation.verdict`, or ``self_verify_scores``, p(yes) of a second verification pass of
+  :mod:`laser_rl.evaluation.self_verify`) get the LaSeR score's metrics: tpr/tnr/``hm_tpr_tnr``
+  (score > 0.5), AUROC, within-problem AUROC, ``weighted_maj@k`` (weight clamp(value, 0, 1); a
+  null verdict weighs 0, and when no answered response among the first k has weight > 0 the vote is
+  the plain majority) and ``best_of@k``; a null verdict scores ``UNDEFINED_VERDICT_SCORE`` (0.5) for
+  the others. ``coverage`` is the share of responses with a value. With the per-response fields
+  ``self_verify_prefill_tokens`` / ``self_verify_decode_tokens`` / ``self_verify_seconds``, the
+  self-verification entry also carries its ``cost`` per verified response.
 
 Answers are grouped by an equivalence function (exact string for the embedded task, math-verify for
 math). Grouping is greedy in order of first appearance: an answer joins the first earlier group whose
@@ -47,13 +57,14 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from laser_rl.errors import LaserError
+from laser_rl.evaluation.verdict import UNDEFINED_VERDICT_SCORE, VERDICT_FIELD, VerdictReader, attach_verdicts
 from laser_rl.io import read_jsonl_located
 
 SameAnswer = Callable[[str, str], bool]
@@ -63,6 +74,11 @@ VERIFICATION_KEYS = (
     "tpr", "tnr", "hm_tpr_tnr", "precision", "recall", "f1", "accuracy", "auroc", "ece", "within_problem_auroc",
 )
 BASELINES = {"mean_logprob": "mean_logprobs", "min_logprob": "min_logprobs"}
+#: Baselines that read as a probability of "correct" (record field per name; null = no value).
+PROBABILITY_BASELINES = {"verdict": VERDICT_FIELD, "self_verify": "self_verify_scores"}
+#: Per-response cost fields of the self-verification pass (``cost`` entry, per verified response).
+SELF_VERIFY_COST = {"prefill_tokens": "self_verify_prefill_tokens", "decode_tokens": "self_verify_decode_tokens",
+                    "seconds": "self_verify_seconds"}
 ECE_BINS = 10
 
 
@@ -97,6 +113,25 @@ def verification_line(v: Mapping[str, Any]) -> str:
     keys = (("tpr", "tpr"), ("tnr", "tnr"), ("hm", "hm_tpr_tnr"), ("auroc", "auroc"),
             ("within-problem auroc", "within_problem_auroc"), ("ece", "ece"))
     return " ".join(f"{label} {format_metric(v[key])}" for label, key in keys)
+
+
+def baseline_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """One line per free baseline (AUROC, within-problem AUROC, hm where defined, votes at the largest k),
+    for the commands to print next to :func:`verification_line`."""
+    lines = []
+    for name, b in (metrics.get("baselines") or {}).items():
+        k = max(int(key.split("@")[1]) for key in b if key.startswith("weighted_maj@"))
+        parts = [f"auroc {format_metric(b['auroc'])}", f"within-problem auroc {format_metric(b['within_problem_auroc'])}"]
+        if "hm_tpr_tnr" in b:
+            parts.append(f"hm {format_metric(b['hm_tpr_tnr'])}")
+        parts += [f"weighted_maj@{k} {format_metric(b[f'weighted_maj@{k}'])}", f"best_of@{k} {format_metric(b[f'best_of@{k}'])}"]
+        cost = b.get("cost")
+        if cost:
+            parts.append(f"cost/response: {format_metric(cost['prefill_tokens_per_response'], '.1f')} prefill + "
+                         f"{format_metric(cost['decode_tokens_per_response'], '.1f')} decode tokens, "
+                         f"{format_metric(cost['seconds_per_response'], '.2e')} s")
+        lines.append(f"baseline {name}: " + " ".join(parts))
+    return lines
 
 
 def harmonic_mean_tpr_tnr(tpr: float | None, tnr: float | None) -> float | None:
@@ -255,7 +290,8 @@ class ProblemSamples:
     answers: list[str | None]
     correct: np.ndarray  # bool[n]
     scores: np.ndarray  # float64[n]
-    extra: dict[str, np.ndarray]  # baseline name -> float64[n]
+    extra: dict[str, np.ndarray]  # baseline name -> float64[n] (NaN: no value, probability baselines only)
+    cost: dict[str, np.ndarray] = field(default_factory=dict)  # SELF_VERIFY_COST name -> float64[n]
 
     @property
     def n(self) -> int:
@@ -268,9 +304,13 @@ def _where(index: int, locations: Sequence[str] | None) -> str:
     return f"record {index}"
 
 
-def _numbers(values: list[Any], field: str, where: str, allow_bool: bool = False) -> np.ndarray:
+def _numbers(values: list[Any], field: str, where: str, allow_bool: bool = False, allow_null: bool = False) -> np.ndarray:
+    """float64[n] of a list field; ``allow_null`` reads null as NaN (no value)."""
     out = np.empty(len(values), dtype=np.float64)
     for j, v in enumerate(values):
+        if v is None and allow_null:
+            out[j] = np.nan
+            continue
         if isinstance(v, bool) and not allow_bool:
             raise LaserError(f"{where}: field '{field}'[{j}] must be a number, got a boolean")
         if not isinstance(v, (int, float)):
@@ -295,7 +335,8 @@ def validate_record(record: Any, index: int, locations: Sequence[str] | None = N
     if not isinstance(responses, list) or not responses:
         raise LaserError(f"{where}: field 'responses' must be a non-empty list")
     n = len(responses)
-    lists = ["pred_answers", "acc_list", "self_rewarding_scores", "finished", *BASELINES.values()]
+    lists = ["pred_answers", "acc_list", "self_rewarding_scores", "finished", *BASELINES.values(),
+             *PROBABILITY_BASELINES.values(), *SELF_VERIFY_COST.values()]
     for key in lists:
         if key in record:
             value = record[key]
@@ -314,7 +355,11 @@ def validate_record(record: Any, index: int, locations: Sequence[str] | None = N
     correct = _numbers(record["acc_list"], "acc_list", where, allow_bool=True) > 0.5
     scores = _numbers(record["self_rewarding_scores"], "self_rewarding_scores", where)
     extra = {name: _numbers(record[f], f, where) for name, f in BASELINES.items() if f in record}
-    return ProblemSamples(answers=answers, correct=correct, scores=scores, extra=extra)
+    for name, f in PROBABILITY_BASELINES.items():
+        if f in record:
+            extra[name] = _numbers(record[f], f, where, allow_bool=True, allow_null=True)
+    cost = {name: _numbers(record[f], f, where) for name, f in SELF_VERIFY_COST.items() if f in record}
+    return ProblemSamples(answers=answers, correct=correct, scores=scores, extra=extra, cost=cost)
 
 
 def default_ks(n: int) -> list[int]:
@@ -380,18 +425,62 @@ def within_problem_auroc(values: Sequence[np.ndarray], correct: Sequence[np.ndar
     return mean_defined(per_problem), len(per_problem)
 
 
+def probability_weights(values: np.ndarray) -> np.ndarray:
+    """Vote weights of a probability baseline: clamp(value, 0, 1), no value (NaN) → 0."""
+    return np.nan_to_num(np.clip(values, 0.0, 1.0), nan=0.0)
+
+
+def probability_scores(values: np.ndarray) -> np.ndarray:
+    """Scores of a probability baseline for AUROC, hm and best-of-k: no value (NaN) → 0.5."""
+    return np.where(np.isnan(values), UNDEFINED_VERDICT_SCORE, values)
+
+
+def _baseline_names(problems: Sequence[ProblemSamples], names: Sequence[str], fields: Mapping[str, str],
+                    locations: Sequence[str] | None) -> list[str]:
+    """The baselines every record has; one present in some records only is an error."""
+    out = []
+    for name in names:
+        have = [name in p.extra for p in problems]
+        if all(have):
+            out.append(name)
+        elif any(have):
+            missing = have.index(False)
+            raise LaserError(
+                f"{_where(missing, locations)}: field '{fields[name]}' is missing here but present in other records"
+            )
+    return out
+
+
+def _self_verify_cost(problems: Sequence[ProblemSamples]) -> dict[str, float | int | None] | None:
+    """Mean prefill / decode tokens and seconds per verified response (decode tokens > 0), when recorded."""
+    if not problems or not all(set(SELF_VERIFY_COST) <= set(p.cost) for p in problems):
+        return None
+    cost = {name: np.concatenate([p.cost[name] for p in problems]) for name in SELF_VERIFY_COST}
+    verified = cost["decode_tokens"] > 0
+    n = int(verified.sum())
+    out: dict[str, float | int | None] = {"verified_responses": n}
+    for name, values in cost.items():
+        out[f"{name}_per_response"] = float(values[verified].mean()) if n else None
+    out["seconds_total"] = float(cost["seconds"].sum())
+    return out
+
+
 def compute_metrics(
     records: Sequence[Mapping[str, Any]],
     ks: Sequence[int] | None = None,
     same_answer: SameAnswer | None = None,
     *,
     locations: Sequence[str] | None = None,
+    verdict: VerdictReader | None = None,
 ) -> dict[str, Any]:
     """All test-time metrics of a scored samples file (one record per problem); see the module doc.
 
     ``same_answer`` groups answers for voting (default: exact string equality). ``locations`` are
-    optional ``file:line`` labels used in error messages instead of record indices.
+    optional ``file:line`` labels used in error messages instead of record indices. ``verdict`` reads
+    each response's written verdict from its text (replacing a ``verdicts`` field the records carry).
     """
+    if verdict is not None:
+        records = attach_verdicts(records, verdict)
     problems = [validate_record(r, i, locations) for i, r in enumerate(records)]
     if not problems:
         raise LaserError("no records to compute metrics from")
@@ -403,22 +492,16 @@ def compute_metrics(
     correct = np.concatenate([p.correct for p in problems])
     scores = np.concatenate([p.scores for p in problems])
 
-    baseline_names = []
-    for name in BASELINES:
-        have = [name in p.extra for p in problems]
-        if all(have):
-            baseline_names.append(name)
-        elif any(have):
-            missing = have.index(False)
-            raise LaserError(
-                f"{_where(missing, locations)}: field '{BASELINES[name]}' is missing here but present "
-                "in other records"
-            )
+    rank_names = _baseline_names(problems, list(BASELINES), BASELINES, locations)
+    prob_names = _baseline_names(problems, list(PROBABILITY_BASELINES), PROBABILITY_BASELINES, locations)
+    baseline_names = rank_names + prob_names
 
     votes: dict[str, list[float]] = {f"{m}@{k}": [] for m in VOTING_METHODS for k in ks}
-    base_votes: dict[str, list[float]] = {f"{b}:{k}": [] for b in baseline_names for k in ks}
+    base_votes: dict[str, list[float]] = {f"{b}:{m}@{k}": [] for b in baseline_names for m in ("weighted_maj", "best_of")
+                                          for k in ks}
     for p in problems:
         groups = equivalent.group(p.answers)
+        answered = np.asarray(groups) >= 0
         ones = np.ones(p.n)
         weights = np.clip(p.scores, 0.0, 1.0)
         c = int(p.correct.sum())
@@ -431,9 +514,15 @@ def compute_metrics(
             votes[f"best_of@{k}"].append(float(p.correct[best]))
             votes[f"pass@{k}"].append(pass_at_k(p.n, c, k))
             for b in baseline_names:
-                w = rank_weights(p.extra[b][:k])
+                if b in rank_names:
+                    w, s = rank_weights(p.extra[b][:k]), p.extra[b]
+                else:
+                    w, s = probability_weights(p.extra[b]), probability_scores(p.extra[b])
+                    if not w[:k][answered[:k]].any():  # nobody with an answer says yes: plain majority
+                        w = ones
                 win = vote(groups, w, k)
-                base_votes[f"{b}:{k}"].append(float(win is not None and p.correct[win]))
+                base_votes[f"{b}:weighted_maj@{k}"].append(float(win is not None and p.correct[win]))
+                base_votes[f"{b}:best_of@{k}"].append(float(p.correct[int(np.argmax(s[:k]))]))
 
     per_problem_correct = [p.correct for p in problems]
     within, mixed = within_problem_auroc([p.scores for p in problems], per_problem_correct)
@@ -449,13 +538,20 @@ def compute_metrics(
     if baseline_names:
         result["baselines"] = {}
         for b in baseline_names:
-            values = np.concatenate([p.extra[b] for p in problems])
-            entry: dict[str, float] = {
-                "auroc": auroc(values, correct),
-                "within_problem_auroc": within_problem_auroc([p.extra[b] for p in problems], per_problem_correct)[0],
-            }
-            for k in ks:
-                entry[f"weighted_maj@{k}"] = float(np.mean(base_votes[f"{b}:{k}"]))
+            per_problem = [p.extra[b] if b in rank_names else probability_scores(p.extra[b]) for p in problems]
+            values = np.concatenate(per_problem)
+            entry: dict[str, Any] = {"auroc": auroc(values, correct)}
+            if b in prob_names:
+                v = verification_metrics(values, correct)
+                entry.update(tpr=v["tpr"], tnr=v["tnr"], hm_tpr_tnr=v["hm_tpr_tnr"])
+                raw = np.concatenate([p.extra[b] for p in problems])
+                entry["coverage"] = float(np.mean(~np.isnan(raw)))
+            entry["within_problem_auroc"] = within_problem_auroc(per_problem, per_problem_correct)[0]
+            for m in ("weighted_maj", "best_of"):
+                for k in ks:
+                    entry[f"{m}@{k}"] = float(np.mean(base_votes[f"{b}:{m}@{k}"]))
+            if b == "self_verify":
+                entry["cost"] = _self_verify_cost(problems)
             result["baselines"][b] = entry
     return result
 

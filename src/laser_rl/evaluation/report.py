@@ -190,6 +190,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def cost_line(cost: Mapping[str, Any]) -> str:
+    """The self-verification pass's cost next to the self-reward's: LaSeR reads its score in the sampling
+    loop, one decode step after EOS and no prefill; the second pass re-reads x + y + template."""
+    return (
+        f"Verification cost per response: self-reward 0 prefill + 1 decode token (the step after EOS); "
+        f"self-verify {format_metric(cost['prefill_tokens_per_response'], '.1f')} prefill + "
+        f"{format_metric(cost['decode_tokens_per_response'], '.1f')} decode tokens, "
+        f"{format_metric(cost['seconds_per_response'], '.2e')} s "
+        f"({cost['verified_responses']} responses verified in {format_metric(cost['seconds_total'], '.1f')} s)."
+    )
+
+
 def render_markdown(
     metrics_by_name: Mapping[str, Mapping[str, Any]],
     *,
@@ -231,11 +243,14 @@ def render_markdown(
         out += [_table(["k", *(METHOD_LABELS[meth] for meth in VOTING_METHODS)], rows), ""]
     if any(metrics_by_name[n].get("baselines") for n in names):
         out += [
-            "## Confidence baselines",
+            "## Free baselines",
             "",
-            "What the sampler already knows: the mean / minimum sampled-token log-prob of each response. "
-            "AUROC of the raw value; weighted vote with weight = rank of the value among the first k "
-            "responses / k.",
+            "Signals a user has without LaSeR: the mean / minimum sampled-token log-prob of each response "
+            "(weighted vote: weight = rank of the value among the first k responses / k), the verdict the "
+            "response writes about itself (`verdict`: yes 1, no 0, none 0.5 as a score and 0 as a vote "
+            "weight; plain majority when no answered response says yes) and a second verification pass "
+            "(`self_verify`: p(yes) normalised over the yes/no tokens, weighted like the self-reward). "
+            "hm(TPR, TNR) needs a probability (score > 0.5), so it is n/a for the log-probs.",
             "",
         ]
         for n, c in zip(names, col):
@@ -244,12 +259,19 @@ def render_markdown(
             if not base:
                 continue
             ks = voting_ks(m)
-            header = ["score", "auroc", *(f"weighted_maj@{k}" for k in ks)]
-            rows = [["self-reward", m["verification"]["auroc"], *(m["voting"][f"weighted_maj@{k}"] for k in ks)]]
-            rows += [[b, e["auroc"], *(e[f"weighted_maj@{k}"] for k in ks)] for b, e in base.items()]
+            header = ["score", "auroc", "within_problem_auroc", "hm_tpr_tnr", *(f"weighted_maj@{k}" for k in ks),
+                      f"best_of@{ks[-1]}"]
+            v = m["verification"]
+            rows = [["self-reward", v["auroc"], v["within_problem_auroc"], v["hm_tpr_tnr"],
+                     *(m["voting"][f"weighted_maj@{k}"] for k in ks), m["voting"][f"best_of@{ks[-1]}"]]]
+            rows += [[b, e["auroc"], e["within_problem_auroc"], e.get("hm_tpr_tnr"),
+                      *(e[f"weighted_maj@{k}"] for k in ks), e[f"best_of@{ks[-1]}"]] for b, e in base.items()]
             if len(names) > 1:
                 out += [f"### {c}", ""]
             out += [_table(header, rows), ""]
+            cost = (base.get("self_verify") or {}).get("cost")
+            if cost:
+                out += [cost_line(cost), ""]
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     if notes:
@@ -285,6 +307,7 @@ __all__ = [
     "ACCURACY_PLOT",
     "HISTOGRAM_PLOT",
     "RELIABILITY_PLOT",
+    "cost_line",
     "plot_accuracy_vs_k",
     "plot_reliability",
     "plot_score_histograms",

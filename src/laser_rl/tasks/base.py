@@ -43,6 +43,9 @@ class TaskData:
     training problems, ``stream(seed, start)`` yielding problems from position ``start``) is set.
     ``prompt_style`` says how prompts are built: ``raw`` feeds the problem text as is (the embedded
     task's character tokenizer), ``chat`` applies the model's chat template and instruction (spec §4).
+    ``verdict`` (optional) reads the verdict a response writes about itself: 1.0 (says right), 0.0
+    (says wrong) or None (says neither); the evaluation reports it as a free baseline
+    (:mod:`laser_rl.evaluation.verdict`).
     """
 
     name: str
@@ -50,6 +53,7 @@ class TaskData:
     prompt_style: PromptStyle = "chat"
     problems: Sequence[Problem] | None = None
     stream: Callable[[int, int], Iterator[Problem]] | None = None
+    verdict: Callable[[str], float | None] | None = None
 
     def __post_init__(self) -> None:
         if (self.problems is None) == (self.stream is None):

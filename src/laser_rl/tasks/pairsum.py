@@ -177,6 +177,16 @@ def _response(a: int, b: int, target: int | None = None) -> str:
     return f"{a}+{b}={a + b};{check}#{a},{b}"
 
 
+_VERDICT_RE = re.compile(r";(ok|no);")
+
+
+def read_verdict(response: str) -> float | None:
+    """The response's own check text (``check_text``): ``;ok;`` → 1.0, ``;no;`` → 0.0, none → None (the
+    last one counts). The task's verdict reader (``TaskData.verdict``), a free baseline in evaluation."""
+    found = _VERDICT_RE.findall(response)
+    return None if not found else 1.0 if found[-1] == "ok" else 0.0
+
+
 def _target(prompt: str) -> int:
     return parse_prompt(prompt)[1]
 
@@ -278,4 +288,6 @@ class PairSumVerifier:
 def load_pairsum(split: str = "test", **options: Any) -> TaskData:
     """The registry entry point: ``pairsum`` / ``pairsum:test`` → the test split, ``pairsum:train`` → the stream
     (options: :func:`laser_rl.tasks.embedded.load_task`)."""
-    return load_task(PairSumConfig, TASK_NAME, split, options, held_out_problems, train_stream)
+    data = load_task(PairSumConfig, TASK_NAME, split, options, held_out_problems, train_stream)
+    data.verdict = read_verdict
+    return data
