@@ -33,6 +33,7 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache
 
+from laser_rl.core.laser import find_eos
 from laser_rl.errors import LaserError
 
 # Drop finished rows from the batch (and the KV cache) once at least this fraction of the current
@@ -297,9 +298,8 @@ def sample(
     # Everything after a row's first stop token is masked out (frozen rows that were still in the
     # batch wrote throw-away tokens there).
     tokens, logprobs = steps
-    is_stop = torch.isin(tokens, torch.tensor(sorted(stops), dtype=torch.long, device=device))
-    response_mask = (is_stop.long().cumsum(dim=1) - is_stop.long()) == 0
-    finished = is_stop.any(dim=1)
+    eos = find_eos(tokens, sorted(stops), allow_no_stops=True)
+    response_mask, finished = eos.response_mask, eos.finished
     return Rollout(
         response_ids=torch.where(response_mask, tokens, pad_id),
         response_mask=response_mask,
