@@ -228,12 +228,14 @@ def test_int_promotes_to_float_only() -> None:
 
 def test_helpers() -> None:
     cfg = load_config(None, REQUIRED)
-    assert cfg.model.resolved_dtype("cpu") == "float32" and cfg.model.resolved_dtype("cuda") == "bfloat16"
-    assert load_config(None, [*REQUIRED, "model.dtype=float16"]).model.resolved_dtype("cpu") == "float16"
     auto = load_config(None, [*REQUIRED, "laser.beta_v=auto", "laser.target_logprob=-3"]).laser
     assert auto.resolve_beta_v(-23.0) == pytest.approx(1 / 20)
     assert "target_logprob" in _error(lambda: auto.resolve_beta_v(-2.0))
     assert cfg.rollouts_per_step == cfg.data.prompts_per_step * cfg.rollout.n
+    # rollout.batch_size 0: one training step's responses of one process, in training and evaluation alike
+    assert cfg.generation_batch_size() == cfg.rollouts_per_step == 256
+    assert cfg.generation_batch_size(world_size=4) == 8 * 8
+    assert load_config(None, [*REQUIRED, "rollout.batch_size=48"]).generation_batch_size(4) == 48
 
 
 # ----------------------------------------------------------------------------------------- overrides
@@ -377,10 +379,11 @@ def test_type_errors(override: str, fragment: str) -> None:
     [
         ("train.steps=0", "train.steps must be ≥ 1, got 0"),
         ("rollout.n=0", "rollout.n must be ≥ 1"),
-        ("rollout.temperature=-0.5", "rollout.temperature must be ≥ 0"),
+        ("rollout.temperature=-0.5", "rollout.temperature must be > 0 for training"),
+        ("rollout.temperature=0", "rollout.temperature must be > 0 for training: the training forward divides"),
         ("rollout.top_p=0", "rollout.top_p must be in (0, 1]"),
         ("rollout.top_p=1.5", "rollout.top_p must be in (0, 1]"),
-        ("laser.tau=1.5", "laser.tau must be in [0, 1]"),
+        ("laser.tau=1.5", "laser.tau must lie in [0, 1]"),
         ("laser.beta_v=0", "laser.beta_v must be > 0 or auto"),
         ("laser.c_ref=3", "laser.c_ref must be < 0"),
         ("loss.clip_low=-0.1", "loss.clip_low must be in [0, 1)"),
@@ -424,7 +427,7 @@ def test_errors_in_file_name_the_line(tmp_path: Path) -> None:
         == f"{f}:8: rollout.temperature: expected a number, got string 'hot'"
     )
     f.write_text(base + "laser:\n  tau: 2\n")
-    assert _error(lambda: load_config(f, [])) == f"{f}:7: laser.tau must be in [0, 1], got 2.0"
+    assert _error(lambda: load_config(f, [])) == f"{f}:7: laser.tau must lie in [0, 1], got 2.0"
     # the override is blamed, not the file, when it set the bad value
     assert _error(lambda: load_config(f, ["laser.tau=3"])).startswith("override 'laser.tau=3': ")
     assert load_config(f, ["laser.tau=0.5"]).laser.tau == 0.5
