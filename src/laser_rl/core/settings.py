@@ -16,9 +16,7 @@ from typing import Any, Literal
 
 from laser_rl.core import CORRECT_THRESHOLD, DEFAULT_TARGET_LOGPROB, correct_target_logprob
 
-__all__ = ["REFERENCES", "LaserSettings", "prefixed_fields", "settings_field"]
-
-REFERENCES = ("constant", "model")  # what r_s is measured against
+__all__ = ["LaserSettings", "number_or_auto", "prefixed_fields", "settings_field", "settings_from_prefixed"]
 
 
 def settings_field(default: Any, doc: str) -> Any:
@@ -170,13 +168,11 @@ def _plain(tp: Any) -> Any:
     return tp if tp in (bool, int, float, str) else str
 
 
-def prefixed_fields(
-    prefix: str, exclude: Sequence[str] = (), help_suffix: dict[str, str] | None = None
-) -> list[tuple[str, Any, Any]]:
+def prefixed_fields(prefix: str, exclude: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
     """``(prefix + name, type, dataclasses.field)`` for every :class:`LaserSettings` field not in
     ``exclude``, for :func:`dataclasses.make_dataclass`: same defaults and help. A union or literal
     (``token``, ``beta_v``, ``c_ref``) becomes ``str`` with its default written as text, since
-    ``HfArgumentParser`` reads no unions; :meth:`LaserSettings.from_prefixed` turns the text back."""
+    ``HfArgumentParser`` reads no unions; :func:`settings_from_prefixed` reads the text back."""
     from typing import get_type_hints
 
     hints = get_type_hints(LaserSettings)
@@ -186,12 +182,11 @@ def prefixed_fields(
             continue
         tp = _plain(hints[f.name])
         default = f.default if tp is not str or isinstance(f.default, str) else str(f.default)
-        doc = f.metadata["help"] + (help_suffix or {}).get(f.name, "")
-        out.append((prefix + f.name, tp, field(default=default, metadata={"help": doc})))
+        out.append((prefix + f.name, tp, field(default=default, metadata={"help": f.metadata["help"]})))
     return out
 
 
-def _number_or_auto(value: Any, name: str) -> float | str:
+def number_or_auto(value: Any, name: str) -> float | str:
     """A setting that is a number or "auto" (strings come from a command line)."""
     from laser_rl.errors import LaserError
 
@@ -215,5 +210,5 @@ def settings_from_prefixed(obj: Any, prefix: str, name: Callable[[str], str]) ->
               if hasattr(obj, prefix + f.name)}
     for key in ("beta_v", "c_ref"):
         if key in values:
-            values[key] = _number_or_auto(values[key], name(key))
+            values[key] = number_or_auto(values[key], name(key))
     return LaserSettings(**values)
