@@ -536,3 +536,29 @@ def test_cli_print_config_round_trips(capsys: pytest.CaptureFixture[str], tmp_pa
     assert main(["train", "--config", paper, "laser.betav=0.2", "--print-config"]) == 2
     err = capsys.readouterr().err
     assert err == "laser train: error: override 'laser.betav=0.2': unknown key 'laser.betav' (did you mean laser.beta_v?)\n"
+
+
+# ----------------------------------------------------------------------- issue 22: temperature, drop_last
+
+
+def test_training_refuses_temperature_zero_with_one_line_naming_the_field_and_why() -> None:
+    msg = _error(lambda: load_config(None, [*REQUIRED, "rollout.temperature=0"]))
+    assert "\n" not in msg and msg.startswith("override 'rollout.temperature=0': rollout.temperature must be > 0")
+    assert "divides the logits" in msg
+    assert load_config(None, [*REQUIRED, "rollout.temperature=0.01"]).rollout.temperature == 0.01
+
+
+def test_temperature_zero_in_a_file_names_its_line(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("output_dir: x\nmodel: {path: m}\ndata: {train: arith:train}\nrollout:\n  temperature: 0\n")
+    assert _error(lambda: load_config(f, [])).startswith(f"{f}:5: rollout.temperature must be > 0 for training")
+
+
+def test_drop_last_defaults_off_and_the_paper_configs_set_it() -> None:
+    assert load_config(None, REQUIRED).data.drop_last is False
+    assert load_config(None, [*REQUIRED, "data.drop_last=true"]).data.drop_last is True
+    assert "verl" in dict((k, h) for k, _t, _d, h in config_fields())["data.drop_last"]
+    for path in sorted(PAPER.glob("*.yaml")):
+        assert "partial batch is dropped" in path.read_text() and load_config(path, []).data.drop_last is True
+    for path in sorted(DEMO.glob("[!b]*.yaml")):  # the demo keeps today's behaviour
+        assert load_config(path, []).data.drop_last is False

@@ -270,16 +270,16 @@ def test_calibrate_c_ref_measures_once_with_every_sample_and_broadcasts(monkeypa
     monkeypatch.setattr(calibrate, "calibrate_c_ref", fake)
     s = LaserSettings(c_ref_samples=512)
     got = s.calibrate_c_ref(None, None, [[1]] * 600, z_id=3, stop_ids=[2], pad_id=0, sampling=None, seed=1)
-    assert got == (-9.0, 0.5) and seen["n"] == 512 and seen["prompts"] == 512  # no silent cap at 300
+    assert got == (-9.0, 0.5, 7) and seen["n"] == 512 and seen["prompts"] == 512  # no silent cap at 300
     # a process that does not sample receives the main process's value through broadcast
     box_seen = []
 
     def broadcast(box):
         box_seen.append(list(box))
-        box[0] = (-11.0, 0.25)
+        box[0] = (-11.0, 0.25, 9)
 
     assert s.calibrate_c_ref(None, None, [], z_id=3, stop_ids=[2], pad_id=0, sampling=None, seed=1,
-                             sample_here=False, broadcast=broadcast) == (-11.0, 0.25)
+                             sample_here=False, broadcast=broadcast) == (-11.0, 0.25, 9)
     assert box_seen == [[None]]
     assert LaserSettings(c_ref=-4.0).calibrate_c_ref(None, None, [], z_id=3, stop_ids=[2], pad_id=0,
-                                                     sampling=None, seed=0) == (-4.0, None)
+                                                     sampling=None, seed=0) == (-4.0, None, 0)

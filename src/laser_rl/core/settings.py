@@ -136,9 +136,10 @@ class LaserSettings:
         seed: int,
         sample_here: bool = True,
         broadcast: Callable[[list[Any]], None] | None = None,
-    ) -> tuple[float, float | None]:
-        """(c_ref, its std): the configured number, or for ``auto`` the mean log π(z | x, y, EOS) over
-        ``c_ref_samples`` responses sampled from ``prompts`` on the initial model.
+    ) -> tuple[float, float | None, int]:
+        """(c_ref, its std, the finished responses it was measured on): the configured number (std None,
+        count 0), or for ``auto`` the mean log π(z | x, y, EOS) over ``c_ref_samples`` responses sampled
+        from ``prompts`` on the initial model (all of them: ``n`` is passed, so nothing caps the count).
 
         Measured once and shared, so every process scores with the same number: only where
         ``sample_here`` (the main process; every process when the model is sharded and sampling is a
@@ -146,16 +147,16 @@ class LaserSettings:
         one-item list from the main process) hands the main process's result to the others.
         """
         if self.c_ref != "auto":
-            return float(self.c_ref), None
+            return float(self.c_ref), None, 0
         box: list[Any] = [None]
         if sample_here:
             from laser_rl.calibrate import calibrate_c_ref
 
-            mean, std, _count = calibrate_c_ref(
+            mean, std, count = calibrate_c_ref(
                 model, tokenizer, list(prompts)[: self.c_ref_samples], z_id=z_id, stop_ids=stop_ids, pad_id=pad_id,
                 n=self.c_ref_samples, config=sampling, seed=seed,
             )
-            box = [(float(mean), float(std))]
+            box = [(float(mean), float(std), int(count))]
         if broadcast is not None:
             broadcast(box)
         if box[0] is None:

@@ -194,7 +194,7 @@ def resolve_score_params(
         sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0,
                                   max_new_tokens=args.max_completion_length)
     # the caller (LaserGRPOTrainer._laser_resolve) runs this on the main process and broadcasts the result
-    c_ref, c_std = settings.calibrate_c_ref(
+    c_ref, c_std, _ = settings.calibrate_c_ref(
         model, tokenizer, tokenize(prompts[: settings.c_ref_samples]) if sampling is not None else [], z_id=z_id,
         stop_ids=stop_ids, pad_id=pad_id, sampling=sampling, seed=args.seed,
     )
