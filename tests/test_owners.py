@@ -283,3 +283,19 @@ def test_calibrate_c_ref_measures_once_with_every_sample_and_broadcasts(monkeypa
     assert box_seen == [[None]]
     assert LaserSettings(c_ref=-4.0).calibrate_c_ref(None, None, [], z_id=3, stop_ids=[2], pad_id=0,
                                                      sampling=None, seed=0) == (-4.0, None, 0)
+
+
+def test_laser_score_gives_unfinished_responses_the_owners_no_score(monkeypatch, tiny_model_dir, tmp_path, one_thread):
+    import json
+
+    from laser_rl.evaluation.runner import score_file
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rec = {"prompt_ids": [5, 6, 7], "responses": ["a", "b"], "response_ids": [[5, 1], [5, 6]], "finished": [True, False]}
+    src.write_text(json.dumps(rec) + "\n")
+    assert score_file(str(tiny_model_dir), str(src), str(out)) == 1
+    scores = json.loads(out.read_text())["self_rewarding_scores"]
+    assert scores[1] == 0.0 and scores[0] != 0.0
+    monkeypatch.setattr(core, "unfinished_score_zero", lambda s, fin: torch.where(fin, s, torch.full_like(s, -1.0)))
+    score_file(str(tiny_model_dir), str(src), str(out))
+    assert json.loads(out.read_text())["self_rewarding_scores"] == [scores[0], -1.0]

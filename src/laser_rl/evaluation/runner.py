@@ -434,8 +434,11 @@ def score_file(
 ) -> int:
     """Add ``self_rewarding_scores`` to every record of ``input_path``; write ``out_path`` atomically.
 
-    Returns the number of responses scored. Unfinished responses (``finished`` false) get 0, as in eval.
+    Returns the number of responses scored. Unfinished responses (``finished`` false) get 0, as in eval
+    (``ScoreParams.score``'s rule).
     """
+    import torch
+
     from laser_rl.rollout.scorer import score_responses
 
     _positive_int(batch_size, "--batch-size")
@@ -448,17 +451,23 @@ def score_file(
                             force_token=force_token)
     style = default_prompt_style(sm) if prompt_style == "auto" else prompt_style
     prompts, responses, slots = _finished_pairs(sm, records, locations, style, input_path)
-    out_records = [dict(r, self_rewarding_scores=[0.0] * len(r["responses"])) for r in records]
+    rows = [(i, j) for i, r in enumerate(records) for j in range(len(r["responses"]))]  # every response
+    lp_z = torch.full((len(rows),), float("nan"))
+    finished = torch.zeros(len(rows), dtype=torch.bool)
     if prompts:
-        lp = score_responses(
+        row_of = {slot: k for k, slot in enumerate(rows)}
+        at = torch.tensor([row_of[slot] for slot in slots], dtype=torch.long)
+        lp_z[at] = score_responses(
             sm.model, prompts, responses, z_id=sm.params.token_id, pad_id=sm.pad_id, stop_ids=sm.stop_ids,
             eos_id=int(sm.tokenizer.eos_token_id), batch_size=batch_size,
-        )
-        values = sm.params.score(lp.float().cpu()).tolist()
-        for (i, j), v in zip(slots, values):
-            if not math.isfinite(v):
-                raise LaserError(f"{locations[i]}: response {j} got a non-finite score ({v}): check z and c_ref")
-            out_records[i]["self_rewarding_scores"][j] = v
+        ).float().cpu()
+        finished[at] = True
+    values = sm.params.score(lp_z, finished=finished).tolist()  # unfinished: no EOS, so no score (0)
+    out_records = [dict(r, self_rewarding_scores=[]) for r in records]
+    for (i, j), v, fin in zip(rows, values, finished.tolist()):
+        if fin and not math.isfinite(v):
+            raise LaserError(f"{locations[i]}: response {j} got a non-finite score ({v}): check z and c_ref")
+        out_records[i]["self_rewarding_scores"].append(v)
     write_jsonl_atomic(out_path, out_records)
     return len(slots)
 
