@@ -9,7 +9,7 @@ once, importable without torch, so that loading or printing a config does not lo
 - :data:`DEFAULT_TARGET_LOGPROB`, :data:`HIGH_TARGET_LOGPROB`, :func:`correct_target_logprob` and
   :func:`derive_beta_v`: the log π(z) that the MSE asks of a correct response, c_ref + 1/β_v.
 
-Every function here works on Python numbers, NumPy arrays and torch tensors alike (``>`` and ``+`` only).
+``is_correct`` and ``predicted_correct`` take Python numbers, NumPy arrays and torch tensors alike (``>`` only).
 """
 
 from __future__ import annotations
