@@ -228,12 +228,14 @@ def test_int_promotes_to_float_only() -> None:
 
 def test_helpers() -> None:
     cfg = load_config(None, REQUIRED)
-    assert cfg.model.resolved_dtype("cpu") == "float32" and cfg.model.resolved_dtype("cuda") == "bfloat16"
-    assert load_config(None, [*REQUIRED, "model.dtype=float16"]).model.resolved_dtype("cpu") == "float16"
     auto = load_config(None, [*REQUIRED, "laser.beta_v=auto", "laser.target_logprob=-3"]).laser
     assert auto.resolve_beta_v(-23.0) == pytest.approx(1 / 20)
     assert "target_logprob" in _error(lambda: auto.resolve_beta_v(-2.0))
     assert cfg.rollouts_per_step == cfg.data.prompts_per_step * cfg.rollout.n
+    # rollout.batch_size 0: one training step's responses of one process, in training and evaluation alike
+    assert cfg.generation_batch_size() == cfg.rollouts_per_step == 256
+    assert cfg.generation_batch_size(world_size=4) == 8 * 8
+    assert load_config(None, [*REQUIRED, "rollout.batch_size=48"]).generation_batch_size(4) == 48
 
 
 # ----------------------------------------------------------------------------------------- overrides
@@ -377,10 +379,11 @@ def test_type_errors(override: str, fragment: str) -> None:
     [
         ("train.steps=0", "train.steps must be ≥ 1, got 0"),
         ("rollout.n=0", "rollout.n must be ≥ 1"),
-        ("rollout.temperature=-0.5", "rollout.temperature must be ≥ 0"),
+        ("rollout.temperature=-0.5", "rollout.temperature must be > 0 for training"),
+        ("rollout.temperature=0", "rollout.temperature must be > 0 for training: the training forward divides"),
         ("rollout.top_p=0", "rollout.top_p must be in (0, 1]"),
         ("rollout.top_p=1.5", "rollout.top_p must be in (0, 1]"),
-        ("laser.tau=1.5", "laser.tau must be in [0, 1]"),
+        ("laser.tau=1.5", "laser.tau must lie in [0, 1]"),
         ("laser.beta_v=0", "laser.beta_v must be > 0 or auto"),
         ("laser.c_ref=3", "laser.c_ref must be < 0"),
         ("loss.clip_low=-0.1", "loss.clip_low must be in [0, 1)"),
@@ -424,7 +427,7 @@ def test_errors_in_file_name_the_line(tmp_path: Path) -> None:
         == f"{f}:8: rollout.temperature: expected a number, got string 'hot'"
     )
     f.write_text(base + "laser:\n  tau: 2\n")
-    assert _error(lambda: load_config(f, [])) == f"{f}:7: laser.tau must be in [0, 1], got 2.0"
+    assert _error(lambda: load_config(f, [])) == f"{f}:7: laser.tau must lie in [0, 1], got 2.0"
     # the override is blamed, not the file, when it set the bad value
     assert _error(lambda: load_config(f, ["laser.tau=3"])).startswith("override 'laser.tau=3': ")
     assert load_config(f, ["laser.tau=0.5"]).laser.tau == 0.5
@@ -533,3 +536,29 @@ def test_cli_print_config_round_trips(capsys: pytest.CaptureFixture[str], tmp_pa
     assert main(["train", "--config", paper, "laser.betav=0.2", "--print-config"]) == 2
     err = capsys.readouterr().err
     assert err == "laser train: error: override 'laser.betav=0.2': unknown key 'laser.betav' (did you mean laser.beta_v?)\n"
+
+
+# ----------------------------------------------------------------------- issue 22: temperature, drop_last
+
+
+def test_training_refuses_temperature_zero_with_one_line_naming_the_field_and_why() -> None:
+    msg = _error(lambda: load_config(None, [*REQUIRED, "rollout.temperature=0"]))
+    assert "\n" not in msg and msg.startswith("override 'rollout.temperature=0': rollout.temperature must be > 0")
+    assert "divides the logits" in msg
+    assert load_config(None, [*REQUIRED, "rollout.temperature=0.01"]).rollout.temperature == 0.01
+
+
+def test_temperature_zero_in_a_file_names_its_line(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("output_dir: x\nmodel: {path: m}\ndata: {train: arith:train}\nrollout:\n  temperature: 0\n")
+    assert _error(lambda: load_config(f, [])).startswith(f"{f}:5: rollout.temperature must be > 0 for training")
+
+
+def test_drop_last_defaults_off_and_the_paper_configs_set_it() -> None:
+    assert load_config(None, REQUIRED).data.drop_last is False
+    assert load_config(None, [*REQUIRED, "data.drop_last=true"]).data.drop_last is True
+    assert "verl" in dict((k, h) for k, _t, _d, h in config_fields())["data.drop_last"]
+    for path in sorted(PAPER.glob("*.yaml")):
+        assert "partial batch is dropped" in path.read_text() and load_config(path, []).data.drop_last is True
+    for path in sorted(DEMO.glob("[!b]*.yaml")):  # the demo keeps today's behaviour
+        assert load_config(path, []).data.drop_last is False

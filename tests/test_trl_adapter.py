@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -389,3 +390,78 @@ def test_example_script_trains_and_evaluates(tiny_model_dir, tmp_path, one_threa
     assert rc == 0
     assert json.loads((out / "final" / "laser.json").read_text())["extra"]["trainer"] == "trl"
     assert json.loads((out / "eval" / "metrics.json").read_text())["num_problems"] == 2
+
+
+# ------------------------------------------------------------------ one owner: LaserSettings, the threshold
+
+
+def test_laser_fields_are_generated_from_laser_settings():
+    import dataclasses
+
+    from laser_rl.core.settings import LaserSettings
+    from laser_rl.training.config import LaserConfig
+
+    trl_fields = {f.name: f for f in dataclasses.fields(adapter.LaserGRPOConfig) if f.name.startswith("laser_")}
+    ours = {f.name: f for f in dataclasses.fields(LaserConfig) if f.name not in adapter.TRL_UNSUPPORTED}
+    assert set(trl_fields) == {f"laser_{n}" for n in ours}
+    for name, f in ours.items():
+        t = trl_fields[f"laser_{name}"]
+        assert t.metadata["help"] == f.metadata["help"], name
+        assert t.default == (f.default if isinstance(f.default, (bool, int, float, str)) and name != "beta_v"
+                             else str(f.default)), name
+    args = make_args(Path("unused"), laser_correct_threshold=0.7, laser_alpha=0.3)
+    assert args.laser_settings == LaserSettings(**{k: getattr(args, f"laser_{k}") for k in ours})
+    assert args.laser_settings.correct_threshold == 0.7 and args.laser_settings.alpha == 0.3
+
+
+def test_a_new_laser_settings_default_reaches_trl_without_editing_the_adapter(monkeypatch):
+    import dataclasses
+
+    from laser_rl.core.settings import LaserSettings
+
+    alpha = next(f for f in dataclasses.fields(LaserSettings) if f.name == "alpha")
+    monkeypatch.setattr(alpha, "default", 0.37)
+    spec = importlib.util.spec_from_file_location("laser_trl_derived", adapter.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    field = next(f for f in dataclasses.fields(module.LaserGRPOConfig) if f.name == "laser_alpha")
+    assert field.default == 0.37
+
+
+def test_trl_command_line_help_shows_the_settings_help():
+    from transformers import HfArgumentParser
+
+    text = HfArgumentParser(adapter.LaserGRPOConfig).format_help()
+    assert "--laser_correct_threshold" in text and "--laser_alpha_warmup_steps" in text
+    assert "--laser_enabled" not in text and "--laser_reference" not in text
+
+
+def test_non_default_correct_threshold_reaches_class_balance_and_metrics(tiny_model_dir, dataset, tmp_path, one_thread):
+    """Rewards 0.6 are correct at the default threshold and incorrect at 0.7, in the MSE's class balance
+    and in the logged TPR/TNR."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def reward_06(completions, **_):
+        return [0.6 if len(c) % 2 else 0.0 for c in completions]
+
+    results = {}
+    for threshold in (0.5, 0.7):
+        torch.manual_seed(0)
+        trainer = adapter.LaserGRPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), reward_funcs=reward_06,
+            args=make_args(tmp_path / str(threshold), laser_correct_threshold=threshold),
+            train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(tiny_model_dir))
+        out = generation_batch(trainer, dataset)
+        finished = out["laser_z_column"] >= 0
+        rewards = out["laser_rewards"]
+        with torch.no_grad():
+            trainer._compute_loss(trainer.model, out)
+        results[threshold] = (out["laser_weights"], finished, rewards, dict(trainer._metrics["train"]))
+    w5, fin, rewards, m5 = results[0.5]
+    w7, fin7, _, m7 = results[0.7]
+    assert torch.equal(fin, fin7) and ((rewards == 0.6) & fin).any() and ((rewards == 0.0) & fin).any()
+    expected7 = core.class_balance_weights(rewards, fin, True, 0.7)
+    torch.testing.assert_close(w7, expected7)
+    assert not torch.allclose(w5, w7)  # 0.6 is a different class under the two thresholds
+    assert (w7[fin] == w7[fin][0]).all()  # at 0.7 every finished row is incorrect: one class, one weight
+    assert math.isnan(m7["laser/tpr"][-1]) and not math.isnan(m5["laser/tpr"][-1])  # no correct response at 0.7

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from laser_rl.core import SCORE_THRESHOLD, correct_target_logprob
 from laser_rl.errors import LaserError
 from laser_rl.io import SHIPPED_CONFIGS, read_jsonl, write_json_atomic, write_text_atomic
 from laser_rl.score_params import ScoreParams
@@ -297,11 +298,11 @@ def render_report(summary: dict[str, Any], info: dict[str, Any]) -> str:
 
 Held-out split: {e['problems']} problems × {e['n']} samples (T = 1), seed {e['seed']}.
 c_ref = {summary['c_ref']:.3f} (measured on the base model), β_v = {beta_v:.4f}
-(so a correct response's target log π(z | x, y, EOS) is c_ref + 1/β_v = {summary['c_ref'] + 1 / beta_v:.2f}).
+(so a correct response's target log π(z | x, y, EOS) is c_ref + 1/β_v = {correct_target_logprob(summary['c_ref'], beta_v):.2f}).
 Total wall time {summary['wall_seconds'] / 60:.1f} min; LaSeR / GRPO training time = {info['laser_vs_grpo_train_time']:.3f}.
 
 All numbers in percent except train_seconds. `hm_tpr_tnr` is the paper's self-verification "F1":
-the harmonic mean of the accuracy on correct (TPR) and incorrect (TNR) responses, threshold 0.5.
+the harmonic mean of the accuracy on correct (TPR) and incorrect (TNR) responses, threshold {SCORE_THRESHOLD:g}.
 
 {render_summary_table(summary)}
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from laser_rl.core import HIGH_TARGET_LOGPROB, correct_target_logprob, derive_beta_v
 from laser_rl.errors import LaserError
 from laser_rl.io import write_json_atomic
 
@@ -24,8 +25,7 @@ if TYPE_CHECKING:
 
 FILENAME = "laser.json"
 REFERENCES = ("constant", "model")
-#: Above this, a correct response's target log π(z) = c_ref + 1/β_v makes z a likely token.
-HIGH_TARGET_LOGPROB = -3.0
+__all__ = ["FILENAME", "HIGH_TARGET_LOGPROB", "REFERENCES", "ScoreParams", "resolve_beta_v"]
 
 
 @dataclass
@@ -54,8 +54,6 @@ class ScoreParams:
     @property
     def target_logprob(self) -> float:
         """The log π(z | x, y, EOS) the MSE asks of a correct response: c_ref + 1/β_v."""
-        from laser_rl.core.laser import correct_target_logprob
-
         return correct_target_logprob(self.c_ref, self.beta_v)
 
     def score(self, lp_z: Tensor, ref_lp_z: Tensor | None = None, finished: Tensor | None = None) -> Tensor:
@@ -63,10 +61,8 @@ class ScoreParams:
 
         ``lp_z`` ``[B]`` float32 (NaN where a row has no EOS). With ``finished`` ``[B]`` bool, rows that
         did not finish score 0 — they have no EOS, hence no score, and are predicted incorrect and
-        carry no vote: the one place this rule is applied.
+        carry no vote (:func:`laser_rl.core.laser.unfinished_score_zero`, the rule's owner).
         """
-        import torch
-
         from laser_rl.core import laser as core
 
         if self.reference == "model":
@@ -75,7 +71,7 @@ class ScoreParams:
             s = core.self_reward_score_with_reference(lp_z, ref_lp_z, self.beta_v)
         else:
             s = core.self_reward_score(lp_z, self.beta_v, self.c_ref)
-        return s if finished is None else torch.where(finished, s, torch.zeros_like(s))
+        return s if finished is None else core.unfinished_score_zero(s, finished)
 
     def require_constant_reference(self, what: str) -> None:
         """Refuse to score a ``reference: model`` run with the constant c_ref (a silent switch)."""
@@ -114,10 +110,8 @@ def resolve_beta_v(
 
     The paper's β_v = 0.1 assumes c_ref ≈ −23; with c_ref ≈ −12 it would ask for log π(z) = −2, making z
     a likely token: ``auto`` keeps it improbable whatever the model. ``what`` / ``target_what`` name the
-settings in errors.
+    settings in errors.
     """
-    from laser_rl.core.laser import derive_beta_v
-
     if beta_v != "auto":
         value = float(beta_v)
         if not (math.isfinite(value) and value > 0):

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from laser_rl.core import AGGREGATIONS
+from laser_rl.core import (  # the shared facts' torch-free owners; re-exported for callers of this module
+    AGGREGATIONS,
+    CORRECT_THRESHOLD,
+    correct_target_logprob,  # noqa: F401
+    derive_beta_v,  # noqa: F401
+    is_correct,
+)
 
 #: |log π − log π_old| and |log π_ref − log π| are clamped to this before exponentiating (verl's
 #: bound): one stale token would otherwise make the ratio, hence the loss, unbounded (e^25 ≈ 7e10).
@@ -50,9 +56,10 @@ def _check_beta_v(beta_v: float) -> None:
         raise ValueError(f"beta_v must be a positive finite number, got {beta_v!r}")
 
 
-def _stop_tensor(stop_ids: Sequence[int] | Tensor, device: torch.device) -> Tensor:
-    stop = torch.as_tensor(stop_ids, dtype=torch.long, device=device).flatten()
-    if stop.numel() == 0:
+def _stop_tensor(stop_ids: Sequence[int] | Tensor, device: torch.device, allow_empty: bool = False) -> Tensor:
+    stop = torch.as_tensor(list(stop_ids) if isinstance(stop_ids, (set, frozenset)) else stop_ids,
+                           dtype=torch.long, device=device).flatten()
+    if stop.numel() == 0 and not allow_empty:
         raise ValueError("stop_ids must contain at least one token id")
     return stop
 
@@ -71,13 +78,19 @@ class EosInfo:
 
 
 def find_eos(
-    response_ids: Tensor, stop_ids: Sequence[int] | Tensor, response_mask: Tensor | None = None
+    response_ids: Tensor,
+    stop_ids: Sequence[int] | Tensor,
+    response_mask: Tensor | None = None,
+    *,
+    allow_no_stops: bool = False,
 ) -> EosInfo:
-    """Locate the end of every response from a *set* of stop ids (spec §2.1, defect §7.2).
+    """Locate the end of every response from a *set* of stop ids (spec §2.1, defect §7.2): the one
+    owner of "where a response ends" (the sampler, the teacher-forced scorer and the TRL adapter call it).
 
     Never assumes EOS == pad: padding is described by ``response_mask`` (``[B, T]`` bool, True for
     generated tokens); without it every column counts as generated. Tokens after the first stop id
-    are excluded from the returned mask.
+    are excluded from the returned mask. ``allow_no_stops``: an empty stop set is allowed (no row
+    finishes: the sampler's "run every row to max_new_tokens"); otherwise it is an error.
     """
     _check_2d("response_ids", response_ids)
     B, T = response_ids.shape
@@ -86,7 +99,7 @@ def find_eos(
     else:
         _check_2d("response_mask", response_mask, (B, T))
         valid = response_mask.bool()
-    is_stop = torch.isin(response_ids, _stop_tensor(stop_ids, response_ids.device)) & valid
+    is_stop = torch.isin(response_ids, _stop_tensor(stop_ids, response_ids.device, allow_no_stops)) & valid
     finished = is_stop.any(dim=1)
     # argmax over a 0/1 tensor returns the first maximum, i.e. the first stop id.
     first = is_stop.to(torch.int8).argmax(dim=1)
@@ -177,29 +190,19 @@ def self_reward_score(lp_z: Tensor, beta_v: float, c_ref: float) -> Tensor:
     return beta_v * (lp_z - c_ref)
 
 
+def unfinished_score_zero(scores: Tensor, finished: Tensor) -> Tensor:
+    """``scores`` ``[B]`` with 0 where a row did not finish: a response without EOS has no self-reward
+    score (its lp_z is NaN), so it is predicted incorrect, carries no vote and no self-reward advantage.
+    The one owner of this rule (``ScoreParams.score``, :func:`self_reward_advantages`, the TRL adapter)."""
+    return torch.where(finished.bool(), scores, torch.zeros_like(scores))
+
+
 def self_reward_score_with_reference(lp_z: Tensor, lp_z_ref: Tensor, beta_v: float) -> Tensor:
     """r_s = β_v · (log π_θ(z | x, y, EOS) − log π_ref(z | x, y, EOS))   (paper Eq. 12, reference model)."""
     _check_beta_v(beta_v)
     if lp_z.shape != lp_z_ref.shape:
         raise ValueError(f"lp_z_ref has shape {tuple(lp_z_ref.shape)}, expected {tuple(lp_z.shape)}")
     return beta_v * (lp_z - lp_z_ref)
-
-
-def derive_beta_v(c_ref: float, target_logprob: float = -4.0) -> float:
-    """β_v such that a correct response's target log-prob c_ref + 1/β_v equals ``target_logprob``.
-
-    The paper's β_v = 0.1 assumes c_ref ≈ −23; on a model whose c_ref is −12 it would push the
-    target to −2, making z a likely token. Keeping c_ref + 1/β_v well below 0 keeps z improbable.
-    """
-    if not target_logprob > c_ref:
-        raise ValueError(f"target_logprob ({target_logprob}) must exceed c_ref ({c_ref})")
-    return 1.0 / (target_logprob - c_ref)
-
-
-def correct_target_logprob(c_ref: float, beta_v: float) -> float:
-    """The log π(z | x, y, EOS) that the MSE asks of a correct response: c_ref + 1/β_v."""
-    _check_beta_v(beta_v)
-    return c_ref + 1.0 / beta_v
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,7 +213,7 @@ def class_balance_weights(
     rewards: Tensor,
     finished: Tensor,
     class_balanced: bool = True,
-    correct_threshold: float = 0.5,
+    correct_threshold: float = CORRECT_THRESHOLD,
     class_counts: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Per-row MSE weights ``[B]`` (Eq. 14): w_c = N/(2N_c) for correct, w_i = N/(2N_i) for incorrect.
@@ -220,20 +223,35 @@ def class_balance_weights(
     spread over several processes, pass the global (N_c, N_i) as ``class_counts``.
     """
     _check_1d("rewards", rewards)
-    _check_1d("finished", finished, rewards.shape[0])
+    return class_balance_weights_from_correct(
+        is_correct(rewards, correct_threshold), finished, class_balanced, class_counts, dtype=rewards.dtype
+    )
+
+
+def class_balance_weights_from_correct(
+    correct: Tensor,
+    finished: Tensor,
+    class_balanced: bool = True,
+    class_counts: tuple[Tensor, Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """:func:`class_balance_weights` for rows already classified (``correct`` ``[B]`` bool, e.g. a
+    rollout batch's ``correct``), so that the reward threshold is applied once, where rewards are verified."""
+    _check_1d("correct", correct)
+    _check_1d("finished", finished, correct.shape[0])
     fin = finished.bool()
     if not class_balanced:
-        return fin.to(rewards.dtype)
-    correct = (rewards > correct_threshold) & fin
-    incorrect = ~(rewards > correct_threshold) & fin
+        return fin.to(dtype)
+    correct = correct.bool() & fin
+    incorrect = ~correct & fin
     if class_counts is None:
-        n_c, n_i = correct.sum().to(rewards.dtype), incorrect.sum().to(rewards.dtype)
+        n_c, n_i = correct.sum().to(dtype), incorrect.sum().to(dtype)
     else:
-        n_c, n_i = (torch.as_tensor(c, dtype=rewards.dtype, device=rewards.device) for c in class_counts)
+        n_c, n_i = (torch.as_tensor(c, dtype=dtype, device=correct.device) for c in class_counts)
     n = n_c + n_i
     w_c = torch.where(n_c > 0, n / (2 * n_c.clamp(min=1)), torch.zeros_like(n))
     w_i = torch.where(n_i > 0, n / (2 * n_i.clamp(min=1)), torch.zeros_like(n))
-    zero = torch.zeros_like(rewards)
+    zero = torch.zeros(correct.shape, dtype=dtype, device=correct.device)
     return torch.where(correct, w_c, torch.where(incorrect, w_i, zero))
 
 
@@ -244,7 +262,7 @@ def class_balanced_mse(
     class_balanced: bool = True,
     weights: Tensor | None = None,
     weight_sum: Tensor | float | None = None,
-    correct_threshold: float = 0.5,
+    correct_threshold: float = CORRECT_THRESHOLD,
 ) -> Tensor:
     """L_sr = Σ_b w_b (r_s,b − r_v,b)² / Σ_b w_b over finished rows (Eq. 14, spec §2.6).
 
@@ -344,7 +362,7 @@ def self_reward_advantages(
         raise ValueError(f"tau must lie in [0, 1], got {tau}")
     if filter_threshold < 0:
         raise ValueError(f"filter_threshold must be >= 0, got {filter_threshold}")
-    s_hat = torch.where(finished.bool(), scores.clamp(0.0, 1.0), torch.zeros_like(scores)).to(advantages.dtype)
+    s_hat = unfinished_score_zero(scores.clamp(0.0, 1.0), finished).to(advantages.dtype)
     mean, std, _ = group_mean_std(s_hat, group_index)
     passed = std > filter_threshold
     gi = group_index.long()

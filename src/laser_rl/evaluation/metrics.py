@@ -63,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from laser_rl.core import is_correct, predicted_correct
 from laser_rl.errors import LaserError
 from laser_rl.evaluation.verdict import UNDEFINED_VERDICT_SCORE, VERDICT_FIELD, VerdictReader, attach_verdicts
 from laser_rl.io import read_jsonl_located
@@ -352,7 +353,7 @@ def validate_record(record: Any, index: int, locations: Sequence[str] | None = N
             answers.append(str(a))
         else:
             raise LaserError(f"{where}: field 'pred_answers'[{j}] must be a string or null")
-    correct = _numbers(record["acc_list"], "acc_list", where, allow_bool=True) > 0.5
+    correct = is_correct(_numbers(record["acc_list"], "acc_list", where, allow_bool=True))
     scores = _numbers(record["self_rewarding_scores"], "self_rewarding_scores", where)
     extra = {name: _numbers(record[f], f, where) for name, f in BASELINES.items() if f in record}
     for name, f in PROBABILITY_BASELINES.items():
@@ -398,7 +399,7 @@ def verification_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, f
     (``None`` where undefined, see the module docstring)."""
     scores = np.asarray(scores, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)
-    pred = scores > 0.5
+    pred = predicted_correct(scores)
     tp = int(np.sum(pred & correct))
     tn = int(np.sum(~pred & ~correct))
     fp = int(np.sum(pred & ~correct))

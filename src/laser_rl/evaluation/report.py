@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from laser_rl.core import SCORE_THRESHOLD
 from laser_rl.evaluation.metrics import (
     ECE_BINS,
     VERIFICATION_KEYS,
@@ -140,7 +141,7 @@ def plot_score_histograms(records_by_name: Mapping[str, Records], path: str | os
             bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 31)
             ax.hist(s[c], bins=bins, alpha=0.6, color="tab:green", label=f"correct ({int(c.sum())})")
             ax.hist(s[~c], bins=bins, alpha=0.6, color="tab:red", label=f"incorrect ({int((~c).sum())})")
-        ax.axvline(0.5, color="black", linestyle="--", linewidth=1, label="threshold 0.5")
+        ax.axvline(SCORE_THRESHOLD, color="black", linestyle="--", linewidth=1, label=f"threshold {SCORE_THRESHOLD:g}")
         ax.set_xlabel("self-reward score r_s")
         ax.set_ylabel("responses")
         ax.set_title(f"Scores{f' ({name})' if name else ''}, finished responses")
@@ -223,7 +224,7 @@ def render_markdown(
     out += [
         "## Self-verification",
         "",
-        "Predicted correct ⇔ score > 0.5. `hm_tpr_tnr` is the paper's \"F1\" (harmonic mean of the "
+        f"Predicted correct ⇔ score > {SCORE_THRESHOLD:g}. `hm_tpr_tnr` is the paper's \"F1\" (harmonic mean of the "
         "accuracy on correct and on incorrect responses); `f1` is the usual precision/recall F1.",
         "",
         _table(["model", *VERIFICATION_KEYS], [[c] + [metrics_by_name[n]["verification"][k] for k in VERIFICATION_KEYS]

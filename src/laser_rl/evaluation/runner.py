@@ -42,7 +42,6 @@ which can differ from the ids the model generated (spec §7.5) and so shift the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -55,8 +54,8 @@ from typing import Any
 
 from laser_rl.errors import LaserError
 from laser_rl.evaluation.metrics import compute_metrics, load_records
+from laser_rl.evaluation.scoring_model import ScoringModel, load_scoring_model, model_fingerprint
 from laser_rl.io import check_output_dir, write_json_atomic, write_jsonl_atomic
-from laser_rl.score_params import ScoreParams
 
 CONFIG_FILE = "eval_config.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -67,135 +66,6 @@ RESUME_KEYS = ("model_fingerprint", "data", "n", "seed", "sampling", "score", "p
                "equivalence")
 DEFAULT_MAX_NEW_TOKENS = 1024
 _FORMAT = 1
-
-
-# --------------------------------------------------------------------------- model + score parameters
-
-
-@dataclass
-class ScoringModel:
-    """A model ready for sampling/scoring: ids derived from its tokenizer and folder, never hard-coded."""
-
-    model: Any
-    tokenizer: Any
-    folder: Path
-    params: ScoreParams | None  # None: no self-reward token (scores are reported as 0)
-    stop_ids: list[int]
-    pad_id: int
-    suppress_ids: list[int]
-    saved: ScoreParams | None  # laser.json as found in the folder (None when absent)
-
-    def engine(self) -> Any:
-        """The built-in sampler on this model, reading lp_z in its loop when there is a score."""
-        from laser_rl.rollout.engine import SamplerEngine
-
-        z_id = self.params.token_id if self.params is not None else None
-        return SamplerEngine(self.model, self.pad_id, self.stop_ids, z_id, self.suppress_ids)
-
-
-def _float_flag(value: float | None, name: str) -> float | None:
-    if value is None:
-        return None
-    if not math.isfinite(value):
-        raise LaserError(f"{name} must be a finite number, got {value}")
-    return float(value)
-
-
-def load_scoring_model(
-    model_dir: str | os.PathLike[str],
-    *,
-    token: str | None = None,
-    beta_v: float | None = None,
-    c_ref: float | None = None,
-    device: str | None = None,
-    dtype: str = "auto",
-    force_token: bool = False,
-) -> ScoringModel:
-    """Load model + tokenizer and resolve z, β_v, c_ref: flags override ``laser.json``; a folder
-    without ``laser.json`` needs all three flags (no silent default). z is checked on the tokenizer
-    before the model loads; ``force_token`` accepts an ordinary or used token as z."""
-    from laser_rl.integrations.hf import check_model_folder, load_model, load_tokenizer, resolve_stop_ids
-    from laser_rl.integrations.special_token import validate_token_id
-    from laser_rl.rollout.engine import never_sampled_ids
-    from laser_rl.rollout.sampler import vocab_size
-
-    folder = check_model_folder(model_dir)
-    beta_v = _float_flag(beta_v, "--beta-v")
-    c_ref = _float_flag(c_ref, "--c-ref")
-    if beta_v is not None and beta_v <= 0:
-        raise LaserError(f"--beta-v must be > 0, got {beta_v}")
-    saved = ScoreParams.load(folder)
-    if saved is None:
-        missing = [flag for flag, v in (("--token", token), ("--beta-v", beta_v), ("--c-ref", c_ref)) if v is None]
-        if missing:
-            raise LaserError(
-                f"{folder} has no score parameters (laser.json) and {', '.join(missing)} "
-                f"{'was' if len(missing) == 1 else 'were'} not given: pass --token, --beta-v and --c-ref "
-                "(measure c_ref with `laser calibrate`)"
-            )
-    elif c_ref is None:  # scoring with the file's c_ref: refuse a score this command cannot compute
-        saved.require_constant_reference(str(folder / "laser.json"))
-    tokenizer = load_tokenizer(folder)
-    saved_stops = saved.extra.get("stop_ids", []) if saved is not None else []
-    if not isinstance(saved_stops, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in saved_stops):
-        raise LaserError(f"{folder / 'laser.json'}: extra.stop_ids must be a list of token ids, got {saved_stops!r}")
-    stop_ids = resolve_stop_ids(tokenizer, saved_stops, model_path=folder)
-    pad_id = int(tokenizer.pad_token_id)
-
-    token_str, z_id = _self_reward_token(tokenizer, token, saved, stop_ids, folder, force_token)
-    model = load_model(folder, dtype=dtype, device=device)  # after the cheap checks
-    vocab = vocab_size(model)
-    validate_token_id(z_id, vocab, stop_ids, pad_id)
-    params = ScoreParams(
-        token=token_str,
-        token_id=int(z_id),
-        beta_v=beta_v if beta_v is not None else saved.beta_v,  # type: ignore[union-attr]
-        c_ref=c_ref if c_ref is not None else saved.c_ref,  # type: ignore[union-attr]
-        c_ref_std=saved.c_ref_std if saved is not None and c_ref is None else None,
-        extra=dict(saved.extra) if saved is not None else {},
-    )
-    suppress = never_sampled_ids(len(tokenizer), vocab, stop_ids, pad_id)
-    return ScoringModel(model, tokenizer, folder, params, stop_ids, pad_id, suppress, saved)
-
-
-def _self_reward_token(
-    tokenizer: Any, token: str | None, saved: ScoreParams | None, stop_ids: list[int], folder: Path, force_token: bool
-) -> tuple[str, int]:
-    """z and its id: ``--token`` checked on the tokenizer, else laser.json's, which must name the
-    tokenizer's token of that id."""
-    from laser_rl.integrations.special_token import parse_token_arg, select_self_reward_token
-
-    if token is not None:
-        token_str, z_id, _ = select_self_reward_token(
-            tokenizer, parse_token_arg(token), stop_ids=stop_ids, force=force_token,
-            force_option="--force-token", add_option=None,
-        )
-        return token_str, z_id
-    assert saved is not None  # load_scoring_model asks for --token without laser.json
-    name = tokenizer.convert_ids_to_tokens(saved.token_id) if 0 <= saved.token_id < len(tokenizer) else None
-    if name is not None and name != saved.token:
-        raise LaserError(
-            f"{folder / 'laser.json'}: token {saved.token!r} has id {saved.token_id}, but the tokenizer's token "
-            f"{saved.token_id} is {name!r}; fix laser.json or pass --token"
-        )
-    return saved.token, saved.token_id
-
-
-def model_fingerprint(folder: str | os.PathLike[str]) -> str:
-    """A cheap identity of a model folder's weights: config.json plus, per weight file, its name,
-    size and the SHA-256 of its first and last MiB (a full hash of a 15 GB model costs minutes)."""
-    h = hashlib.sha256()
-    root = Path(folder)
-    files = sorted(p for p in root.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name == "config.json"))
-    for p in files:
-        size = p.stat().st_size
-        h.update(f"{p.name}:{size}:".encode())
-        with p.open("rb") as f:
-            h.update(f.read(1 << 20))
-            if size > 2 << 20:
-                f.seek(-(1 << 20), os.SEEK_END)
-                h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- eval
@@ -410,7 +280,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
         if not (out / CONFIG_FILE).is_file():
             write_json_atomic(out / CONFIG_FILE, config)  # before the first sample: resume checks it
         done += _sample_problems(opts, sm, data.verifier, problems, all_prompt_ids, todo, sampling, samples_path)
-    return _write_metrics_and_report(out, done, total, data, config, say)
+    return write_metrics_and_report(out, done, total, data, config, say)
 
 
 def _check_prompt_style(style: str) -> None:
@@ -483,7 +353,7 @@ def _sample_problems(
     return new
 
 
-def _write_metrics_and_report(
+def write_metrics_and_report(
     out: Path, done: list[dict[str, Any]], total: int, data: Any, config: dict[str, Any], say: Callable[[str], None]
 ) -> dict[str, Any]:
     """Metrics (``metrics.json``) and the report over the first ``total`` records; returns the metrics."""
@@ -493,7 +363,7 @@ def _write_metrics_and_report(
     warning = no_answer_warning(records, type(data.verifier).__name__)
     if warning:
         say(f"laser eval: warning: {warning}")
-    metrics = compute_metrics(records, same_answer=data.verifier.same_answer)
+    metrics = compute_metrics(records, same_answer=data.verifier.same_answer, verdict=data.verdict)
     write_json_atomic(out / METRICS_FILE, metrics)
     notes = _notes(records)
     if total < len(done):
@@ -564,8 +434,11 @@ def score_file(
 ) -> int:
     """Add ``self_rewarding_scores`` to every record of ``input_path``; write ``out_path`` atomically.
 
-    Returns the number of responses scored. Unfinished responses (``finished`` false) get 0, as in eval.
+    Returns the number of responses scored. Unfinished responses (``finished`` false) get 0, as in eval
+    (``ScoreParams.score``'s rule).
     """
+    import torch
+
     from laser_rl.rollout.scorer import score_responses
 
     _positive_int(batch_size, "--batch-size")
@@ -578,17 +451,23 @@ def score_file(
                             force_token=force_token)
     style = default_prompt_style(sm) if prompt_style == "auto" else prompt_style
     prompts, responses, slots = _finished_pairs(sm, records, locations, style, input_path)
-    out_records = [dict(r, self_rewarding_scores=[0.0] * len(r["responses"])) for r in records]
+    rows = [(i, j) for i, r in enumerate(records) for j in range(len(r["responses"]))]  # every response
+    lp_z = torch.full((len(rows),), float("nan"))
+    finished = torch.zeros(len(rows), dtype=torch.bool)
     if prompts:
-        lp = score_responses(
+        row_of = {slot: k for k, slot in enumerate(rows)}
+        at = torch.tensor([row_of[slot] for slot in slots], dtype=torch.long)
+        lp_z[at] = score_responses(
             sm.model, prompts, responses, z_id=sm.params.token_id, pad_id=sm.pad_id, stop_ids=sm.stop_ids,
             eos_id=int(sm.tokenizer.eos_token_id), batch_size=batch_size,
-        )
-        values = sm.params.score(lp.float().cpu()).tolist()
-        for (i, j), v in zip(slots, values):
-            if not math.isfinite(v):
-                raise LaserError(f"{locations[i]}: response {j} got a non-finite score ({v}): check z and c_ref")
-            out_records[i]["self_rewarding_scores"][j] = v
+        ).float().cpu()
+        finished[at] = True
+    values = sm.params.score(lp_z, finished=finished).tolist()  # unfinished: no EOS, so no score (0)
+    out_records = [dict(r, self_rewarding_scores=[]) for r in records]
+    for (i, j), v, fin in zip(rows, values, finished.tolist()):
+        if fin and not math.isfinite(v):
+            raise LaserError(f"{locations[i]}: response {j} got a non-finite score ({v}): check z and c_ref")
+        out_records[i]["self_rewarding_scores"].append(v)
     write_jsonl_atomic(out_path, out_records)
     return len(slots)
 

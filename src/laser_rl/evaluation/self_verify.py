@@ -241,7 +241,7 @@ def refresh_eval_baselines(
     """Add the written verdict (``verdict``, default ``data.verdict``) and the self-verification pass to a
     finished ``laser eval`` folder's metrics and report; returns the metrics. ``load_model`` gives the
     ``ScoringModel`` (called only when scores are missing from the cache)."""
-    from laser_rl.evaluation.runner import CONFIG_FILE, SAMPLES_FILE, _write_metrics_and_report
+    from laser_rl.evaluation.runner import CONFIG_FILE, SAMPLES_FILE, write_metrics_and_report
 
     say = log or (lambda msg: print(f"laser eval: {msg}", file=sys.stderr))
     folder = Path(out)
@@ -258,7 +258,7 @@ def refresh_eval_baselines(
         fields = _cached_self_verify(folder, records, self_verify_spec, load_model, config["prompt_style"],
                                      batch_size, say)
         records = [{**r, **f} for r, f in zip(records, fields)]
-    return _write_metrics_and_report(folder, records + everything[total:], total, data, config, say)
+    return write_metrics_and_report(folder, records + everything[total:], total, data, config, say)
 
 
 __all__ = [

@@ -27,16 +27,17 @@ The score must come from untempered logits (spec §7.4), and TRL's fused head di
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from laser_rl.core import is_correct
 from laser_rl.core import laser as core
+from laser_rl.core.settings import LaserSettings, number_or_auto, prefixed_fields, settings_from_prefixed
 from laser_rl.errors import LaserError
 from laser_rl.score_params import ScoreParams
 
@@ -71,146 +72,66 @@ check_trl_version(trl.__version__)
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 _AUTO = "auto"
+#: LaserSettings fields the adapter has no argument for: plain GRPO is trl.GRPOTrainer itself, and the
+#: reference-model score (reference: model) needs a second model TRL does not keep in sync with z.
+TRL_UNSUPPORTED = ("enabled", "reference")
+_LASER_FIELDS = prefixed_fields("laser_", exclude=TRL_UNSUPPORTED)
 
 
-def _number_or_auto(value: Any, name: str) -> float | str:
-    """A config value that is a number or "auto" (strings come from the command line)."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text == _AUTO:
-            return _AUTO
-        try:
-            value = float(text)
-        except ValueError:
-            raise LaserError(f"{name} must be a number or 'auto', got {text!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise LaserError(f"{name} must be a finite number or 'auto', got {value!r}")
-    return float(value)
+def _trl_name(key: str) -> str:
+    return f"laser_{key}"
 
 
-@dataclass
+def _parameter_docs() -> str:
+    """The docstring's parameter list, in TRL's format, from the generated fields."""
+    out = []
+    for name, tp, f in _LASER_FIELDS:
+        kind = '`float` or `"auto"`' if name in ("laser_beta_v", "laser_c_ref") else f"`{tp.__name__}`"
+        out.append(f"    {name} ({kind}, *optional*, defaults to `{f.default!r}`):\n        {f.metadata['help']}")
+    return "\n".join(out)
+
+
 class LaserGRPOConfig(GRPOConfig):
-    r"""
-    Configuration class for [`LaserGRPOTrainer`]: every [`~trl.GRPOConfig`] parameter plus LaSeR's (paper
-    arXiv 2510.14943). Defaults are the paper's: β_v = α = τ = T = 0.1, class-balanced MSE.
-
-    > Parameters that control LaSeR
-
-    laser_token (`str` or `int`, *optional*, defaults to `"auto"`):
-        Self-reward token z: a special token string, its id, or `"auto"` (the model folder's `laser.json` token,
-        else a free special token of the tokenizer).
-    laser_beta_v (`float` or `"auto"`, *optional*, defaults to `0.1`):
-        Score scale β_v in r_s = β_v·(log π(z|x,y,EOS) − c_ref); `"auto"` = 1/(laser_target_logprob − c_ref).
-    laser_c_ref (`float` or `"auto"`, *optional*, defaults to `"auto"`):
-        Reference constant c_ref, or `"auto"` to measure it on the initial model before training.
-    laser_alpha (`float`, *optional*, defaults to `0.1`):
-        Weight α of the self-reward MSE loss.
-    laser_tau (`float`, *optional*, defaults to `0.1`):
-        Advantage integration weight τ: A' = (1 − τ)·A + τ·S.
-    laser_filter_threshold (`float`, *optional*, defaults to `0.1`):
-        Integrate a group's self-reward advantage only when the std of its clamped scores exceeds this.
-    laser_class_balanced (`bool`, *optional*, defaults to `True`):
-        Class-balanced MSE (Eq. 14).
-    laser_reasoning_warmup_steps (`int`, *optional*, defaults to `0`):
-        Plain GRPO while step ≤ this (the paper: 200 for base models, 0 for RL-trained ones).
-    laser_self_reward_warmup_steps (`int`, *optional*, defaults to `200`):
-        Then MSE on, advantage integration off for this many steps.
-    """
-
-    # laser_token / laser_beta_v / laser_c_ref are typed `str` because TRL's command-line parser (HfArgumentParser)
-    # accepts no unions; __post_init__ turns numbers into floats and checks every value.
-    laser_token: str = field(
-        default=_AUTO,
-        metadata={
-            "help": "Self-reward token z: a special token string, its id, or 'auto' (the model folder's laser.json "
-            "token, else a free special token of the tokenizer)."
-        },
-    )
-    laser_add_token_if_missing: bool = field(
-        default=False,
-        metadata={
-            "help": "Add z as a new special token (resizing the embeddings) when it is not a single token, or for "
-            "'auto' when the tokenizer has no free special token."
-        },
-    )
-    laser_beta_v: str = field(
-        default="0.1",
-        metadata={
-            "help": "Score scale β_v (a number) in r_s = β_v·(log π(z|x,y,EOS) − c_ref), or 'auto' = "
-            "1/(laser_target_logprob − c_ref)."
-        },
-    )
-    laser_target_logprob: float = field(
-        default=-4.0,
-        metadata={"help": "Only for laser_beta_v 'auto': log π(z) a correct response should reach (c_ref + 1/β_v)."},
-    )
-    laser_c_ref: str = field(
-        default=_AUTO,
-        metadata={
-            "help": "Reference constant c_ref (a log-probability < 0), or 'auto' = measure it on the initial model "
-            "before training (single process or DDP; with ZeRO-3/FSDP measure it with `laser calibrate`)."
-        },
-    )
-    laser_c_ref_samples: int = field(
-        default=256,
-        metadata={"help": "Only for laser_c_ref 'auto': responses sampled from the initial model to measure c_ref."},
-    )
-    laser_alpha: float = field(default=0.1, metadata={"help": "Weight α of the self-reward MSE loss."})
-    laser_alpha_warmup_steps: int = field(
-        default=0,
-        metadata={"help": "Ramp α linearly from 0 over this many steps once the MSE starts (0 = constant α)."},
-    )
-    laser_tau: float = field(
-        default=0.1, metadata={"help": "Advantage integration weight τ: A' = (1 − τ)·A + τ·S (0 = off)."}
-    )
-    laser_filter_threshold: float = field(
-        default=0.1,
-        metadata={
-            "help": "Integrate a group's self-reward advantage only when the std of its clamped scores exceeds this."
-        },
-    )
-    laser_class_balanced: bool = field(
-        default=True, metadata={"help": "Class-balanced MSE (Eq. 14): weight correct and incorrect responses equally."}
-    )
-    laser_reasoning_warmup_steps: int = field(
-        default=0,
-        metadata={"help": "Plain GRPO while step ≤ this (the paper: 200 for base models, 0 for RL-trained ones)."},
-    )
-    laser_self_reward_warmup_steps: int = field(
-        default=200, metadata={"help": "Then MSE on, advantage integration off for this many steps (paper: 200)."}
-    )
-    laser_correct_threshold: float = field(
-        default=0.5,
-        metadata={"help": "A completion counts as correct (MSE class, TPR/TNR) when its reward > this."},
-    )
+    # The laser_* fields are added below, generated from LaserSettings (the one owner of their names, defaults,
+    # help and checks), before @dataclass reads them.
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.laser_beta_v = _number_or_auto(self.laser_beta_v, "laser_beta_v")  # type: ignore[assignment]
-        self.laser_c_ref = _number_or_auto(self.laser_c_ref, "laser_c_ref")  # type: ignore[assignment]
-
-        def check(ok: bool, name: str, rule: str) -> None:
-            if not ok:
-                raise LaserError(f"{name} {rule}, got {getattr(self, name)!r}")
-
-        check(self.laser_beta_v == _AUTO or self.laser_beta_v > 0, "laser_beta_v", "must be > 0 or 'auto'")
-        check(self.laser_c_ref == _AUTO or self.laser_c_ref < 0, "laser_c_ref", "must be < 0 (a log-probability) or 'auto'")
-        check(self.laser_target_logprob < 0, "laser_target_logprob", "must be < 0 (a log-probability)")
-        check(self.laser_c_ref_samples >= 1, "laser_c_ref_samples", "must be >= 1")
-        check(self.laser_alpha >= 0, "laser_alpha", "must be >= 0")
-        check(0.0 <= self.laser_tau <= 1.0, "laser_tau", "must lie in [0, 1]")
-        check(self.laser_filter_threshold >= 0, "laser_filter_threshold", "must be >= 0")
-        for name in ("laser_reasoning_warmup_steps", "laser_self_reward_warmup_steps", "laser_alpha_warmup_steps"):
-            check(getattr(self, name) >= 0, name, "must be >= 0")
-        if self.laser_c_ref != _AUTO and self.laser_beta_v != _AUTO:
-            target = core.correct_target_logprob(self.laser_c_ref, self.laser_beta_v)
-            check(target < 0, "laser_beta_v", f"puts the correct-response target c_ref + 1/beta_v at {target:g} >= 0")
+        self.laser_beta_v = number_or_auto(self.laser_beta_v, "laser_beta_v")
+        self.laser_c_ref = number_or_auto(self.laser_c_ref, "laser_c_ref")
+        for key, rule in self.laser_settings.violations(_trl_name):
+            raise LaserError(f"laser_{key} {rule}, got {getattr(self, _trl_name(key))!r}")
         if self.temperature != 1.0:
             raise LaserError(
                 f"temperature={self.temperature}: LaserGRPOTrainer reads log π(z | x, y, EOS) through TRL's fused LM "
                 "head, which divides every logit by the temperature, while the self-reward needs untempered logits; "
                 "use temperature=1.0 (the paper's)"
             )
+
+    @property
+    def laser_settings(self) -> LaserSettings:
+        """The ``laser_*`` arguments as the :class:`LaserSettings` that ``laser train`` uses."""
+        return settings_from_prefixed(self, "laser_", _trl_name)
+
+
+LaserGRPOConfig.__annotations__ = {name: tp for name, tp, _ in _LASER_FIELDS}
+for _name, _type, _field in _LASER_FIELDS:
+    setattr(LaserGRPOConfig, _name, _field)
+LaserGRPOConfig = dataclass(LaserGRPOConfig)  # type: ignore[misc]
+LaserGRPOConfig.__doc__ = f"""
+    Configuration class for [`LaserGRPOTrainer`]: every [`~trl.GRPOConfig`] parameter plus LaSeR's (paper
+    arXiv 2510.14943). Defaults are the paper's: β_v = α = τ = T = 0.1, class-balanced MSE.
+
+    The ``laser_*`` fields are generated from :class:`laser_rl.core.settings.LaserSettings` (``laser train``'s
+    ``laser:`` section): the same names (prefixed), defaults, help and checks. ``laser_token``, ``laser_beta_v``
+    and ``laser_c_ref`` are typed ``str`` because TRL's command-line parser (HfArgumentParser) reads no
+    unions; ``__post_init__`` turns numbers into floats. ``laser_c_ref="auto"`` is measured once (single
+    process or DDP) and broadcast; with ZeRO-3/FSDP measure it with ``laser calibrate`` and pass the number.
+
+    > Parameters that control LaSeR
+
+{_parameter_docs()}
+    """
 
 
 # --------------------------------------------------------------------------------------------- score parameters
@@ -252,7 +173,6 @@ def resolve_score_params(
         validate_token_id,
     )
     from laser_rl.rollout.sampler import vocab_size
-    from laser_rl.score_params import resolve_beta_v
 
     saved = ScoreParams.load(model_folder) if model_folder and Path(model_folder).is_dir() else None
     token = parse_token_arg(args.laser_token)
@@ -266,19 +186,19 @@ def resolve_score_params(
         resize_embeddings_if_needed(model, tokenizer)
     validate_token_id(z_id, vocab_size(model), stop_ids, pad_id)
 
-    c_ref, c_std = args.laser_c_ref, None
-    if c_ref == _AUTO:
-        from laser_rl.calibrate import calibrate_c_ref
+    settings = args.laser_settings
+    sampling = None
+    if settings.c_ref == _AUTO:
         from laser_rl.rollout import SamplingConfig
 
         sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0,
                                   max_new_tokens=args.max_completion_length)
-        c_ref, c_std, _ = calibrate_c_ref(
-            model, tokenizer, tokenize(prompts[: args.laser_c_ref_samples]), z_id=z_id, stop_ids=stop_ids,
-            pad_id=pad_id, n=args.laser_c_ref_samples, config=sampling, seed=args.seed,
-        )
-    beta_v = resolve_beta_v(args.laser_beta_v, float(c_ref), args.laser_target_logprob, "laser_beta_v",
-                            "laser_target_logprob")
+    # the caller (LaserGRPOTrainer._laser_resolve) runs this on the main process and broadcasts the result
+    c_ref, c_std, _ = settings.calibrate_c_ref(
+        model, tokenizer, tokenize(prompts[: settings.c_ref_samples]) if sampling is not None else [], z_id=z_id,
+        stop_ids=stop_ids, pad_id=pad_id, sampling=sampling, seed=args.seed,
+    )
+    beta_v = settings.resolve_beta_v(c_ref, _trl_name)
     return ScoreParams(token_str, int(z_id), float(beta_v), float(c_ref), c_std)
 
 
@@ -502,8 +422,8 @@ class LaserGRPOTrainer(GRPOTrainer):
         phase = self._laser_phase()
         alpha = core.alpha_schedule(step, args.laser_alpha, args.laser_reasoning_warmup_steps,
                                     args.laser_alpha_warmup_steps) if phase.mse else 0.0
-        scores = self.laser_score.score(lp_z)
         finished = z_column >= 0
+        scores = self.laser_score.score(lp_z, finished=finished)  # 0 where unfinished: no EOS, no score
         # Like TRL's token-level losses: the weight sum spans the generation batch of all processes, so rescale
         # it to one accumulation window on one process (DDP averages the processes' gradients).
         normalizer = inputs["laser_weight_sum"] / self.accelerator.num_processes
@@ -525,7 +445,7 @@ class LaserGRPOTrainer(GRPOTrainer):
         w, r = inputs["laser_weights"], inputs["laser_rewards"]
         sq = torch.where(finished, (scores - r) ** 2, torch.zeros_like(scores))
         buf = self._laser_buffer[mode]
-        buf["score"].append(torch.where(finished, scores, torch.zeros_like(scores)))
+        buf["score"].append(scores)  # already 0 where unfinished (ScoreParams.score)
         buf["lp_z"].append(torch.where(finished, lp_z, torch.zeros_like(lp_z)))
         buf["reward"].append(r)
         buf["finished"].append(finished.float())
@@ -542,7 +462,7 @@ class LaserGRPOTrainer(GRPOTrainer):
         sums = self.accelerator.reduce(torch.stack(buf["sums"]).sum(dim=0), reduction="sum")
         integration = [float(x) for x in buf["phase_integration"]]
         buf.clear()
-        correct = reward > self.args.laser_correct_threshold  # type: ignore[attr-defined]
+        correct = is_correct(reward, self.args.laser_correct_threshold)  # type: ignore[attr-defined]
         v = verification_metrics(score, correct)
         m = self._metrics[mode]
         m["laser/sr_loss"].append(float(sums[0] / sums[1].clamp(min=torch.finfo(sums.dtype).tiny)))

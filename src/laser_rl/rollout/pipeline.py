@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from laser_rl.core import CORRECT_THRESHOLD, is_correct
 from laser_rl.rollout.sampler import Rollout, SamplingConfig
 
 if TYPE_CHECKING:
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
     from laser_rl.score_params import ScoreParams
     from laser_rl.tasks.base import Verifier
 
-#: Responses of ``verifier.reward`` above this count as correct (MSE class, TPR/TNR, ``acc_list``).
-CORRECT_THRESHOLD = 0.5
+__all__ = ["CORRECT_THRESHOLD", "RolloutBatch", "concat_rollouts", "decode_responses", "generate",
+           "rollout_verify_score"]
 
 
 @dataclass
@@ -184,7 +185,7 @@ def rollout_verify_score(
         texts=texts,
         pred_answers=[verifier.extract_answer(t) for t in texts],
         rewards=rewards,
-        correct=rewards > correct_threshold,
+        correct=is_correct(rewards, correct_threshold),
         scores=scores,
         group=torch.arange(len(prompt_ids), device=device).repeat_interleave(n),
     )

@@ -19,6 +19,17 @@ Other design points:
   numbers from its own seed, so a row's tokens do not depend on the batch it is sampled in either.
 - z and ``suppress_ids`` are never sampled (their logits are masked to -inf); the score and the
   recorded log-probs use the unmasked logits, exactly what a training forward pass recomputes.
+- Where a response ends (its first stop id) is :func:`laser_rl.core.laser.find_eos`'s, as everywhere.
+
+Why top-k/top-p are ours and not transformers' ``TopKLogitsWarper`` / ``TopPLogitsWarper``: the warpers
+return full-vocabulary logits with the dropped tokens at -inf, after which this sampler would still need
+its own draw, since the inverse-CDF draw with one pre-drawn uniform per row is what keeps each row's
+tokens independent of its batch and of compaction (``torch.multinomial`` draws from the batch's shared
+stream). Our filter is that draw's first half: one ``topk``/``sort`` gives the kept tokens in
+probability order, and the uniform is inverted over them. Going through the warpers would also change
+the tokens drawn under a given seed (the CDF would run in vocabulary order, and ``TopKLogitsWarper``
+keeps every token tied with the k-th, so more than k), and sort the vocabulary twice per step instead
+of once. The rule is the same: keep the k most likely, then the smallest prefix reaching ``top_p``.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache
 
+from laser_rl.core.laser import find_eos
 from laser_rl.errors import LaserError
 
 # Drop finished rows from the batch (and the KV cache) once at least this fraction of the current
@@ -297,9 +309,8 @@ def sample(
     # Everything after a row's first stop token is masked out (frozen rows that were still in the
     # batch wrote throw-away tokens there).
     tokens, logprobs = steps
-    is_stop = torch.isin(tokens, torch.tensor(sorted(stops), dtype=torch.long, device=device))
-    response_mask = (is_stop.long().cumsum(dim=1) - is_stop.long()) == 0
-    finished = is_stop.any(dim=1)
+    eos = find_eos(tokens, sorted(stops), allow_no_stops=True)
+    response_mask, finished = eos.response_mask, eos.finished
     return Rollout(
         response_ids=torch.where(response_mask, tokens, pad_id),
         response_mask=response_mask,

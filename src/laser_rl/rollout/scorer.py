@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from laser_rl.core.laser import find_eos
 from laser_rl.errors import LaserError
 from laser_rl.rollout.sampler import (
     as_id_rows,
@@ -77,8 +78,8 @@ def _sequences_ending_in_eos(
             raise LaserError(f"prompt row {i} is empty")
         check_ids_in_vocab(p, vocab, f"prompt row {i}")
         check_ids_in_vocab(r, vocab, f"response row {i}")
-        cut = next((j for j, v in enumerate(r) if v in stops), None)
-        resp = r[: cut + 1] if cut is not None else [*r, eos_id]
+    for i, (p, r, cut) in enumerate(zip(p_rows, r_rows, _first_stop_columns(r_rows, stops))):
+        resp = r[: cut + 1] if cut >= 0 else [*r, eos_id]
         seq = p + resp
         if ctx is not None and len(seq) > ctx:
             raise LaserError(
@@ -87,6 +88,19 @@ def _sequences_ending_in_eos(
             )
         seqs.append(seq)
     return seqs
+
+
+def _first_stop_columns(rows: list[list[int]], stops: frozenset[int]) -> list[int]:
+    """Column of each row's first stop id, −1 where it has none (:func:`laser_rl.core.laser.find_eos`, the
+    one owner of where a response ends, on the right-padded rows)."""
+    if not rows:
+        return []
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    width = max(1, int(lengths.max()))
+    mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)  # [N, width]
+    ids = torch.zeros(mask.shape, dtype=torch.long)
+    ids[mask] = torch.tensor([v for r in rows for v in r], dtype=torch.long)
+    return find_eos(ids, sorted(stops), mask, allow_no_stops=True).eos_index.tolist()
 
 
 def _lp_z_at_last_position(

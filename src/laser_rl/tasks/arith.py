@@ -27,10 +27,17 @@ from typing import Any, ClassVar
 from laser_rl.errors import LaserError
 from laser_rl.tasks.base import Problem, TaskData
 from laser_rl.tasks.char_tokenizer import DEFAULT_ALPHABET
-from laser_rl.tasks.embedded import held_out_split, load_task, problem_stream, stream_problem, task_from_dict
+from laser_rl.tasks.generated import (
+    held_out_split,
+    load_task,
+    problem_stream,
+    read_task_record,
+    stream_problem,
+    task_from_dict,
+)
+from laser_rl.tasks.generated import save_task as save_generated_task
 
 TASK_NAME = "arith"
-TASK_FILENAME = "task.json"
 _FORMAT_VERSION = 1
 #: Operators the character tokenizer can write. ``*`` etc. would need a bigger alphabet.
 SUPPORTED_OPS = "+-"
@@ -263,22 +270,16 @@ class ArithVerifier:
 
 def save_task(folder: str | Path, cfg: ArithConfig) -> None:
     """Write ``task.json`` into ``folder`` (a model folder) so later commands rebuild the same task."""
-    from laser_rl.tasks.embedded import save_task as save_embedded_task
-
-    save_embedded_task(folder, cfg)
+    save_generated_task(folder, cfg)
 
 
 def load_task_config(folder: str | Path) -> ArithConfig | None:
     """The arith task saved in a model folder's ``task.json``; ``None`` when the folder has none."""
-    from laser_rl.tasks.embedded import load_task_config as load_embedded_config
-
-    cfg = load_embedded_config(folder)
-    if cfg is not None and not isinstance(cfg, ArithConfig):
-        raise LaserError(f"{Path(folder) / TASK_FILENAME}: task name is {cfg.name!r}, expected {TASK_NAME!r}")
-    return cfg
+    record = read_task_record(folder)
+    return None if record is None else ArithConfig.from_dict(record[0], where=record[1])
 
 
 def load_arith(split: str = "test", **options: Any) -> TaskData:
     """The registry entry point: ``arith`` / ``arith:test`` → the test split, ``arith:train`` → the stream
-    (options: :func:`laser_rl.tasks.embedded.load_task`)."""
+    (options: :func:`laser_rl.tasks.generated.load_task`)."""
     return load_task(ArithConfig, TASK_NAME, split, options, held_out_problems, train_stream)

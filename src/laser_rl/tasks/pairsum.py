@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 from laser_rl.errors import LaserError
 from laser_rl.tasks.base import Problem, TaskData
 from laser_rl.tasks.char_tokenizer import DEFAULT_ALPHABET
-from laser_rl.tasks.embedded import (
+from laser_rl.tasks.generated import (
     MAX_ATTEMPTS,
     held_out_split,
     load_task,
@@ -287,7 +287,7 @@ class PairSumVerifier:
 
 def load_pairsum(split: str = "test", **options: Any) -> TaskData:
     """The registry entry point: ``pairsum`` / ``pairsum:test`` → the test split, ``pairsum:train`` → the stream
-    (options: :func:`laser_rl.tasks.embedded.load_task`)."""
+    (options: :func:`laser_rl.tasks.generated.load_task`)."""
     data = load_task(PairSumConfig, TASK_NAME, split, options, held_out_problems, train_stream)
     data.verdict = read_verdict
     return data
