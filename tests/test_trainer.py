@@ -238,16 +238,17 @@ def test_mini_batches_epochs_and_micro_batches(tiny_model_dir, tmp_path, agg):
 def _guard(collapse_ratio=0.5, length_ratio=0.5, patience=2):
     from types import SimpleNamespace
 
-    from laser_rl.training.trainer import Trainer, _GuardState
+    from laser_rl.errors import LaserError
+    from laser_rl.training.guard import GuardState, check_collapse
 
-    fake = SimpleNamespace(
-        cfg=SimpleNamespace(guard=SimpleNamespace(collapse_ratio=collapse_ratio, length_collapse_ratio=length_ratio,
-                                                  collapse_patience=patience)),
-        guard=_GuardState(), step=0, _stop_message=lambda why: f"training stopped: {why}",
-    )
+    gc = SimpleNamespace(collapse_ratio=collapse_ratio, length_collapse_ratio=length_ratio, collapse_patience=patience)
+    state, step = GuardState(), [0]
+
     def check(reward, length, **extra):
-        fake.step += 1
-        Trainer._check_collapse(fake, {"reward_mean": reward, "response_length": length, **extra})
+        step[0] += 1
+        why = check_collapse(gc, state, {"reward_mean": reward, "response_length": length, **extra})
+        if why:
+            raise LaserError(f"training stopped: collapse guard at step {step[0]}: {why}")
     return check
 
 

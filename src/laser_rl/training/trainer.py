@@ -11,16 +11,20 @@
 Runs in one process or under ``accelerate launch`` / ``torchrun`` (DDP; gloo on CPU). Each
 process samples its share of the step's prompts; group statistics are per prompt, so they stay
 local, while the class-balance counts, the loss normalisers and all metrics are global.
+
+Every decision that stops a run is taken by all ranks together: c_ref is rank 0's measurement, the
+NaN check is all-reduced before backward (``update.py``), the collapse guard's verdict is rank 0's,
+broadcast. Precision: float32 weights, forwards in ``model.dtype`` (``precision.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +58,9 @@ from laser_rl.training.checkpoint import (
 )
 from laser_rl.training.config import TrainConfig, config_to_dict
 from laser_rl.training.data import ProblemSource
+from laser_rl.training.guard import GuardState, check_collapse
 from laser_rl.training.policy import PolicyOutput, PolicyWithScore
+from laser_rl.training.precision import training_precision
 from laser_rl.training.sharding import (
     check_sharding_setup,
     enable_gradient_checkpointing,
@@ -65,6 +71,19 @@ from laser_rl.training.sharding import (
     resolve_sharding,
     shard_model,
 )
+from laser_rl.training.update import (
+    Collective,
+    UpdateSettings,
+    UpdateStats,
+    autocast,
+    forward_in_micro_batches,
+    make_scheduler,
+    micro_batch_loss,
+    update_policy,
+)
+
+__all__ = ["CONFIG_FILE", "FINAL_DIR", "METRICS_FILE", "TrainResult", "Trainer", "metric_keys_without_timing",
+           "micro_batch_loss", "train"]
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"  # written before step 1: marks the folder as a run of ours
@@ -78,46 +97,6 @@ class TrainResult:
     metrics: list[dict[str, Any]]
     seconds: float
     score_params: ScoreParams | None
-
-
-@dataclass
-class _GuardState:
-    """Collapse guard bookkeeping (see ``_check_collapse``)."""
-
-    start_reward: list[float] = field(default_factory=list)  # training reward of the first steps
-    start_length: float | None = None  # mean response length at the first step
-    ema_reward: float | None = None
-    eval_baseline: float | None = None  # the first evaluation's accuracy
-    bad_length: int = 0
-    bad_reward: int = 0
-    bad_eval: int = 0
-
-
-@dataclass
-class UpdateStats:
-    """What one optimiser pass over a batch reports (means over its optimiser steps)."""
-
-    policy_loss: float = 0.0
-    sr_loss: float = 0.0
-    clip_fraction: float = 0.0
-    dual_clip_fraction: float = 0.0
-    kl: float = 0.0
-    grad_norm: float = 0.0
-
-    def add_micro_batch(self, terms: core.LaserLossTerms, n_micro: int) -> None:
-        """Losses add up over micro-batches (they are normalised by the whole mini-batch); token
-        statistics are averaged."""
-        self.policy_loss += float(terms.policy.detach())
-        self.sr_loss += float(terms.mse.detach())
-        self.clip_fraction += float(terms.stats["clip_fraction"]) / n_micro
-        self.dual_clip_fraction += float(terms.stats["dual_clip_fraction"]) / n_micro
-        self.kl += float(terms.stats["kl"]) / n_micro
-
-    def averaged(self, n_updates: int) -> UpdateStats:
-        return UpdateStats(**{k: v / max(n_updates, 1) for k, v in asdict(self).items()})
-
-
-GUARD_WINDOW = 10  # steps averaged for the training-reward baseline and its running mean
 
 
 def _seed_for(seed: int, step: int, rank: int, salt: int) -> int:
@@ -137,6 +116,9 @@ class Trainer:
             raise LaserError(
                 f"data.prompts_per_step ({cfg.data.prompts_per_step}) must be divisible by the number of processes ({self.world})"
             )
+        if cfg.rollout.temperature <= 0:  # the training forward divides the logits by it
+            raise LaserError(f"rollout.temperature must be > 0 for training, got {cfg.rollout.temperature} "
+                             "(greedy decoding has no sampling distribution to learn from)")
         set_seed(cfg.train.seed + self.rank)
 
         self.resume_from = latest_checkpoint(self.out) if resume else None
@@ -153,6 +135,9 @@ class Trainer:
         model_path = str(self.resume_from[1]) if self.resume_from else cfg.model.path
         self.base_path = Path(cfg.model.path)
         self.sharding = resolve_sharding(cfg.train.sharding)
+        self.precision = training_precision(cfg.model.dtype, self.acc.device)
+        # forwards autocast to the compute dtype; under FSDP2 its MixedPrecisionPolicy casts instead
+        self.autocast_dtype = self.precision.autocast_dtype if self.sharding == "none" else None
         check_sharding_setup(cfg, policy_path=model_path)  # before any model loads
         if self.sharding == "fsdp2":
             ensure_process_group(self.acc.device)
@@ -181,7 +166,7 @@ class Trainer:
         if token_str is not None:
             self._setup_score(model, token_str, saved)
 
-        self._model = model
+        self._model = model.train()  # dropout and gradient checkpointing need it (generation switches back)
         self.policy = self._wrap(model)
         self.ref_policy: PolicyWithScore | None = None
         if cfg.loss.kl_coef > 0 or (cfg.laser.enabled and cfg.laser.reference == "model"):
@@ -193,15 +178,15 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(  # after sharding: the optimizer holds the sharded parameters
             self.policy.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
         )
-        self.scheduler = self._make_scheduler()
+        self.scheduler = make_scheduler(self.optimizer, cfg)
         if self.sharding == "none":  # DDP (or one process) through accelerate; FSDP2 is already applied
             self.policy, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
         self.engine = build_engine(cfg.rollout.engine, self.model, pad_id=self.pad_id, stop_ids=self.stop_ids,
                                    z_id=self.z_id, suppress_ids=self.suppress_ids)
 
         self.step = 0
-        self.source = ProblemSource(self.train_data, cfg.train.seed, cfg.data.shuffle)
-        self.guard = _GuardState()
+        self.source = self._problem_source()
+        self.guard = GuardState()
         self.skipped_prompts = 0
         if self.resume_from:
             self._load_state(self.resume_from[1])
@@ -212,23 +197,50 @@ class Trainer:
         from laser_rl.integrations.hf import load_model
 
         m = self.cfg.model
-        dtype = "float32" if self.sharding == "fsdp2" else m.dtype  # FSDP2: fp32 master weights, m.dtype computes
-        return load_model(path, dtype=dtype, device=self.acc.device, trust_remote_code=m.trust_remote_code,
-                          attn_implementation=m.attn_implementation)
+        return load_model(path, dtype=self.precision.weights, device=self.acc.device,
+                          trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation)
+
+    def _problem_source(self, position: int = 0) -> ProblemSource:
+        d = self.cfg.data
+        drop_last = getattr(d, "drop_last", False)  # TODO(H2): data.drop_last in config.py
+        return ProblemSource(self.train_data, self.cfg.train.seed, d.shuffle, position,
+                             drop_last_of=d.prompts_per_step if drop_last else None)
 
     def _wrap(self, model: torch.nn.Module) -> PolicyWithScore:
         """The module the training step calls; under FSDP2 sharded per decoder layer, then as a whole."""
-        from laser_rl.integrations.hf import resolve_dtype
-
         policy = PolicyWithScore(model, chunk_size=self.cfg.loss.logit_chunk_size or 1024)
         if self.sharding == "fsdp2":
-            shard_model(policy, compute_dtype=resolve_dtype(self.cfg.model.dtype, self.acc.device))
+            shard_model(policy, compute_dtype=self.precision.compute)
         return policy
 
-    def _generating(self) -> contextlib.AbstractContextManager[Any]:
-        """The block every generation runs in: under FSDP2 the sharded weights are gathered for it
-        (train.generation_gather) and ranks decode in lockstep; otherwise nothing happens."""
-        return generation_window(self.policy, self.cfg.train.generation_gather, forward_module=self.model)
+    @contextlib.contextmanager
+    def _generating(self) -> Iterator[None]:
+        """The block every generation runs in: the sampler puts the model in eval mode, and training
+        mode is back on leaving; forwards run in the compute dtype; under FSDP2 the sharded weights are
+        gathered for it (train.generation_gather) and ranks decode in lockstep."""
+        try:
+            with generation_window(self.policy, self.cfg.train.generation_gather, forward_module=self.model), \
+                    autocast(self.acc.device, self.autocast_dtype):
+                yield
+        finally:
+            self.model.train()
+
+    def _from_main(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on every rank; every rank gets rank 0's result, or raises rank 0's LaserError,
+        so that ranks agree (and none waits for a rank that stopped)."""
+        try:
+            outcome: tuple[Any, str | None] = (fn(), None)
+        except LaserError as e:
+            outcome = (None, str(e))
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [outcome]
+            broadcast_object_list(box, from_process=0)
+            outcome = box[0]
+        if outcome[1] is not None:
+            raise LaserError(outcome[1])
+        return outcome[0]
 
     def _load_data(self, spec: str) -> TaskData:
         d = self.cfg.data
@@ -275,8 +287,8 @@ class Trainer:
             self.score = saved  # the run's own c_ref/β_v, recorded at its first step
             return
         c_ref, c_std = lc.c_ref, None
-        if c_ref == "auto":
-            c_ref, c_std = self._calibrate(model)
+        if c_ref == "auto":  # every rank measures the same way; all take rank 0's value
+            c_ref, c_std = self._from_main(lambda: self._calibrate(model))
         beta_v = lc.resolve_beta_v(float(c_ref))
         target = core.correct_target_logprob(float(c_ref), float(beta_v))
         if target > -3.0:
@@ -294,26 +306,14 @@ class Trainer:
         problems = ProblemSource(self.train_data, self.cfg.train.seed + 12345, True).take(n)
         prompts = self._prompts(problems)
         self._print(f"measuring c_ref on {n} sampled responses ...")
-        mean, std, count = calibrate_c_ref(
-            model, self.tokenizer, prompts, z_id=self.z_id, stop_ids=self.stop_ids, pad_id=self.pad_id,
-            config=self._sampling(), seed=self.cfg.train.seed,
-        )
+        # in the compute dtype, as the rollouts run (under FSDP2 the model is not sharded yet)
+        with autocast(self.acc.device, self.precision.autocast_dtype):
+            mean, std, count = calibrate_c_ref(
+                model, self.tokenizer, prompts, z_id=self.z_id, stop_ids=self.stop_ids, pad_id=self.pad_id,
+                config=self._sampling(), seed=self.cfg.train.seed, n=n,
+            )
         self._print(f"c_ref = {mean:.3f} ± {std:.3f} (over {count} finished responses)")
         return mean, std
-
-    def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
-        o, steps = self.cfg.optim, self.cfg.train.steps
-
-        def factor(i: int) -> float:  # i = optimizer steps taken; one RL step = one scheduler step
-            if o.warmup_steps and i < o.warmup_steps:
-                return (i + 1) / o.warmup_steps
-            if o.lr_scheduler == "constant":
-                return 1.0
-            progress = min(1.0, (i - o.warmup_steps) / max(1, steps - o.warmup_steps))
-            decay = 0.5 * (1 + math.cos(math.pi * progress)) if o.lr_scheduler == "cosine" else 1 - progress
-            return o.min_lr_ratio + (1 - o.min_lr_ratio) * decay
-
-        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def _sampling(self) -> SamplingConfig:
         r = self.cfg.rollout
@@ -392,82 +392,52 @@ class Trainer:
                 advantages, scores, rb.finished, rb.group, lc.tau, lc.filter_threshold
             )
         batch = TrainBatch(
-            seq, advantages.float(), rb.rewards, self._global_mse_weights(rb.correct, rb.finished),
+            seq, advantages.float(), rb.rewards, self._global_mse_weights(rb.rewards, rb.correct, rb.finished),
             ref_logprobs=None if ref is None else ref.token_logprobs,
             ref_lp_z=ref.lp_z if ref is not None and self.score is not None and self.score.reference == "model" else None,
         )
         update = self._update(batch, alpha if lc.enabled and phase.mse else None)
-        self.scheduler.step()
         t_update = time.perf_counter() - t0 - t_roll
 
         metrics = self._step_metrics(rb, scores, passed, update, phase, alpha)
         metrics.update(time_rollout=t_roll, time_update=t_update, time_step=time.perf_counter() - t0)
         return metrics
 
-    def _global_mse_weights(self, correct: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
-        """Class-balance weights (Eq. 14) with the counts of the whole, all-process batch."""
+    def _global_mse_weights(self, rewards: torch.Tensor, correct: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
+        """Class-balance weights (Eq. 14) with the counts of the whole, all-process batch; ``correct`` is
+        ``rewards > laser.correct_threshold`` (the rollout's), the same classes core counts from the rewards."""
         lc = self.cfg.laser
         local = torch.stack([(correct & finished).sum(), (finished & ~correct).sum()]).float()
         counts = self.acc.reduce(local, reduction="sum")
         return core.class_balance_weights(
-            correct.float(), finished, lc.class_balanced, 0.5, class_counts=(counts[0], counts[1])
+            rewards, finished, lc.class_balanced, lc.correct_threshold, class_counts=(counts[0], counts[1])
         )
 
-    @torch.no_grad()
     def _reference_pass(self, seq: Sequences) -> PolicyOutput:
+        """The frozen reference model's token log-probs and lp_z, ``loss.micro_batch_size`` rows at a time."""
         assert self.ref_policy is not None
-        return self.ref_policy(seq.input_ids, seq.attention_mask, seq.position_ids, seq.pred_mask,
-                               seq.eos_column, seq.finished, self.cfg.rollout.temperature)
+        return forward_in_micro_batches(self.ref_policy, seq, temperature=self.cfg.rollout.temperature,
+                                        micro_batch_size=self.cfg.loss.micro_batch_size,
+                                        compute_dtype=self.autocast_dtype)
 
-    def _forward(self, seq: Sequences, with_score: bool = True) -> PolicyOutput:
-        return self.policy(seq.input_ids, seq.attention_mask, seq.position_ids, seq.pred_mask,
-                           seq.eos_column, seq.finished, self.cfg.rollout.temperature, with_score)
+    def _collective(self) -> Collective:
+        """The process-group operations of an update, through accelerate (DDP) or FSDP2."""
+        acc = self.acc
+        if self.sharding == "none":
+            def no_sync() -> contextlib.AbstractContextManager[Any]:
+                return acc.no_sync(self.policy)
+        else:
+            no_sync = contextlib.nullcontext  # FSDP2 reduces every micro-batch
+        return Collective(rank=self.rank, world=self.world, reduce_sum=lambda t: acc.reduce(t, reduction="sum"),
+                          backward=acc.backward, accumulate=no_sync, clip=self._clip_gradients)
 
     def _update(self, batch: TrainBatch, alpha: float | None) -> UpdateStats:
         """One optimiser pass over the batch; ``alpha`` weighs the MSE term (``None``: no MSE, plain GRPO)."""
-        cfg, lo = self.cfg, self.cfg.loss
-        B = batch.seq.input_ids.shape[0]
-        device = batch.seq.input_ids.device
-        on_policy = lo.ppo_epochs == 1 and lo.mini_batches == 1
-        if not on_policy:  # old log-probs from the same code path as the update (not the sampler's)
-            with torch.no_grad():
-                recomputed = self._forward(batch.seq, with_score=False).token_logprobs.detach()
-            batch = replace(batch, seq=replace(batch.seq, old_logprobs=recomputed))
-        loss_cfg = core.PolicyLossConfig(lo.clip_low, lo.clip_high, lo.aggregation, lo.kl_coef, lo.clip_ratio_c)
-        gen = torch.Generator().manual_seed(_seed_for(cfg.train.seed, self.step, self.rank, 2))
-        total = UpdateStats()
-        n_updates = 0
-        micro = lo.micro_batch_size or B
-        for _ in range(lo.ppo_epochs):
-            order = torch.randperm(B, generator=gen).to(device) if lo.mini_batches > 1 else torch.arange(B, device=device)
-            for mb in order.chunk(lo.mini_batches):
-                pm = batch.seq.pred_mask[mb]
-                count = pm.sum().float() if lo.aggregation == "token-mean" else (pm.sum(dim=1) > 0).sum().float()
-                # DDP averages gradients over processes, hence the division by the world size
-                normalizer = self.acc.reduce(count, reduction="sum") / self.world
-                w_sum = self.acc.reduce(batch.mse_weights[mb].sum(), reduction="sum") / self.world
-                chunks = mb.split(micro)
-                for i, rows in enumerate(chunks):
-                    sub = batch.select(rows)
-                    defer = i < len(chunks) - 1 and self.sharding == "none"  # FSDP2 reduces every micro-batch
-                    sync = self.acc.no_sync(self.policy) if defer else contextlib.nullcontext()
-                    with sync:
-                        out = self._forward(sub.seq, with_score=alpha is not None)
-                        terms = micro_batch_loss(out, sub, loss_cfg, alpha=alpha, score=self.score,
-                                                 normalizer=normalizer, weight_sum=w_sum, on_policy=on_policy)
-                        if cfg.guard.nan_check and not torch.isfinite(terms.total):
-                            raise LaserError(self._stop_message(f"loss is {float(terms.total)} at step {self.step}"))
-                        self.acc.backward(terms.total)
-                    total.add_micro_batch(terms, len(chunks))
-                max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
-                grad_norm = self._clip_gradients(max_norm)
-                if cfg.guard.nan_check and not torch.isfinite(grad_norm):
-                    raise LaserError(self._stop_message(f"gradient norm is {float(grad_norm)} at step {self.step}"))
-                total.grad_norm += float(grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                n_updates += 1
-        return total.averaged(n_updates)
+        gen = torch.Generator().manual_seed(_seed_for(self.cfg.train.seed, self.step, self.rank, 2))
+        settings = UpdateSettings.from_config(self.cfg, compute_dtype=self.autocast_dtype)
+        return update_policy(self.policy, self.optimizer, batch, settings, alpha=alpha, score=self.score,
+                             comm=self._collective(), generator=gen, scheduler=self.scheduler,
+                             stop_message=lambda why: self._stop_message(f"{why} at step {self.step}"))
 
     def _evaluates_here(self) -> bool:
         """The main process evaluates; under FSDP2 every rank joins (its forwards are collectives)."""
@@ -553,7 +523,6 @@ class Trainer:
                                   stop_ids=self.stop_ids).to(self.acc.device)
             ref_lp_z = self._reference_pass(seq).lp_z
             rb = replace(rb, scores=self.score.score(rb.rollout.lp_z, ref_lp_z, rb.finished))
-        self.model.train()
         met = compute_metrics(rb.to_records(problems, n), ks=(n,), same_answer=self.eval_data.verifier.same_answer)
         v = met["verification"]
         return {
@@ -595,7 +564,7 @@ class Trainer:
             if error is None:
                 save_state(tmp, rng_state_name(self.rank), rng_state())
                 weights = self._full_weights()
-                state = {"step": self.step, "data_position": self.source.position,
+                state = {"step": self.step, "data_position": self.source.position, "skipped_prompts": self.skipped_prompts,
                          "scheduler": self.scheduler.state_dict(), "guard": self.guard.__dict__,
                          "config": config_to_dict(self.cfg)}
                 if self.sharding == "fsdp2":  # every process writes its shards of the optimizer state
@@ -627,13 +596,14 @@ class Trainer:
     def _load_state(self, folder: Path) -> None:
         state = load_state(folder, TRAINER_STATE)
         self.step = state["step"]
-        self.source = ProblemSource(self.train_data, self.cfg.train.seed, self.cfg.data.shuffle, state["data_position"])
+        self.source = self._problem_source(state["data_position"])
+        self.skipped_prompts = state.get("skipped_prompts", 0)
         if self.sharding == "fsdp2":
             load_sharded_state(folder, self.policy, self.optimizer)
         else:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.guard = _GuardState(**state["guard"])
+        self.guard = GuardState(**state["guard"])
         if (folder / f"{rng_state_name(self.rank)}.json").is_file():  # absent when resuming at another world size
             set_rng_state(load_state(folder, rng_state_name(self.rank)))
         self._print(f"resumed from {folder} (step {self.step})")
@@ -641,40 +611,10 @@ class Trainer:
     # ------------------------------------------------------------------ collapse guard
 
     def _check_collapse(self, m: dict[str, Any]) -> None:
-        """Stop a run whose accuracy or response length falls far below where it started.
-
-        Accuracy: the evaluation accuracy against the first evaluation when evaluations run, and
-        always the running mean of the training reward against its mean over the first steps.
-        Length: the batch's mean response length against the first step's. A check must fail
-        ``guard.collapse_patience`` times in a row.
-        """
-        gc, gs = self.cfg.guard, self.guard
-        fails: list[str] = []
-        if gc.length_collapse_ratio > 0:
-            if gs.start_length is None:
-                gs.start_length = m["response_length"]
-            low = m["response_length"] < gc.length_collapse_ratio * gs.start_length
-            gs.bad_length = gs.bad_length + 1 if low else 0
-            if gs.bad_length >= gc.collapse_patience:
-                fails.append(f"mean response length {m['response_length']:.1f} < {gc.length_collapse_ratio} × start {gs.start_length:.1f}")
-        if gc.collapse_ratio > 0:
-            if len(gs.start_reward) < GUARD_WINDOW:
-                gs.start_reward.append(m["reward_mean"])
-            else:
-                a = 2.0 / (GUARD_WINDOW + 1)
-                gs.ema_reward = m["reward_mean"] if gs.ema_reward is None else (1 - a) * gs.ema_reward + a * m["reward_mean"]
-                r0 = sum(gs.start_reward) / len(gs.start_reward)
-                gs.bad_reward = gs.bad_reward + 1 if gs.ema_reward < gc.collapse_ratio * r0 else 0
-                if gs.bad_reward >= gc.collapse_patience:
-                    fails.append(f"training reward (running mean) {gs.ema_reward:.3f} < {gc.collapse_ratio} × start {r0:.3f}")
-            if "eval_accuracy" in m:
-                if gs.eval_baseline is None:
-                    gs.eval_baseline = m["eval_accuracy"]
-                gs.bad_eval = gs.bad_eval + 1 if m["eval_accuracy"] < gc.collapse_ratio * gs.eval_baseline else 0
-                if gs.bad_eval >= gc.collapse_patience:
-                    fails.append(f"eval accuracy {m['eval_accuracy']:.3f} < {gc.collapse_ratio} × first eval {gs.eval_baseline:.3f}")
-        if fails:
-            raise LaserError(self._stop_message(f"collapse guard at step {self.step}: " + "; ".join(fails)))
+        """Stop every rank when the collapse guard (``guard.py``) fires on rank 0's view of the step."""
+        why = self._from_main(lambda: check_collapse(self.cfg.guard, self.guard, m))
+        if why:
+            raise LaserError(self._stop_message(f"collapse guard at step {self.step}: {why}"))
 
     # ------------------------------------------------------------------ the loop
 
@@ -807,36 +747,6 @@ def _any_free_id(pad_id: int, stop_ids: list[int]) -> int:
     while i == pad_id or i in stop_ids:
         i += 1
     return i
-
-
-def micro_batch_loss(
-    out: PolicyOutput,
-    sub: TrainBatch,
-    config: core.PolicyLossConfig,
-    *,
-    alpha: float | None,
-    score: ScoreParams | None,
-    normalizer: torch.Tensor | float,
-    weight_sum: torch.Tensor | float,
-    on_policy: bool = True,
-) -> core.LaserLossTerms:
-    """The LaSeR loss of one micro-batch from its forward ``out`` (``alpha=None``: plain GRPO).
-
-    The score comes from the same forward (``out.lp_z``); on-policy (one epoch, one mini-batch) the old
-    log-probs are the detached current ones. ``normalizer`` / ``weight_sum``: the whole mini-batch's token
-    (or row) count and MSE weight sum, divided by the number of processes.
-    """
-    scores = None
-    if alpha is not None:
-        if score is None:
-            raise LaserError("the self-reward MSE needs score parameters (z, beta_v, c_ref)")
-        scores = score.score(out.lp_z, sub.ref_lp_z)
-    old = out.token_logprobs.detach() if on_policy else sub.seq.old_logprobs
-    return core.laser_loss(
-        out.token_logprobs, old, sub.advantages, sub.seq.pred_mask, config, normalizer=normalizer, alpha=alpha,
-        scores=scores, rewards=sub.rewards, finished=sub.seq.finished, mse_weights=sub.mse_weights,
-        mse_weight_sum=weight_sum, ref_logprobs=sub.ref_logprobs,
-    )
 
 
 def _foreign_files(out: Path) -> list[str]:
