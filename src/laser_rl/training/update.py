@@ -41,14 +41,15 @@ class UpdateStats:
     kl: float = 0.0
     grad_norm: float = 0.0
 
-    def add_micro_batch(self, terms: core.LaserLossTerms, n_micro: int) -> None:
+    def add_micro_batch(self, terms: core.LaserLossTerms, share: float) -> None:
         """Losses add up over micro-batches (they are normalised by the whole mini-batch); token
-        statistics are averaged."""
+        statistics are weighted by ``share``, the micro-batch's fraction of the mini-batch's tokens,
+        so they equal the whole mini-batch's."""
         self.policy_loss += float(terms.policy.detach())
         self.sr_loss += float(terms.mse.detach())
-        self.clip_fraction += float(terms.stats["clip_fraction"]) / n_micro
-        self.dual_clip_fraction += float(terms.stats["dual_clip_fraction"]) / n_micro
-        self.kl += float(terms.stats["kl"]) / n_micro
+        self.clip_fraction += float(terms.stats["clip_fraction"]) * share
+        self.dual_clip_fraction += float(terms.stats["dual_clip_fraction"]) * share
+        self.kl += float(terms.stats["kl"]) * share
 
     def averaged(self, n_updates: int) -> UpdateStats:
         return UpdateStats(**{k: v / max(n_updates, 1) for k, v in asdict(self).items()})
@@ -226,6 +227,7 @@ def update_policy(
             normalizer = comm.reduce_sum(count) / comm.world
             w_sum = comm.reduce_sum(batch.mse_weights[mb].sum()) / comm.world
             chunks = mb.split(micro)
+            local_tokens = max(int(pm.sum()), 1)
             for i, rows in enumerate(chunks):
                 sub = batch.select(rows)
                 last = i == len(chunks) - 1
@@ -239,7 +241,7 @@ def update_policy(
                         if bad:
                             raise LaserError(stop_message(f"loss is not finite on {_ranks(bad)}"))
                     comm.backward(terms.total)
-                total.add_micro_batch(terms, len(chunks))
+                total.add_micro_batch(terms, int(sub.seq.pred_mask.sum()) / local_tokens if len(chunks) > 1 else 1.0)
             max_norm = s.max_grad_norm if s.max_grad_norm > 0 else float("inf")
             grad_norm = comm.clip(max_norm) if comm.clip is not None else \
                 torch.nn.utils.clip_grad_norm_(list(policy.parameters()), max_norm)
