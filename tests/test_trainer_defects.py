@@ -128,9 +128,11 @@ def test_c_ref_auto_is_measured_in_the_compute_dtype(tiny_model_dir, tmp_path, o
     import laser_rl.calibrate as calibrate
 
     dtypes: list[torch.dtype] = []
+    weights: list[torch.dtype] = []
     real = calibrate.measure_self_reward_logprobs
 
     def spy(model, *args, **kwargs):
+        weights.append(next(model.parameters()).dtype)
         handle = first_linear(model).register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
         try:
             return real(model, *args, **kwargs)
@@ -140,6 +142,7 @@ def test_c_ref_auto_is_measured_in_the_compute_dtype(tiny_model_dir, tmp_path, o
     monkeypatch.setattr(calibrate, "measure_self_reward_logprobs", spy)
     make_trainer(tiny_model_dir, tmp_path / "run", **{"laser.c_ref": "auto", "laser.c_ref_samples": 16,
                                                      "model.dtype": "bfloat16"})
+    assert weights == [torch.float32]  # the master weights (FSDP2 loads them too), before any sharding
     assert dtypes and set(dtypes) == {torch.bfloat16}
 
 
