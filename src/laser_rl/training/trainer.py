@@ -76,6 +76,7 @@ from laser_rl.training.update import (
     UpdateSettings,
     UpdateStats,
     autocast,
+    clip_grad_norm,
     forward_in_micro_batches,
     make_scheduler,
     micro_batch_loss,
@@ -447,8 +448,7 @@ class Trainer:
         """Clip the global gradient norm; returns it (a plain tensor, also for sharded DTensor gradients)."""
         if self.sharding == "none":
             return self.acc.clip_grad_norm_(self.policy.parameters(), max_norm)
-        norm = torch.nn.utils.clip_grad_norm_(list(self.policy.parameters()), max_norm)
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        return clip_grad_norm(self.policy.parameters(), max_norm)
 
     def _stop_message(self, why: str) -> str:
         last = latest_checkpoint(self.out)

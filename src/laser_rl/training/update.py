@@ -183,6 +183,12 @@ def micro_batch_loss(
     )
 
 
+def clip_grad_norm(parameters: Any, max_norm: float) -> Tensor:
+    """Clip the global gradient norm; returns it as a plain tensor (also for FSDP2's DTensor gradients)."""
+    norm = torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
 def _ranks(ranks: list[int]) -> str:
     return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
 
@@ -243,8 +249,7 @@ def update_policy(
                     comm.backward(terms.total)
                 total.add_micro_batch(terms, int(sub.seq.pred_mask.sum()) / local_tokens if len(chunks) > 1 else 1.0)
             max_norm = s.max_grad_norm if s.max_grad_norm > 0 else float("inf")
-            grad_norm = comm.clip(max_norm) if comm.clip is not None else \
-                torch.nn.utils.clip_grad_norm_(list(policy.parameters()), max_norm)
+            grad_norm = comm.clip(max_norm) if comm.clip is not None else clip_grad_norm(policy.parameters(), max_norm)
             if s.nan_check and not torch.isfinite(grad_norm):  # the global norm: every rank sees the same
                 raise LaserError(stop_message(f"gradient norm is {float(grad_norm)}"))
             total.grad_norm += float(grad_norm)
