@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 REL = 1e-4
 
 
+def free_port() -> int:
+    """A port nobody listens on now: other test runs on this machine start their own process groups."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def two_process_results(tiny_model_dir, tmp_path_factory) -> dict:
     """One 2-process gloo run of tests/fsdp_worker.py (≈ 35 s on 2 cores) that all tests below read."""
     out = tmp_path_factory.mktemp("fsdp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(ROOT / "tests" / "fsdp_worker.py"), str(tiny_model_dir), str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -253,8 +261,8 @@ def test_laser_train_fsdp2_equals_ddp_resumes_exactly_after_sigkill_and_saves_a_
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
     runs = {}
-    for name, port, extra in (("ddp", 29571, ()), ("fsdp2", 29572, ("train.sharding=fsdp2",))):
-        res = subprocess.run(_train_cmd(tiny_model_dir, tmp_path / name, port, *extra), env=env, capture_output=True,
+    for name, extra in (("ddp", ()), ("fsdp2", ("train.sharding=fsdp2",))):
+        res = subprocess.run(_train_cmd(tiny_model_dir, tmp_path / name, free_port(), *extra), env=env, capture_output=True,
                              text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         runs[name] = _metrics(tmp_path / name)
@@ -264,7 +272,7 @@ def test_laser_train_fsdp2_equals_ddp_resumes_exactly_after_sigkill_and_saves_a_
             assert _close(a[key], b[key]) or abs(a[key] - b[key]) < 1e-7, (key, a, b)
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_train_cmd(tiny_model_dir, cut, 29573, "train.sharding=fsdp2"), env=env,
+    proc = subprocess.Popen(_train_cmd(tiny_model_dir, cut, free_port(), "train.sharding=fsdp2"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
     while not (cut / "checkpoints" / "step-000004").exists():
@@ -274,7 +282,7 @@ def test_laser_train_fsdp2_equals_ddp_resumes_exactly_after_sigkill_and_saves_a_
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(_metrics(cut)) < 6, "the run should have been killed before finishing"
-    res = subprocess.run(_train_cmd(tiny_model_dir, cut, 29574, "train.sharding=fsdp2", "--resume"), env=env,
+    res = subprocess.run(_train_cmd(tiny_model_dir, cut, free_port(), "train.sharding=fsdp2", "--resume"), env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert _metrics(cut) == runs["fsdp2"]
