@@ -95,8 +95,6 @@ def test_output_dir_that_is_a_file_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="passes once laser_rl.training.trainer.train() holds hold_run_dir() (issue 22, "
-                                       "defect 10; wiring by H1a): then remove this marker")
 def test_two_laser_train_runs_into_one_folder_half_a_second_apart(tiny_model_dir, tmp_path):
     """The regression: both runs exited 0 and interleaved their steps in one metrics.jsonl. Now exactly one
     runs (whichever took the lock first) and the other exits 2 with one line, touching nothing."""

@@ -328,3 +328,30 @@ def test_resume_after_skipped_prompts_matches_uninterrupted_run(tiny_model_dir, 
                  *overrides(tiny_model_dir, cut, steps=4, **over)]) == 0
     assert [metric_keys_without_timing(m) for m in read_metrics(cut)] == \
         [metric_keys_without_timing(m) for m in rows]
+
+
+# ------------------------------------------------------------------ item 6: entropy
+
+
+def test_update_reports_the_mean_policy_entropy_over_response_tokens(tiny_model_dir, tmp_path, one_thread):
+    from laser_rl.core import laser as core
+    from laser_rl.training.update import UpdateSettings, policy_forward, update_policy
+
+    batch, _ = _fixed_batch(tiny_model_dir)
+    policy = _policy(tiny_model_dir)
+    with torch.no_grad():
+        out = policy_forward(policy, batch.seq, 0.8, with_score=False)
+        probs = torch.softmax(policy.model(batch.seq.input_ids, attention_mask=batch.seq.attention_mask,
+                                           position_ids=batch.seq.position_ids).logits[:, :-1].float() / 0.8, -1)
+    full = -(probs * probs.clamp_min(1e-30).log()).sum(-1)  # [B, L-1] from the model's own forward
+    want = float(full[batch.seq.pred_mask].mean())
+    assert float(out.entropy[batch.seq.pred_mask].mean()) == pytest.approx(want, rel=1e-5)
+    stats = update_policy(policy, torch.optim.SGD(policy.parameters(), lr=0.0), batch,
+                          UpdateSettings(core.PolicyLossConfig(0.2, 0.2), temperature=0.8, micro_batch_size=3),
+                          alpha=None, score=None)
+    assert stats.entropy == pytest.approx(want, rel=1e-5)
+    # and the trainer logs it every step
+    assert main(["train", "--config", str(DEMO_CONFIG), *overrides(tiny_model_dir, tmp_path / "run", steps=2)]) == 0
+    rows = read_metrics(tmp_path / "run")
+    vocab = policy.model.config.vocab_size
+    assert all(0 < r["entropy"] <= math.log(vocab) for r in rows)

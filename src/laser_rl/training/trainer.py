@@ -61,6 +61,7 @@ from laser_rl.training.data import ProblemSource
 from laser_rl.training.guard import GuardState, check_collapse
 from laser_rl.training.policy import PolicyOutput, PolicyWithScore
 from laser_rl.training.precision import training_precision
+from laser_rl.training.run_lock import LOCK_FILE, RunDirLock
 from laser_rl.training.sharding import (
     check_sharding_setup,
     enable_gradient_checkpointing,
@@ -68,6 +69,7 @@ from laser_rl.training.sharding import (
     full_state_dict,
     generation_window,
     module_prefix,
+    no_grad_sync,
     resolve_sharding,
     shard_model,
 )
@@ -106,7 +108,7 @@ def _seed_for(seed: int, step: int, rank: int, salt: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
-        from laser_rl.integrations.hf import disable_progress_bars, load_tokenizer, resolve_stop_ids
+        from laser_rl.integrations.hf import disable_progress_bars
 
         disable_progress_bars()  # weight loading/saving bars would interleave with ours
         self.cfg = cfg
@@ -121,7 +123,29 @@ class Trainer:
             raise LaserError(f"rollout.temperature must be > 0 for training, got {cfg.rollout.temperature} "
                              "(greedy decoding has no sampling distribution to learn from)")
         set_seed(cfg.train.seed + self.rank)
+        # the run folder is ours until close(): taken before anything looks into it (run_lock.py)
+        self.run_lock = RunDirLock(self.out) if self.acc.is_main_process else None
 
+        def lock() -> None:  # rank 0 locks; a refusal stops every rank
+            if self.run_lock is not None:
+                self.run_lock.acquire()
+
+        self._from_main(lock)
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Free the run folder (``fit`` does not: ``train`` calls this when the run ends, however it ends)."""
+        if self.run_lock is not None:
+            self.run_lock.release()
+
+    def _setup(self, resume: bool) -> None:
+        from laser_rl.integrations.hf import load_tokenizer, resolve_stop_ids
+
+        cfg = self.cfg
         self.resume_from = latest_checkpoint(self.out) if resume else None
         if resume and self.resume_from is None:
             self._print(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting from step 1")
@@ -422,15 +446,13 @@ class Trainer:
                                         compute_dtype=self.autocast_dtype)
 
     def _collective(self) -> Collective:
-        """The process-group operations of an update, through accelerate (DDP) or FSDP2."""
+        """The process-group operations of an update, through accelerate (DDP) or FSDP2. Micro-batches
+        before the last one accumulate without a gradient reduction (DDP no_sync; FSDP2 without a
+        reduce-scatter, at the cost of an unsharded float32 gradient per rank: see sharding.no_grad_sync)."""
         acc = self.acc
-        if self.sharding == "none":
-            def no_sync() -> contextlib.AbstractContextManager[Any]:
-                return acc.no_sync(self.policy)
-        else:
-            no_sync = contextlib.nullcontext  # FSDP2 reduces every micro-batch
         return Collective(rank=self.rank, world=self.world, reduce_sum=lambda t: acc.reduce(t, reduction="sum"),
-                          backward=acc.backward, accumulate=no_sync, clip=self._clip_gradients)
+                          backward=acc.backward, accumulate=lambda: no_grad_sync(self.policy),
+                          clip=self._clip_gradients)
 
     def _update(self, batch: TrainBatch, alpha: float | None) -> UpdateStats:
         """One optimiser pass over the batch; ``alpha`` weighs the MSE term (``None``: no MSE, plain GRPO)."""
@@ -754,14 +776,18 @@ def _foreign_files(out: Path) -> list[str]:
     whose ``CONFIG_FILE`` (written before step 1) marks a run that stopped before its first step."""
     if not out.is_dir() or (out / CONFIG_FILE).is_file():
         return []
-    return sorted(p.name for p in out.iterdir())
+    return sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     """Build a :class:`Trainer` from ``cfg`` and run it to ``train.steps``."""
     if resume and not Path(cfg.output_dir).exists():
         raise LaserError(f"--resume: output_dir {cfg.output_dir} does not exist")
-    return Trainer(cfg, resume=resume).fit()
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
 
 
 def metric_keys_without_timing(m: dict[str, Any]) -> dict[str, Any]:

@@ -39,9 +39,10 @@ class UpdateStats:
     clip_fraction: float = 0.0
     dual_clip_fraction: float = 0.0
     kl: float = 0.0
+    entropy: float = 0.0  # mean policy entropy (nats) over response tokens, from the update's forwards
     grad_norm: float = 0.0
 
-    def add_micro_batch(self, terms: core.LaserLossTerms, share: float) -> None:
+    def add_micro_batch(self, terms: core.LaserLossTerms, out: PolicyOutput, mask: Tensor, share: float) -> None:
         """Losses add up over micro-batches (they are normalised by the whole mini-batch); token
         statistics are weighted by ``share``, the micro-batch's fraction of the mini-batch's tokens,
         so they equal the whole mini-batch's."""
@@ -50,6 +51,7 @@ class UpdateStats:
         self.clip_fraction += float(terms.stats["clip_fraction"]) * share
         self.dual_clip_fraction += float(terms.stats["dual_clip_fraction"]) * share
         self.kl += float(terms.stats["kl"]) * share
+        self.entropy += float(out.entropy[mask].mean()) * share if bool(mask.any()) else 0.0
 
     def averaged(self, n_updates: int) -> UpdateStats:
         return UpdateStats(**{k: v / max(n_updates, 1) for k, v in asdict(self).items()})
@@ -144,13 +146,15 @@ def forward_in_micro_batches(
         with autocast(device, compute_dtype):
             return policy_forward(policy, seq, temperature, with_score)
     token_logprobs = torch.zeros(seq.pred_mask.shape, dtype=torch.float32, device=device)  # [B, L-1]
+    entropy = torch.zeros_like(token_logprobs)  # [B, L-1]
     lp_z = torch.full((B,), float("nan"), dtype=torch.float32, device=device)  # [B]
     for rows in torch.arange(B, device=device).split(micro_batch_size):
         with autocast(device, compute_dtype):
             out = policy_forward(policy, seq.select(rows), temperature, with_score)
         token_logprobs[rows, : out.token_logprobs.shape[1]] = out.token_logprobs
+        entropy[rows, : out.entropy.shape[1]] = out.entropy
         lp_z[rows] = out.lp_z
-    return PolicyOutput(token_logprobs, lp_z)
+    return PolicyOutput(token_logprobs, lp_z, entropy)
 
 
 def micro_batch_loss(
@@ -247,7 +251,8 @@ def update_policy(
                         if bad:
                             raise LaserError(stop_message(f"loss is not finite on {_ranks(bad)}"))
                     comm.backward(terms.total)
-                total.add_micro_batch(terms, int(sub.seq.pred_mask.sum()) / local_tokens if len(chunks) > 1 else 1.0)
+                share = int(sub.seq.pred_mask.sum()) / local_tokens if len(chunks) > 1 else 1.0
+                total.add_micro_batch(terms, out, sub.seq.pred_mask, share)
             max_norm = s.max_grad_norm if s.max_grad_norm > 0 else float("inf")
             grad_norm = comm.clip(max_norm) if comm.clip is not None else clip_grad_norm(policy.parameters(), max_norm)
             if s.nan_check and not torch.isfinite(grad_norm):  # the global norm: every rank sees the same
