@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -173,7 +174,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, tmp_path
     cut = tmp_path / "cut"
     cmd = [sys.executable, "-m", "laser_rl.cli", "train", "--config", DEMO_CONFIG,
            *fast_overrides(tiny_model_dir, cut, steps=8, **over)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # the same intra-op thread count as this process's run: float sums depend on it
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 120
     while not (cut / "checkpoints" / "step-000004").exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -188,6 +191,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, tmp_path
     a = [metric_keys_without_timing(m) for m in read_metrics(full)]
     b = [metric_keys_without_timing(m) for m in read_metrics(cut)]
     assert [m["step"] for m in b] == list(range(1, 9))
+    for x, y in zip(a, b):
+        assert x == y, {k: (x[k], y.get(k)) for k in x if x[k] != y.get(k)}
     assert a == b
 
 
