@@ -20,11 +20,10 @@ broadcast. Precision: float32 weights, forwards in ``model.dtype`` (``precision.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,6 @@ from accelerate.utils import set_seed
 
 from laser_rl.core import laser as core
 from laser_rl.errors import LaserError
-from laser_rl.io import read_jsonl, write_jsonl_atomic
 from laser_rl.rollout import SamplingConfig
 from laser_rl.rollout.engine import build_engine, never_sampled_ids
 from laser_rl.rollout.pipeline import RolloutBatch, rollout_verify_score
@@ -42,33 +40,26 @@ from laser_rl.score_params import ScoreParams
 from laser_rl.tasks.base import Problem, TaskData
 from laser_rl.tasks.registry import load_task_data
 from laser_rl.training.batch import Sequences, TrainBatch, build_sequences
-from laser_rl.training.checkpoint import (
-    TRAINER_STATE,
-    checkpoint_write_failed,
-    finalize_checkpoint,
-    latest_checkpoint,
-    load_sharded_state,
-    load_state,
-    rng_state,
-    rng_state_name,
-    save_sharded_state,
-    save_state,
-    set_rng_state,
-    temp_checkpoint_dir,
-)
-from laser_rl.training.config import TrainConfig, config_to_dict
+from laser_rl.training.checkpoint import latest_checkpoint
+from laser_rl.training.config import TrainConfig
 from laser_rl.training.data import ProblemSource
 from laser_rl.training.guard import GuardState, check_collapse
 from laser_rl.training.policy import PolicyOutput, PolicyWithScore
 from laser_rl.training.precision import training_precision
+from laser_rl.training.run_checkpoint import CheckpointingMixin
 from laser_rl.training.run_lock import LOCK_FILE, RunDirLock
+from laser_rl.training.run_log import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RunLog,
+    metric_keys_without_timing,
+    step_metrics,
+)
 from laser_rl.training.sharding import (
     check_sharding_setup,
     enable_gradient_checkpointing,
     ensure_process_group,
-    full_state_dict,
     generation_window,
-    module_prefix,
     no_grad_sync,
     resolve_sharding,
     shard_model,
@@ -88,10 +79,7 @@ from laser_rl.training.update import (
 __all__ = ["CONFIG_FILE", "FINAL_DIR", "METRICS_FILE", "TrainResult", "Trainer", "metric_keys_without_timing",
            "micro_batch_loss", "train"]
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.yaml"  # written before step 1: marks the folder as a run of ours
 FINAL_DIR = "final"
-TIMING_KEYS = ("time_rollout", "time_update", "time_step", "time_eval", "time_save")
 
 
 @dataclass
@@ -106,7 +94,7 @@ def _seed_for(seed: int, step: int, rank: int, salt: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank * 104_729 + salt) % (2**63 - 1)
 
 
-class Trainer:
+class Trainer(CheckpointingMixin):
     def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
         from laser_rl.integrations.hf import disable_progress_bars
 
@@ -424,7 +412,8 @@ class Trainer:
         update = self._update(batch, alpha if lc.enabled and phase.mse else None)
         t_update = time.perf_counter() - t0 - t_roll
 
-        metrics = self._step_metrics(rb, scores, passed, update, phase, alpha)
+        metrics = step_metrics(self.acc, rb, scores, passed, update, step=self.step, lr=float(self.scheduler.get_last_lr()[0]),
+                               laser_enabled=lc.enabled, phase=phase, alpha=alpha, skipped_prompts=self.skipped_prompts)
         metrics.update(time_rollout=t_roll, time_update=t_update, time_step=time.perf_counter() - t0)
         return metrics
 
@@ -479,49 +468,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ metrics
 
-    def _step_metrics(
-        self, rb: RolloutBatch, scores: torch.Tensor | None, passed: torch.Tensor, update: UpdateStats,
-        phase: core.LaserPhase, alpha: float,
-    ) -> dict[str, Any]:
-        """The step's record in metrics.jsonl: batch-level and global across processes."""
-        from laser_rl.evaluation.metrics import verification_metrics
-
-        g = self.acc.gather_for_metrics
-        rewards_all = g(rb.rewards)
-        correct = g(rb.correct)
-        finished_all = g(rb.finished)
-        lengths_all = g(rb.rollout.lengths.float())
-        stats = asdict(update)
-        stats_t = self.acc.reduce(torch.tensor([stats[k] for k in sorted(stats)], device=self.acc.device), reduction="mean")
-        m: dict[str, Any] = {"step": self.step}
-        m.update({k: float(v) for k, v in zip(sorted(stats), stats_t)})
-        lc = self.cfg.laser
-        m["loss"] = m["policy_loss"] + (alpha * m["sr_loss"] if lc.enabled else 0.0)
-        m.update(
-            rollouts=int(rewards_all.numel()),
-            reward_mean=float(rewards_all.mean()),
-            accuracy=float(correct.float().mean()),
-            truncation_rate=float((~finished_all).float().mean()),
-            response_length=float(lengths_all.mean()),
-            lr=float(self.scheduler.get_last_lr()[0]),
-            phase_mse=bool(lc.enabled and phase.mse),
-            phase_integration=bool(lc.enabled and phase.integration),
-        )
-        if lc.enabled:
-            m["alpha"] = alpha
-        if scores is not None:
-            s = g(scores)
-            v = verification_metrics(s.double().cpu().numpy(), correct.cpu().numpy())
-            m.update(
-                sv_tpr=v["tpr"], sv_tnr=v["tnr"], sv_hm=v["hm_tpr_tnr"], sv_auroc=v["auroc"],
-                score_mean_correct=float(s[correct].mean()) if correct.any() else None,
-                score_mean_incorrect=float(s[~correct].mean()) if (~correct).any() else None,
-            )
-            if passed.numel():
-                m["filter_pass_fraction"] = float(g(passed.float()).mean())
-        m["skipped_prompts"] = self.skipped_prompts
-        return m
-
     # ------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
@@ -552,84 +498,6 @@ class Trainer:
             f"eval_maj@{n}": met["voting"][f"maj@{n}"], f"eval_weighted_maj@{n}": met["voting"][f"weighted_maj@{n}"],
         }
 
-    # ------------------------------------------------------------------ checkpoints
-
-    def _full_weights(self) -> dict[str, torch.Tensor] | None:
-        """Under FSDP2 the full weights gathered on the main process (a collective: every process
-        calls it); None when the model is not sharded (save_pretrained reads them itself)."""
-        if self.sharding != "fsdp2":
-            return None
-        return full_state_dict(self.policy, module_prefix(self.policy, self.model))
-
-    def _save_model_folder(self, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
-        """An ordinary save_pretrained folder plus tokenizer, laser.json and task.json (main process)."""
-        self.model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
-        self.tokenizer.save_pretrained(folder)
-        if self.score is not None:
-            extra = dict(self.score.extra, stop_ids=self.stop_ids, prompt_style=self.prompt_style, step=self.step,
-                         max_new_tokens=self.cfg.rollout.max_new_tokens)
-            replace(self.score, extra=extra).save(folder)
-        task = self.base_path / "task.json"
-        if task.is_file():
-            (folder / "task.json").write_text(task.read_text())
-
-    def save_checkpoint(self) -> Path | None:
-        tmp = self.out / "checkpoints" / f".step-{self.step:06d}.tmp"
-        error: BaseException | None = None
-        try:
-            if self.acc.is_main_process:
-                temp_checkpoint_dir(self.out, self.step)
-        except OSError as e:
-            error = e
-        self.acc.wait_for_everyone()
-        try:
-            if error is None:
-                save_state(tmp, rng_state_name(self.rank), rng_state())
-                weights = self._full_weights()
-                state = {"step": self.step, "data_position": self.source.position, "skipped_prompts": self.skipped_prompts,
-                         "scheduler": self.scheduler.state_dict(), "guard": self.guard.__dict__,
-                         "config": config_to_dict(self.cfg)}
-                if self.sharding == "fsdp2":  # every process writes its shards of the optimizer state
-                    save_sharded_state(tmp, self.policy, self.optimizer, self.rank)
-                else:
-                    state["optimizer"] = self.optimizer.state_dict()
-                if self.acc.is_main_process:
-                    self._save_model_folder(tmp, weights)
-                    save_state(tmp, TRAINER_STATE, state)
-        except (OSError, LaserError) as e:
-            error = e
-
-        def any_failed(err: BaseException | None) -> bool:  # every process learns it, so none waits forever
-            return float(self.acc.reduce(torch.tensor(float(err is not None), device=self.acc.device), reduction="sum")) > 0
-
-        if any_failed(error):
-            self.acc.wait_for_everyone()
-            raise checkpoint_write_failed(tmp, self.step, error or "another process failed to write its part")
-        final = None
-        try:
-            if self.acc.is_main_process:
-                final = finalize_checkpoint(tmp, self.step, self.cfg.train.keep_checkpoints)
-        except LaserError as e:
-            error = e
-        if any_failed(error):
-            raise error or LaserError(f"the checkpoint of step {self.step} could not be put in place (see the main process)")
-        return final
-
-    def _load_state(self, folder: Path) -> None:
-        state = load_state(folder, TRAINER_STATE)
-        self.step = state["step"]
-        self.source = self._problem_source(state["data_position"])
-        self.skipped_prompts = state.get("skipped_prompts", 0)
-        if self.sharding == "fsdp2":
-            load_sharded_state(folder, self.policy, self.optimizer)
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.guard = GuardState(**state["guard"])
-        if (folder / f"{rng_state_name(self.rank)}.json").is_file():  # absent when resuming at another world size
-            set_rng_state(load_state(folder, rng_state_name(self.rank)))
-        self._print(f"resumed from {folder} (step {self.step})")
-
     # ------------------------------------------------------------------ collapse guard
 
     def _check_collapse(self, m: dict[str, Any]) -> None:
@@ -641,22 +509,11 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> TrainResult:
-        from tqdm.auto import tqdm
-
         from laser_rl.evaluation.metrics import format_metric
 
         cfg = self.cfg
         t_start = time.perf_counter()
-        metrics_path = self.out / METRICS_FILE
-        history: list[dict[str, Any]] = []
-        if self.acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if metrics_path.exists():  # drop what was logged after the checkpoint we resumed from
-                history = [m for m in read_jsonl(metrics_path) if m.get("step", 0) <= self.step]
-                write_jsonl_atomic(metrics_path, history)
-            (self.out / CONFIG_FILE).write_text(_yaml(cfg))
-        writer = self._tensorboard()
-        wandb_run = self._wandb()
+        log = RunLog(cfg, self.out, main=self.acc.is_main_process, step=self.step, config_yaml=_yaml(cfg))
         if self.score is not None:
             self._print(f"self-reward: z={self.score.token!r} (id {self.score.token_id}), beta_v={self.score.beta_v:.4g}, "
                         f"c_ref={self.score.c_ref:.3f}; correct target log-prob {core.correct_target_logprob(self.score.c_ref, self.score.beta_v):.2f}")
@@ -665,12 +522,8 @@ class Trainer:
                 initial = self.evaluate()
                 self.guard.eval_baseline = initial["eval_accuracy"]
                 self._print("initial evaluation: " + ", ".join(f"{k}={format_metric(v)}" for k, v in initial.items()))
-                if writer is not None:
-                    for k, v in initial.items():
-                        if v is not None:
-                            writer.add_scalar(k, v, 0)
+                log.scalars(initial, 0)
             self.acc.wait_for_everyone()
-        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", disable=not self.acc.is_main_process or cfg.logging.progress == "none", dynamic_ncols=True)
         save_seconds: float | None = None
         while self.step < cfg.train.steps:
             self.step += 1
@@ -686,72 +539,19 @@ class Trainer:
                 m["time_eval"] = time.perf_counter() - t
                 self.acc.wait_for_everyone()
             self._check_collapse(m)
-            history.append(m)
             # the line goes out before the checkpoint: a kill between the two must not lose it
-            self._log_step(m, metrics_path, writer, wandb_run, bar)
+            log.write(m, self.step)
             if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < cfg.train.steps:
                 t = time.perf_counter()
                 self.save_checkpoint()
                 save_seconds = time.perf_counter() - t
-        bar.close()
         final = self.out / FINAL_DIR
         self.save_checkpoint()
-        weights = self._full_weights()
-        if self.acc.is_main_process:
-            from laser_rl.io import atomic_path
-
-            with atomic_path(final) as tmp:
-                tmp.mkdir()
-                self._save_model_folder(tmp, weights)
-            if writer is not None:
-                writer.close()
-            if wandb_run is not None:
-                wandb_run.finish()
-        self.acc.wait_for_everyone()
+        self.save_final(final)
+        log.close()
         seconds = time.perf_counter() - t_start
         self._print(f"done: {self.step} steps in {seconds:.1f} s; model saved to {final}")
-        return TrainResult(final, history, seconds, self.score)
-
-    def _log_step(self, m: dict[str, Any], metrics_path: Path, writer: Any, wandb_run: Any, bar: Any) -> None:
-        """Append the step's record to metrics.jsonl and the metric sinks; update the progress output."""
-        from laser_rl.evaluation.metrics import format_metric
-
-        if not self.acc.is_main_process:
-            return
-        with metrics_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(m) + "\n")
-        if writer is not None:
-            for k, v in m.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    writer.add_scalar(k, v, self.step)
-        if wandb_run is not None:
-            wandb_run.log(m, step=self.step)
-        post = {"reward": f"{m['reward_mean']:.3f}", "len": f"{m['response_length']:.0f}", "s/step": f"{m['time_step']:.2f}"}
-        if "sv_hm" in m:
-            post["sv_hm"] = format_metric(m["sv_hm"], ".2f")
-        if "eval_accuracy" in m:
-            post["eval_acc"] = format_metric(m["eval_accuracy"])
-        bar.set_postfix(post, refresh=False)
-        bar.update(1)
-        if bar.disable and self.step % self.cfg.train.log_every == 0:
-            print(f"step {self.step}/{self.cfg.train.steps} " + " ".join(f"{k}={v}" for k, v in post.items()), flush=True)
-
-    def _tensorboard(self) -> Any:
-        if not (self.cfg.logging.tensorboard and self.acc.is_main_process):
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.out / "tensorboard"))
-
-    def _wandb(self) -> Any:
-        if not (self.cfg.logging.wandb_project and self.acc.is_main_process):
-            return None
-        try:
-            import wandb
-        except ImportError:
-            raise LaserError("logging.wandb_project is set but wandb is not installed: pip install 'laser-rl[wandb]'") from None
-        return wandb.init(project=self.cfg.logging.wandb_project, name=self.cfg.logging.wandb_run_name or self.out.name,
-                          config=config_to_dict(self.cfg), dir=str(self.out))
+        return TrainResult(final, log.history, seconds, self.score)
 
 
 # ---------------------------------------------------------------------- small helpers
@@ -790,6 +590,3 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         trainer.close()
 
 
-def metric_keys_without_timing(m: dict[str, Any]) -> dict[str, Any]:
-    """A metrics record without its wall-clock fields (for comparing runs)."""
-    return {k: v for k, v in m.items() if k not in TIMING_KEYS}
