@@ -101,6 +101,20 @@ def test_two_process_run_keeps_ranks_identical(tiny_model_dir, tmp_path):
     assert r0["update_modes"] == [True] and r1["update_modes"] == [True]
 
 
+def test_fsdp2_c_ref_auto_is_measured_in_bf16_once_for_all_ranks(tiny_model_dir, tmp_path):
+    """train.sharding fsdp2, model.dtype bfloat16: c_ref is measured on the sharded model in the
+    rollouts' compute dtype (not on float32 weights before sharding), and every rank uses rank 0's value."""
+    r0, r1 = launch("fit", tiny_model_dir, tmp_path, *train_args(tiny_model_dir, tmp_path, steps=1, **{
+        "train.sharding": "fsdp2", "model.dtype": "bfloat16", "laser.c_ref": "auto", "laser.c_ref_samples": 8,
+        "train.generation_gather": "per_step"}))
+    assert r0["rc"] == 0 and r1["rc"] == 0, (r0, r1)
+    for r in (r0, r1):
+        assert r["calibration_dtypes"] == ["torch.bfloat16"], r
+    assert r0["c_ref"] == r1["c_ref"]
+    saved = json.loads((tmp_path / "run" / "final" / "laser.json").read_text())
+    assert saved["c_ref"] == r0["c_ref"]
+
+
 def _assert_all_stopped_together(reports: list[dict], words: str) -> None:
     assert [r["rc"] for r in reports] == [2, 2], reports
     assert reports[0]["error"] == reports[1]["error"], reports
@@ -192,11 +206,27 @@ def _worker_train(mode: str, argv: list[str]) -> dict:
         self.model.get_decoder().register_forward_pre_hook(record)
 
     def fit(self):  # noqa: ANN001, ANN202
+        report["c_ref"] = self.score.c_ref if self.score is not None else None
         result = real_fit(self)
         report["param_sum"] = _param_sum(self.model)
         return result
 
     trainer_module.Trainer.__init__, trainer_module.Trainer.fit = init, fit
+    import laser_rl.calibrate as calibrate
+
+    real_measure = calibrate.measure_self_reward_logprobs
+
+    def measure(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - the calibration's compute dtype
+        layer = next(m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head)
+        seen: set[str] = set()
+        handle = layer.register_forward_hook(lambda m, a, out: seen.add(str(out.dtype)))
+        try:
+            return real_measure(model, *args, **kwargs)
+        finally:
+            handle.remove()
+            report["calibration_dtypes"] = sorted(seen)
+
+    calibrate.measure_self_reward_logprobs = measure
     if mode == "nan":  # rank 1's loss turns NaN at step 2
         real_loss = update_module.micro_batch_loss
         steps = {"n": 0}

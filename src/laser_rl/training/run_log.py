@@ -23,6 +23,24 @@ CONFIG_FILE = "config.yaml"  # written before step 1: marks the folder as a run 
 TIMING_KEYS = ("time_rollout", "time_update", "time_step", "time_eval", "time_save")
 
 
+def check_output_dir(out: Path, resume: bool) -> None:
+    """Refuse an ``output_dir`` that holds another run (without ``--resume``), is a file, or holds
+    files that are not a run of ours. A folder whose ``CONFIG_FILE`` (written before step 1) marks a
+    run that stopped before its first step is ours to restart; the run lock's file is ignored."""
+    from laser_rl.training.run_lock import LOCK_FILE
+
+    if not resume and (out / METRICS_FILE).exists():
+        raise LaserError(f"output_dir {out} already holds a run; pass --resume to continue it or choose another output_dir")
+    if out.exists() and not out.is_dir():
+        raise LaserError(f"output_dir {out}: exists and is not a folder")
+    if resume or not out.is_dir() or (out / CONFIG_FILE).is_file():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    if foreign:
+        raise LaserError(f"output_dir {out} exists, is not empty and holds no laser train run "
+                         f"(e.g. {foreign[0]}); choose another output_dir or empty it")
+
+
 def metric_keys_without_timing(m: dict[str, Any]) -> dict[str, Any]:
     """A metrics record without its wall-clock fields (for comparing runs)."""
     return {k: v for k, v in m.items() if k not in TIMING_KEYS}

@@ -41,17 +41,18 @@ from laser_rl.tasks.base import Problem, TaskData
 from laser_rl.tasks.registry import load_task_data
 from laser_rl.training.batch import Sequences, TrainBatch, build_sequences
 from laser_rl.training.checkpoint import latest_checkpoint
-from laser_rl.training.config import TrainConfig
+from laser_rl.training.config import TrainConfig, config_to_yaml
 from laser_rl.training.data import ProblemSource
 from laser_rl.training.guard import GuardState, check_collapse
 from laser_rl.training.policy import PolicyOutput, PolicyWithScore
 from laser_rl.training.precision import training_precision
 from laser_rl.training.run_checkpoint import CheckpointingMixin
-from laser_rl.training.run_lock import LOCK_FILE, RunDirLock
+from laser_rl.training.run_lock import RunDirLock
 from laser_rl.training.run_log import (
     CONFIG_FILE,
     METRICS_FILE,
     RunLog,
+    check_output_dir,
     metric_keys_without_timing,
     step_metrics,
 )
@@ -62,7 +63,6 @@ from laser_rl.training.sharding import (
     generation_window,
     no_grad_sync,
     resolve_sharding,
-    shard_model,
 )
 from laser_rl.training.update import (
     Collective,
@@ -137,14 +137,7 @@ class Trainer(CheckpointingMixin):
         self.resume_from = latest_checkpoint(self.out) if resume else None
         if resume and self.resume_from is None:
             self._print(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting from step 1")
-        if not resume and (self.out / METRICS_FILE).exists():
-            raise LaserError(f"output_dir {self.out} already holds a run; pass --resume to continue it or choose another output_dir")
-        if self.out.exists() and not self.out.is_dir():
-            raise LaserError(f"output_dir {self.out}: exists and is not a folder")
-        foreign = [] if resume else _foreign_files(self.out)
-        if foreign:
-            raise LaserError(f"output_dir {self.out} exists, is not empty and holds no laser train run "
-                             f"(e.g. {foreign[0]}); choose another output_dir or empty it")
+        check_output_dir(self.out, resume)
         model_path = str(self.resume_from[1]) if self.resume_from else cfg.model.path
         self.base_path = Path(cfg.model.path)
         self.sharding = resolve_sharding(cfg.train.sharding)
@@ -171,21 +164,15 @@ class Trainer(CheckpointingMixin):
         use_score = cfg.laser.enabled or cfg.laser.token != "auto" or saved is not None
         token_str = self._select_token(model_path, saved) if use_score else None
 
-        model = self._load_model(model_path)
-        if cfg.model.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
+        model, self.policy = self._load_policy(model_path, prepare=self._prepare_model)
+        self._model = model.train()  # dropout and gradient checkpointing need it (generation switches back)
         self.suppress_ids = never_sampled_ids(len(self.tokenizer), model.get_input_embeddings().num_embeddings,
                                               self.stop_ids, self.pad_id)
         if token_str is not None:
-            self._setup_score(model, token_str, saved)
-
-        self._model = model.train()  # dropout and gradient checkpointing need it (generation switches back)
-        self.policy = self._wrap(model)
+            self._setup_score(token_str, saved)
         self.ref_policy: PolicyWithScore | None = None
         if cfg.loss.kl_coef > 0 or (cfg.laser.enabled and cfg.laser.reference == "model"):
-            ref = self._load_model(cfg.model.path)
-            ref.requires_grad_(False).eval()
-            self.ref_policy = self._wrap(ref)
+            self.ref_policy = self._load_policy(cfg.model.path, frozen=True)[1]
 
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(  # after sharding: the optimizer holds the sharded parameters
@@ -206,25 +193,53 @@ class Trainer(CheckpointingMixin):
 
     # ------------------------------------------------------------------ setup helpers
 
-    def _load_model(self, path: str) -> torch.nn.Module:
-        from laser_rl.integrations.hf import load_model
-
+    def _load_policy(self, path: str, *, prepare: Callable[[torch.nn.Module], None] | None = None,
+                     frozen: bool = False) -> tuple[torch.nn.Module, PolicyWithScore]:
+        """(Hugging Face model, the module the training step calls) from ``path``, float32 weights.
+        ``prepare`` changes the bare model before it is wrapped. Under FSDP2 the model is loaded
+        straight into shards (rank 0 reads the weights, the others build on the meta device:
+        ``fsdp_load.load_sharded``), sharded per decoder layer, computing in the compute dtype."""
         m = self.cfg.model
-        return load_model(path, dtype=self.precision.weights, device=self.acc.device,
-                          trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation)
+
+        def prep(model: torch.nn.Module) -> None:
+            if frozen:
+                model.requires_grad_(False)
+            if prepare is not None:
+                prepare(model)
+
+        def wrap(model: torch.nn.Module) -> PolicyWithScore:
+            return PolicyWithScore(model, chunk_size=self.cfg.loss.logit_chunk_size or 1024)
+
+        if self.sharding == "fsdp2":
+            from laser_rl.training.fsdp_load import load_sharded
+
+            model, policy = load_sharded(path, device=self.acc.device, compute_dtype=self.precision.compute,
+                                         wrap=wrap, prepare=prep, trust_remote_code=m.trust_remote_code,
+                                         attn_implementation=m.attn_implementation)
+        else:
+            from laser_rl.integrations.hf import load_model
+
+            model = load_model(path, dtype=self.precision.weights, device=self.acc.device,
+                               trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation)
+            prep(model)
+            policy = wrap(model)
+        if frozen:
+            model.eval()
+        return model, policy  # type: ignore[return-value]
+
+    def _prepare_model(self, model: torch.nn.Module) -> None:
+        """Before wrapping (and sharding): room for an added z, and the model's gradient checkpointing."""
+        from laser_rl.integrations.special_token import resize_embeddings_if_needed
+
+        resize_embeddings_if_needed(model, self.tokenizer)  # z was added as a new token
+        if self.cfg.model.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
 
     def _problem_source(self, position: int = 0) -> ProblemSource:
         d = self.cfg.data
         drop_last = getattr(d, "drop_last", False)  # TODO(H2): data.drop_last in config.py
         return ProblemSource(self.train_data, self.cfg.train.seed, d.shuffle, position,
                              drop_last_of=d.prompts_per_step if drop_last else None)
-
-    def _wrap(self, model: torch.nn.Module) -> PolicyWithScore:
-        """The module the training step calls; under FSDP2 sharded per decoder layer, then as a whole."""
-        policy = PolicyWithScore(model, chunk_size=self.cfg.loss.logit_chunk_size or 1024)
-        if self.sharding == "fsdp2":
-            shard_model(policy, compute_dtype=self.precision.compute)
-        return policy
 
     @contextlib.contextmanager
     def _generating(self) -> Iterator[None]:
@@ -291,17 +306,14 @@ class Trainer(CheckpointingMixin):
         validate_token_id(self.z_id, max(vocab, len(self.tokenizer)) if added else vocab, self.stop_ids, self.pad_id)
         return token_str
 
-    def _setup_score(self, model: torch.nn.Module, token_str: str, saved: ScoreParams | None) -> None:
-        from laser_rl.integrations.special_token import resize_embeddings_if_needed
-
+    def _setup_score(self, token_str: str, saved: ScoreParams | None) -> None:
         lc = self.cfg.laser
-        resize_embeddings_if_needed(model, self.tokenizer)  # z was added as a new token
         if self.resume_from and saved is not None:
             self.score = saved  # the run's own c_ref/β_v, recorded at its first step
             return
         c_ref, c_std = lc.c_ref, None
         if c_ref == "auto":  # every rank measures the same way; all take rank 0's value
-            c_ref, c_std = self._from_main(lambda: self._calibrate(model))
+            c_ref, c_std = self._from_main(self._calibrate)
         beta_v = lc.resolve_beta_v(float(c_ref))
         target = core.correct_target_logprob(float(c_ref), float(beta_v))
         if target > -3.0:
@@ -312,17 +324,16 @@ class Trainer(CheckpointingMixin):
             )
         self.score = ScoreParams(token_str, self.z_id, float(beta_v), float(c_ref), c_std, reference=lc.reference)
 
-    def _calibrate(self, model: torch.nn.Module) -> tuple[float, float]:
+    def _calibrate(self) -> tuple[float, float]:
         from laser_rl.calibrate import calibrate_c_ref
 
         n = self.cfg.laser.c_ref_samples
         problems = ProblemSource(self.train_data, self.cfg.train.seed + 12345, True).take(n)
         prompts = self._prompts(problems)
         self._print(f"measuring c_ref on {n} sampled responses ...")
-        # in the compute dtype, as the rollouts run (under FSDP2 the model is not sharded yet)
-        with autocast(self.acc.device, self.precision.autocast_dtype):
+        with self._generating():  # as the rollouts run: compute dtype, FSDP2 generation window
             mean, std, count = calibrate_c_ref(
-                model, self.tokenizer, prompts, z_id=self.z_id, stop_ids=self.stop_ids, pad_id=self.pad_id,
+                self.model, self.tokenizer, prompts, z_id=self.z_id, stop_ids=self.stop_ids, pad_id=self.pad_id,
                 config=self._sampling(), seed=self.cfg.train.seed, n=n,
             )
         self._print(f"c_ref = {mean:.3f} ± {std:.3f} (over {count} finished responses)")
@@ -513,7 +524,7 @@ class Trainer(CheckpointingMixin):
 
         cfg = self.cfg
         t_start = time.perf_counter()
-        log = RunLog(cfg, self.out, main=self.acc.is_main_process, step=self.step, config_yaml=_yaml(cfg))
+        log = RunLog(cfg, self.out, main=self.acc.is_main_process, step=self.step, config_yaml=config_to_yaml(cfg))
         if self.score is not None:
             self._print(f"self-reward: z={self.score.token!r} (id {self.score.token_id}), beta_v={self.score.beta_v:.4g}, "
                         f"c_ref={self.score.c_ref:.3f}; correct target log-prob {core.correct_target_logprob(self.score.c_ref, self.score.beta_v):.2f}")
@@ -557,26 +568,12 @@ class Trainer(CheckpointingMixin):
 # ---------------------------------------------------------------------- small helpers
 
 
-def _yaml(cfg: TrainConfig) -> str:
-    from laser_rl.training.config import config_to_yaml
-
-    return config_to_yaml(cfg)
-
-
 def _any_free_id(pad_id: int, stop_ids: list[int]) -> int:
     """A placeholder z for plain GRPO runs without a self-reward token: any id that is not pad or a stop id."""
     i = 0
     while i == pad_id or i in stop_ids:
         i += 1
     return i
-
-
-def _foreign_files(out: Path) -> list[str]:
-    """What an output_dir holds besides a run of ours: nothing, for a missing or empty folder or one
-    whose ``CONFIG_FILE`` (written before step 1) marks a run that stopped before its first step."""
-    if not out.is_dir() or (out / CONFIG_FILE).is_file():
-        return []
-    return sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
