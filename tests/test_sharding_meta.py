@@ -254,5 +254,22 @@ def test_load_sharded_needs_a_process_group(tiny_model_dir):
         load_sharded(str(tiny_model_dir), device=torch.device("cpu"))
 
 
+@pytest.mark.slow
+def test_load_compare_bench_runs_both_loads_per_rank():
+    """scripts/sharding_bench.py --load-compare (the measurement in docs/reproducing-the-paper.md) on a tiny
+    shape: two torchrun launches of 2 ranks (≈ 45 s on 2 shared cores), one JSON row per rank and mode."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "sharding_bench.py"), "--load-compare", "--device", "cpu",
+                          "--shape", "tiny", "--nproc", "2", "--threads", "1"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    loads = {(r["mode"], r["rank"]): r for r in rows if r["what"] == "load"}
+    assert set(loads) == {(m, r) for m in ("full", "meta") for r in (0, 1)}
+    assert all(r["local_shard_gib"] * 2 == pytest.approx(r["model_fp32_gib"], abs=2e-3) for r in loads.values())
+    compare = [r for r in rows if r["what"] == "load_compare"]
+    assert [r["rank"] for r in compare] == [0, 1] and all(r["meta_over_full"] > 0 for r in compare)
+
+
 if __name__ == "__main__":
     worker(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
