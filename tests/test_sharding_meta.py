@@ -57,7 +57,12 @@ def worker(model_dir: Path, tied_dir: Path, out_dir: Path) -> None:
     from laser_rl.integrations.special_token import resize_embeddings_if_needed
     from laser_rl.training.fsdp_load import load_sharded
     from laser_rl.training.policy import PolicyWithScore
-    from laser_rl.training.sharding import full_state_dict, no_grad_sync, shard_model
+    from laser_rl.training.sharding import (
+        enable_gradient_checkpointing,
+        full_state_dict,
+        no_grad_sync,
+        shard_model,
+    )
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -87,6 +92,7 @@ def worker(model_dir: Path, tied_dir: Path, out_dir: Path) -> None:
         def prepare(m: torch.nn.Module, grow: bool = grow, seen: list = seen) -> None:
             seen.append({"all_meta": all(p.is_meta for p in m.parameters()),
                          "real_bytes": sum(p.numel() * p.element_size() for p in m.parameters() if not p.is_meta)})
+            enable_gradient_checkpointing(m)  # flags only: fine on meta
             if grow:  # what the trainer does once z was added to the tokenizer (one token more than the model)
                 torch.manual_seed(0)  # the new row is drawn at random
                 resize_embeddings_if_needed(m, grown_tokenizer)
@@ -104,6 +110,7 @@ def worker(model_dir: Path, tied_dir: Path, out_dir: Path) -> None:
             "prepare_calls": seen, "full_loads": len(loads_here),
             "local_numel": sum(p.to_local().numel() for p in params), "global_numel": sum(p.numel() for p in params),
             "tied": model.get_output_embeddings().weight is model.get_input_embeddings().weight,
+            "checkpointing": bool(model.is_gradient_checkpointing),
             "config_tied": bool(model.config.tie_word_embeddings), "vocab": model.get_input_embeddings().num_embeddings,
             "buffers_max_abs_diff": max(float((b - dict(ref.named_buffers())[n]).abs().max())
                                         for n, b in model.named_buffers()),
@@ -208,6 +215,7 @@ def test_meta_init_loads_only_on_rank0_and_equals_the_ordinary_load(ranks, name)
         assert r["buffers_max_abs_diff"] == 0.0  # rotary inv_freq re-made from rank 0's, not left uninitialised
         assert r["forward_max_abs_diff"] <= 1e-5
         assert r["tied"] == r["config_tied"] == (name == "tied")  # tied weights stay one parameter
+        assert r["checkpointing"]  # prepare's changes reached the model that is returned
     if name == "untied":
         assert r0["vocab"] == r1["vocab"]  # prepare grew the embeddings alike on real and meta models
 
