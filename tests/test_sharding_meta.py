@@ -132,6 +132,16 @@ def worker(model_dir: Path, tied_dir: Path, out_dir: Path) -> None:
         res[name] = r
         del model, root, plain, ref
 
+    # bf16 compute (MixedPrecisionPolicy) over float32 shards, as on GPUs: the masters stay float32
+    model, root = load_sharded(str(model_dir), device=cpu, wrap=PolicyWithScore, compute_dtype=torch.bfloat16)
+    ref = PolicyWithScore(real_load(model_dir, dtype=torch.float32, device=cpu))
+    stored = sorted({str(p.dtype) for p in root.parameters()})  # before a forward (the root then stays gathered)
+    args = _batch(model.config.vocab_size, 3, seed=20 + rank)
+    with torch.no_grad():
+        got, want = root(*args), ref(*args)
+    res["bf16"] = {"stored": stored, "forward_max_abs_diff": float((got.token_logprobs - want.token_logprobs).abs().max())}
+    del model, root, ref
+
     # ---- 2. gradient accumulation: one reduction per update equals one per micro-batch
     vocab = res["untied"]["vocab"] - 1
     local = _batch(vocab, 4, seed=100 + rank)  # each rank its own rows
@@ -218,6 +228,12 @@ def test_meta_init_loads_only_on_rank0_and_equals_the_ordinary_load(ranks, name)
         assert r["checkpointing"]  # prepare's changes reached the model that is returned
     if name == "untied":
         assert r0["vocab"] == r1["vocab"]  # prepare grew the embeddings alike on real and meta models
+
+
+def test_meta_init_with_bf16_compute_keeps_float32_masters(ranks):
+    for r in ranks:
+        assert r["bf16"]["stored"] == ["torch.float32"]
+        assert 0 < r["bf16"]["forward_max_abs_diff"] < 0.1  # bf16 rounding, not garbage or a second float32 copy
 
 
 def test_gradient_accumulation_without_a_reduce_scatter_per_micro_batch(ranks):
