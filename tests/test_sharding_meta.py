@@ -54,6 +54,7 @@ def worker(model_dir: Path, tied_dir: Path, out_dir: Path) -> None:
     import torch.distributed as dist
 
     import laser_rl.integrations.hf as hf
+    from laser_rl.errors import LaserError
     from laser_rl.integrations.special_token import resize_embeddings_if_needed
     from laser_rl.training.fsdp_load import load_sharded
     from laser_rl.training.policy import PolicyWithScore
@@ -111,6 +112,7 @@ def worker(model_dir: Path, tied_dir: Path, out_dir: Path) -> None:
             "local_numel": sum(p.to_local().numel() for p in params), "global_numel": sum(p.numel() for p in params),
             "tied": model.get_output_embeddings().weight is model.get_input_embeddings().weight,
             "checkpointing": bool(model.is_gradient_checkpointing),
+            "generation_config_same": model.generation_config.to_diff_dict() == ref.generation_config.to_diff_dict(),
             "config_tied": bool(model.config.tie_word_embeddings), "vocab": model.get_input_embeddings().num_embeddings,
             "buffers_max_abs_diff": max(float((b - dict(ref.named_buffers())[n]).abs().max())
                                         for n, b in model.named_buffers()),
@@ -131,6 +133,16 @@ def worker(model_dir: Path, tied_dir: Path, out_dir: Path) -> None:
             r["vs_shard_model_max_abs_diff"] = max(float((got_sd[k] - ordinary[k]).abs().max()) for k in ordinary)
         res[name] = r
         del model, root, plain, ref
+
+    # a folder rank 0 cannot load (config.json, no weights): every rank stops with rank 0's message, none hangs
+    broken = out_dir / f"broken-{rank}"
+    broken.mkdir()
+    (broken / "config.json").write_text((Path(model_dir) / "config.json").read_text())
+    try:
+        load_sharded(str(out_dir / "broken-0"), device=cpu, wrap=PolicyWithScore)
+        res["broken"] = "loaded"
+    except LaserError as e:
+        res["broken"] = str(e)
 
     # bf16 compute (MixedPrecisionPolicy) over float32 shards, as on GPUs: the masters stay float32
     model, root = load_sharded(str(model_dir), device=cpu, wrap=PolicyWithScore, compute_dtype=torch.bfloat16)
@@ -226,8 +238,13 @@ def test_meta_init_loads_only_on_rank0_and_equals_the_ordinary_load(ranks, name)
         assert r["forward_max_abs_diff"] <= 1e-5
         assert r["tied"] == r["config_tied"] == (name == "tied")  # tied weights stay one parameter
         assert r["checkpointing"]  # prepare's changes reached the model that is returned
+        assert r["generation_config_same"]  # save_pretrained writes the folder's own generation settings
     if name == "untied":
         assert r0["vocab"] == r1["vocab"]  # prepare grew the embeddings alike on real and meta models
+
+
+def test_a_load_failure_on_rank0_stops_every_rank_with_its_message(ranks):
+    assert "is missing: weights" in ranks[0]["broken"] and ranks[1]["broken"] == ranks[0]["broken"]
 
 
 def test_meta_init_with_bf16_compute_keeps_float32_masters(ranks):
