@@ -370,7 +370,10 @@ def load_compare(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     with tempfile.TemporaryDirectory(prefix="sharding_bench_") as tmp:
         folder = Path(tmp) / "model"
-        model = build_model(args.shape, args.layers, torch.float32, torch.device("cpu"))
+        # bf16 like the published checkpoints: loading as float32 then converts every tensor. (A float32 file
+        # would be memory-mapped, and fully_shard reads only each rank's slice of it, which hides the full
+        # copy that a GPU load or a bf16 checkpoint makes.)
+        model = build_model(args.shape, args.layers, getattr(torch, args.save_dtype), torch.device("cpu"))
         model.save_pretrained(folder, safe_serialization=True)
         del model
         gc.collect()
@@ -378,21 +381,22 @@ def load_compare(args: argparse.Namespace) -> list[dict[str, Any]]:
         for mode in ("full", "meta"):
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
                    "--master_port", str(free_port()), str(Path(__file__).resolve()), "--load", mode,
-                   "--load-from", str(folder), "--device", args.device]
+                   "--load-from", str(folder), "--load-out", tmp, "--device", args.device]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
             res = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if res.returncode != 0:
                 raise SystemExit(f"torchrun --load {mode} failed:\n{res.stderr[-3000:]}")
-            rows[mode] = sorted((json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")),
-                                key=lambda r: r["rank"])
+            # one file per rank: lines printed by several ranks at once can interleave
+            rows[mode] = [json.loads((Path(tmp) / f"load-{mode}-rank{r}.json").read_text()) for r in range(args.nproc)]
             for r in rows[mode]:
                 print(json.dumps(r), flush=True)
     out = []
     for full, meta in zip(rows["full"], rows["meta"]):
         out.append({
-            "what": "load_compare", "shape": args.shape, "rank": full["rank"], "world": full["world"],
+            "what": "load_compare", "shape": args.shape, "checkpoint_dtype": args.save_dtype, "rank": full["rank"],
+            "world": full["world"],
             "device": full["device"], "model_fp32_gib": full["model_fp32_gib"],
             "full_peak_above_start_gib": full["peak_above_start_gib"],
             "meta_peak_above_start_gib": meta["peak_above_start_gib"],
@@ -431,8 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-compare", action="store_true",
                    help="peak memory per rank of loading for FSDP2: full load + shard vs meta-device init (torchrun)")
     p.add_argument("--nproc", type=int, default=2, help="ranks for --load-compare")
+    p.add_argument("--save-dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                   help="dtype of the checkpoint --load-compare writes (the load is float32 either way)")
     p.add_argument("--load", choices=["full", "meta"], help=argparse.SUPPRESS)  # one side of --load-compare
     p.add_argument("--load-from", help=argparse.SUPPRESS)
+    p.add_argument("--load-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.plan:
         print(json.dumps(memory_plan(args.shape, args.gpus, args.plan_micro_batch, args.plan_tokens, args.plan_gen_rows)))
@@ -456,7 +463,11 @@ def main(argv: list[str] | None = None) -> int:
                 dist.init_process_group("nccl")
         elif "RANK" in os.environ and not dist.is_initialized():
             dist.init_process_group("gloo")
-        print(json.dumps(load_once(args.load, args.load_from, device)), flush=True)
+        row = load_once(args.load, args.load_from, device)
+        if args.load_out:
+            (Path(args.load_out) / f"load-{args.load}-rank{row['rank']}.json").write_text(json.dumps(row))
+        else:
+            print(json.dumps(row), flush=True)
         dist.destroy_process_group()
         return 0
     if device.type == "cuda":
