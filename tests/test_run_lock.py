@@ -23,7 +23,7 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
 HOLDER = textwrap.dedent("""
     import sys, time
     from laser_rl.training.run_lock import RunDirLock
-    RunDirLock(sys.argv[1]).acquire()
+    lock = RunDirLock(sys.argv[1]).acquire()  # kept: a dropped RunDirLock releases
     print("held", flush=True)
     time.sleep(600)
 """)
@@ -76,6 +76,9 @@ def test_one_process_twice_release_and_the_other_ranks(tmp_path):
         RunDirLock(out).acquire()  # flock is per open file: a second Trainer in the same process is refused too
     first.release()
     assert not first.held
+    with hold_run_dir(out) as again:
+        assert again.held
+    RunDirLock(out).acquire()  # dropped at once: the garbage collector frees it, nothing stays locked
     with hold_run_dir(out) as again:
         assert again.held
     other = tmp_path / "other"

@@ -230,6 +230,12 @@ def test_memory_plan_arithmetic():
     assert plan["fsdp2_sharded_weights_grads_adam_gb"] == pytest.approx(16 * 7.616 / 8, abs=0.1)
     assert plan["kv_cache_kb_per_token"] == pytest.approx(2 * 2 * 4 * 128 * 28 / 1e3, abs=0.1)
     assert plan["ddp_fp32_master_gb"] > 80 > plan["fsdp2_generation_window_peak_gb"] > plan["fsdp2_train_peak_gb"]
+    # no reduce-scatter per micro-batch keeps the whole float32 gradient (4 B/param): still under 80 GB at 7B
+    assert plan["fsdp2_no_grad_sync_extra_gb"] == pytest.approx(4 * 7.616, abs=0.1)
+    assert plan["fsdp2_train_peak_no_grad_sync_gb"] < 80
+    # meta-device loading: a GPU gets its 1/8 of the float32 model plus the embedding (152064 x 3584) in flight
+    assert plan["load_full_then_shard_per_gpu_gb"] == pytest.approx(4 * 7.616, abs=0.1)
+    assert plan["load_meta_init_per_gpu_gb"] == pytest.approx(4 * 7.616 / 8 + 4 * 152064 * 3584 / 1e9, abs=0.1)
     assert sharding_bench.memory_plan("3b", 8, 2, 10240, 32)["params_b"] == pytest.approx(3.213, abs=1e-3)
 
 

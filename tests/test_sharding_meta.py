@@ -54,10 +54,16 @@ def worker(model_dir: Path, tied_dir: Path, out_dir: Path) -> None:
     import torch.distributed as dist
 
     import laser_rl.integrations.hf as hf
+    from laser_rl.errors import LaserError
     from laser_rl.integrations.special_token import resize_embeddings_if_needed
     from laser_rl.training.fsdp_load import load_sharded
     from laser_rl.training.policy import PolicyWithScore
-    from laser_rl.training.sharding import full_state_dict, no_grad_sync, shard_model
+    from laser_rl.training.sharding import (
+        enable_gradient_checkpointing,
+        full_state_dict,
+        no_grad_sync,
+        shard_model,
+    )
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -87,6 +93,7 @@ def worker(model_dir: Path, tied_dir: Path, out_dir: Path) -> None:
         def prepare(m: torch.nn.Module, grow: bool = grow, seen: list = seen) -> None:
             seen.append({"all_meta": all(p.is_meta for p in m.parameters()),
                          "real_bytes": sum(p.numel() * p.element_size() for p in m.parameters() if not p.is_meta)})
+            enable_gradient_checkpointing(m)  # flags only: fine on meta
             if grow:  # what the trainer does once z was added to the tokenizer (one token more than the model)
                 torch.manual_seed(0)  # the new row is drawn at random
                 resize_embeddings_if_needed(m, grown_tokenizer)
@@ -104,6 +111,8 @@ def worker(model_dir: Path, tied_dir: Path, out_dir: Path) -> None:
             "prepare_calls": seen, "full_loads": len(loads_here),
             "local_numel": sum(p.to_local().numel() for p in params), "global_numel": sum(p.numel() for p in params),
             "tied": model.get_output_embeddings().weight is model.get_input_embeddings().weight,
+            "checkpointing": bool(model.is_gradient_checkpointing),
+            "generation_config_same": model.generation_config.to_diff_dict() == ref.generation_config.to_diff_dict(),
             "config_tied": bool(model.config.tie_word_embeddings), "vocab": model.get_input_embeddings().num_embeddings,
             "buffers_max_abs_diff": max(float((b - dict(ref.named_buffers())[n]).abs().max())
                                         for n, b in model.named_buffers()),
@@ -124,6 +133,26 @@ def worker(model_dir: Path, tied_dir: Path, out_dir: Path) -> None:
             r["vs_shard_model_max_abs_diff"] = max(float((got_sd[k] - ordinary[k]).abs().max()) for k in ordinary)
         res[name] = r
         del model, root, plain, ref
+
+    # a folder rank 0 cannot load (config.json, no weights): every rank stops with rank 0's message, none hangs
+    broken = out_dir / f"broken-{rank}"
+    broken.mkdir()
+    (broken / "config.json").write_text((Path(model_dir) / "config.json").read_text())
+    try:
+        load_sharded(str(out_dir / "broken-0"), device=cpu, wrap=PolicyWithScore)
+        res["broken"] = "loaded"
+    except LaserError as e:
+        res["broken"] = str(e)
+
+    # bf16 compute (MixedPrecisionPolicy) over float32 shards, as on GPUs: the masters stay float32
+    model, root = load_sharded(str(model_dir), device=cpu, wrap=PolicyWithScore, compute_dtype=torch.bfloat16)
+    ref = PolicyWithScore(real_load(model_dir, dtype=torch.float32, device=cpu))
+    stored = sorted({str(p.dtype) for p in root.parameters()})  # before a forward (the root then stays gathered)
+    args = _batch(model.config.vocab_size, 3, seed=20 + rank)
+    with torch.no_grad():
+        got, want = root(*args), ref(*args)
+    res["bf16"] = {"stored": stored, "forward_max_abs_diff": float((got.token_logprobs - want.token_logprobs).abs().max())}
+    del model, root, ref
 
     # ---- 2. gradient accumulation: one reduction per update equals one per micro-batch
     vocab = res["untied"]["vocab"] - 1
@@ -208,8 +237,20 @@ def test_meta_init_loads_only_on_rank0_and_equals_the_ordinary_load(ranks, name)
         assert r["buffers_max_abs_diff"] == 0.0  # rotary inv_freq re-made from rank 0's, not left uninitialised
         assert r["forward_max_abs_diff"] <= 1e-5
         assert r["tied"] == r["config_tied"] == (name == "tied")  # tied weights stay one parameter
+        assert r["checkpointing"]  # prepare's changes reached the model that is returned
+        assert r["generation_config_same"]  # save_pretrained writes the folder's own generation settings
     if name == "untied":
         assert r0["vocab"] == r1["vocab"]  # prepare grew the embeddings alike on real and meta models
+
+
+def test_a_load_failure_on_rank0_stops_every_rank_with_its_message(ranks):
+    assert "is missing: weights" in ranks[0]["broken"] and ranks[1]["broken"] == ranks[0]["broken"]
+
+
+def test_meta_init_with_bf16_compute_keeps_float32_masters(ranks):
+    for r in ranks:
+        assert r["bf16"]["stored"] == ["torch.float32"]
+        assert 0 < r["bf16"]["forward_max_abs_diff"] < 0.1  # bf16 rounding, not garbage or a second float32 copy
 
 
 def test_gradient_accumulation_without_a_reduce_scatter_per_micro_batch(ranks):
@@ -252,6 +293,23 @@ def test_load_sharded_needs_a_process_group(tiny_model_dir):
         pytest.skip("a process group already exists in this process")
     with pytest.raises(LaserError, match="initialised process group"):
         load_sharded(str(tiny_model_dir), device=torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_load_compare_bench_runs_both_loads_per_rank():
+    """scripts/sharding_bench.py --load-compare (the measurement in docs/reproducing-the-paper.md) on a tiny
+    shape: two torchrun launches of 2 ranks (≈ 45 s on 2 shared cores), one JSON row per rank and mode."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "sharding_bench.py"), "--load-compare", "--device", "cpu",
+                          "--shape", "tiny", "--nproc", "2", "--threads", "1"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    loads = {(r["mode"], r["rank"]): r for r in rows if r["what"] == "load"}
+    assert set(loads) == {(m, r) for m in ("full", "meta") for r in (0, 1)}
+    assert all(r["local_shard_gib"] * 2 == pytest.approx(r["model_fp32_gib"], abs=2e-3) for r in loads.values())
+    compare = [r for r in rows if r["what"] == "load_compare"]
+    assert [r["rank"] for r in compare] == [0, 1] and all(r["meta_over_full"] > 0 for r in compare)
 
 
 if __name__ == "__main__":

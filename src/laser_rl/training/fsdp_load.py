@@ -24,6 +24,7 @@ holds one full float32 copy during the load (docs/reproducing-the-paper.md, memo
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,7 @@ def _nonpersistent_buffers(root: nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 def _meta_model(path: str, *, trust_remote_code: bool, attn_implementation: str | None) -> nn.Module:
     """The architecture of ``path`` (its config.json alone) on the meta device, float32, train-ready."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     from laser_rl.integrations.hf import check_model_folder, is_local_path
 
@@ -57,6 +58,10 @@ def _meta_model(path: str, *, trust_remote_code: bool, attn_implementation: str 
         kwargs["attn_implementation"] = attn_implementation
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, **kwargs)
+    # from_config derives generation settings from config.json; save_pretrained should write the folder's
+    # own (without a generation_config.json, from_pretrained derives them the same way)
+    with contextlib.suppress(OSError):
+        model.generation_config = GenerationConfig.from_pretrained(src, local_files_only=local)
     return model.eval()  # as load_model returns it: the caller decides when to train
 
 
@@ -100,7 +105,7 @@ def load_sharded(
     full: dict[str, torch.Tensor] = {}
     buffers: dict[str, torch.Tensor] = {}
     vocab = 0
-    load_error: str | None = None
+    failure: BaseException | None = None
     if rank == 0:  # 1. the only real load, in host memory
         try:
             real = load_model(path, dtype=torch.float32, device="cpu", trust_remote_code=trust_remote_code,
@@ -112,13 +117,16 @@ def load_sharded(
             full = {k: v.detach() for k, v in real_root.state_dict().items()}
             buffers = {n: b.detach() for n, b in _nonpersistent_buffers(real_root)}
             del real, real_root
-        except LaserError as e:
-            load_error = str(e)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks have heard of it
+            failure = e
     # every rank learns of rank 0's failure, so none waits for a broadcast that never comes
-    news = [load_error, sorted(buffers), vocab]
+    news = [None if failure is None else (isinstance(failure, LaserError), str(failure)), sorted(buffers), vocab]
     dist.broadcast_object_list(news, src=0)
+    if failure is not None:
+        raise failure
     if news[0] is not None:
-        raise LaserError(news[0])
+        user_error, msg = news[0]
+        raise LaserError(msg) if user_error else RuntimeError(f"rank 0 failed to load {path}: {msg}")
 
     model = _meta_model(path, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)  # 2.
     if model.get_input_embeddings().num_embeddings != news[2]:

@@ -48,7 +48,8 @@ class RunDirLock:
 
     ``acquire()`` creates ``out`` if needed, takes the lock without waiting and records this
     process in the file; it raises ``LaserError`` at once when another process holds it.
-    ``release()`` (or leaving the ``with`` block, or the process dying) frees it.
+    ``release()`` (or leaving the ``with`` block, dropping the object, or the process dying) frees
+    it, so the holder keeps a reference for as long as the run lasts.
     """
 
     def __init__(self, out: str | os.PathLike[str]) -> None:
@@ -101,6 +102,9 @@ class RunDirLock:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)  # closing the descriptor drops the flock
+
+    def __del__(self) -> None:  # a holder dropped without release() (e.g. a constructor that raised)
+        self.release()
 
     def __enter__(self) -> RunDirLock:
         return self.acquire()
