@@ -103,7 +103,7 @@ def test_two_laser_train_runs_into_one_folder_half_a_second_apart(tiny_model_dir
     runs (whichever took the lock first) and the other exits 2 with one line, touching nothing."""
     from test_trainer import DEMO_CONFIG, fast_overrides
 
-    out = tmp_path / "shared"
+    out = tmp_path / "one_folder"
     cmd = [sys.executable, "-m", "laser_rl.cli", "train", "--config", DEMO_CONFIG,
            *fast_overrides(tiny_model_dir, out, steps=3)]
     first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
