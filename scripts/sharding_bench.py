@@ -10,6 +10,14 @@ line; a measurement that runs out of memory prints {"oom": true, ...} and the sc
 
 With one process a one-rank process group is started (FSDP2 world size 1); under torchrun each
 rank shards over all ranks.
+
+Loading for FSDP2 (``--load-compare``): saves a random model of the shape to a folder, then runs
+``torchrun --nproc_per_node N`` twice, once loading as the trainer did (every rank loads the full
+float32 model, then ``shard_model``) and once with meta-device initialisation
+(``fsdp_load.load_sharded``: rank 0 loads, the others build on meta and receive their shards), and
+prints each rank's peak memory side by side (one JSON line per rank, then the ratios):
+
+    python scripts/sharding_bench.py --load-compare --device cpu --shape 1.5b --layers 4 --nproc 2
 """
 
 from __future__ import annotations
@@ -69,6 +77,8 @@ def memory_plan(shape: str, gpus: int, micro_batch: int, tokens: int, gen_rows: 
     the bf16 layer inputs kept for every layer, one layer recomputed (hidden, q/k/v/o, and the MLP's
     gate/up/act intermediates, twice for their gradients) and one float32 logits chunk (+ its gradient).
     Generation: the whole bf16 model gathered (window) plus the bf16 KV cache of ``gen_rows`` rows.
+    Gradient accumulation without a reduce-scatter per micro-batch (``sharding.no_grad_sync``) adds
+    the unsharded float32 gradients of the whole model (4 B/param) to the training peak.
     """
     cfg = dict(SHAPES[shape])
     model = build_model(shape, None, torch.bfloat16, torch.device("meta"))
@@ -95,9 +105,17 @@ def memory_plan(shape: str, gpus: int, micro_batch: int, tokens: int, gen_rows: 
         "fsdp2_gathered_bf16_during_step_gb": round(gathered_train, 1),
         "activations_checkpointed_gb": round(act_boundaries + act_layer + logits, 1),
         "fsdp2_train_peak_gb": round(train_peak, 1),
+        # sharding.no_grad_sync: every unit keeps its unsharded float32 gradient until the last micro-batch
+        "fsdp2_no_grad_sync_extra_gb": round(4 * n / gb, 1),
+        "fsdp2_train_peak_no_grad_sync_gb": round(train_peak + 4 * n / gb, 1),
         "kv_cache_kb_per_token": round(kv_per_token / 1e3, 1), "gen_rows": gen_rows, "kv_cache_gb": round(kv, 1),
         "fsdp2_generation_window_peak_gb": round(gen_peak, 1),
         "fsdp2_generation_per_step_peak_gb": round(gen_peak - 2 * n / gb + gathered_train, 1),
+        # loading the float32 masters: every GPU gets the full model before fully_shard frees it, or
+        # (fsdp_load.load_sharded) its shards plus one full tensor in flight, the largest being the embedding
+        "load_full_then_shard_per_gpu_gb": round(4 * n / gb, 1),
+        "load_meta_init_per_gpu_gb": round(4 * n / gpus / gb + 4 * max(p.numel() for p in model.parameters()) / gb, 1),
+        "load_meta_init_rank0_host_gb": round(4 * n / gb, 1),
         "ddp_fp32_master_gb": round(16 * n / gb + act_boundaries + act_layer + logits, 1),
         "ddp_bf16_only_gb": round(8 * n / gb + act_boundaries + act_layer + logits, 1),
     }
@@ -278,6 +296,119 @@ def generation(args: argparse.Namespace, device: torch.device, mem: Memory) -> l
     return out
 
 
+# ----------------------------------------------------------------------------------------- loading
+
+
+def rss_now_gib() -> float:
+    """The process's resident memory now (Linux /proc), GiB."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return pages * resource.getpagesize() / 2**30
+
+
+def load_once(mode: str, folder: str, device: torch.device) -> dict[str, Any]:
+    """One rank's side of a load for FSDP2 (run under torchrun): ``full`` = every rank loads the float32
+    model and shards it (the trainer's path before meta init), ``meta`` = ``fsdp_load.load_sharded``."""
+    import torch.distributed as dist
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from laser_rl.integrations.hf import load_model
+    from laser_rl.training.fsdp_load import load_sharded
+    from laser_rl.training.policy import PolicyWithScore
+    from laser_rl.training.sharding import ensure_process_group, shard_model
+
+    ensure_process_group(device)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mem = Memory(device)
+    with torch.device("meta"):  # import the model's code now, so its ~0.1 GiB is not counted as the load's
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    gc.collect()
+    dist.barrier()
+    start = rss_now_gib()  # after imports and the process group; the load's peak is measured above it
+    mem.reset()
+    t0 = time.perf_counter()
+    if mode == "full":
+        model = load_model(folder, dtype=torch.float32, device=device)
+        root = shard_model(PolicyWithScore(model))
+    else:
+        model, root = load_sharded(folder, device=device, wrap=PolicyWithScore)
+    dist.barrier()
+    seconds = time.perf_counter() - t0
+    gc.collect()
+    params = list(root.parameters())
+    local = sum(p.to_local().numel() for p in params)
+    total = sum(p.numel() for p in params)
+    out = {
+        "what": "load", "mode": mode, "rank": rank, "world": world, "device": device.type, "seconds": round(seconds, 2),
+        "params_m": round(total / 1e6, 1), "model_fp32_gib": round(4 * total / 2**30, 3),
+        "local_shard_gib": round(4 * local / 2**30, 3), "peak_gib": round(mem.peak_gib(), 3),
+        "after_gib": round(rss_now_gib() if device.type == "cpu" else mem.now_gib(), 3),
+    }
+    if device.type == "cpu":  # ru_maxrss never resets: what the process held before loading is subtracted
+        out["start_gib"] = round(start, 3)
+        out["peak_above_start_gib"] = round(mem.peak_gib() - start, 3)
+    else:
+        out["peak_above_start_gib"] = out["peak_gib"]
+    return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_compare(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Save a random model of ``args.shape``, load it for FSDP2 both ways under torchrun, compare per rank."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sharding_bench_") as tmp:
+        folder = Path(tmp) / "model"
+        # bf16 like the published checkpoints: loading as float32 then converts every tensor. (A float32 file
+        # would be memory-mapped, and fully_shard reads only each rank's slice of it, which hides the full
+        # copy that a GPU load or a bf16 checkpoint makes.)
+        model = build_model(args.shape, args.layers, getattr(torch, args.save_dtype), torch.device("cpu"))
+        model.save_pretrained(folder, safe_serialization=True)
+        del model
+        gc.collect()
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for mode in ("full", "meta"):
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
+                   "--master_port", str(free_port()), str(Path(__file__).resolve()), "--load", mode,
+                   "--load-from", str(folder), "--load-out", tmp, "--device", args.device]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise SystemExit(f"torchrun --load {mode} failed:\n{res.stderr[-3000:]}")
+            # one file per rank: lines printed by several ranks at once can interleave
+            rows[mode] = [json.loads((Path(tmp) / f"load-{mode}-rank{r}.json").read_text()) for r in range(args.nproc)]
+            for r in rows[mode]:
+                print(json.dumps(r), flush=True)
+    out = []
+    for full, meta in zip(rows["full"], rows["meta"]):
+        out.append({
+            "what": "load_compare", "shape": args.shape, "checkpoint_dtype": args.save_dtype, "rank": full["rank"],
+            "world": full["world"],
+            "device": full["device"], "model_fp32_gib": full["model_fp32_gib"],
+            "full_peak_above_start_gib": full["peak_above_start_gib"],
+            "meta_peak_above_start_gib": meta["peak_above_start_gib"],
+            "meta_over_full": round(meta["peak_above_start_gib"] / max(full["peak_above_start_gib"], 1e-9), 3),
+            "full_over_model": round(full["peak_above_start_gib"] / full["model_fp32_gib"], 3),
+            "meta_over_model": round(meta["peak_above_start_gib"] / meta["model_fp32_gib"], 3),
+            "full_seconds": full["seconds"], "meta_seconds": meta["seconds"],
+        })
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -301,13 +432,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan-tokens", type=int, default=2048 + 8192)
     p.add_argument("--plan-gen-rows", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--load-compare", action="store_true",
+                   help="peak memory per rank of loading for FSDP2: full load + shard vs meta-device init (torchrun)")
+    p.add_argument("--nproc", type=int, default=2, help="ranks for --load-compare")
+    p.add_argument("--save-dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                   help="dtype of the checkpoint --load-compare writes (the load is float32 either way)")
+    p.add_argument("--load", choices=["full", "meta"], help=argparse.SUPPRESS)  # one side of --load-compare
+    p.add_argument("--load-from", help=argparse.SUPPRESS)
+    p.add_argument("--load-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.plan:
         print(json.dumps(memory_plan(args.shape, args.gpus, args.plan_micro_batch, args.plan_tokens, args.plan_gen_rows)))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.load_compare:
+        load_compare(args)
+        return 0
     device = torch.device(args.device)
+    if args.load:
+        import os
+
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            device = torch.device("cuda", local)
+            if "RANK" in os.environ and not dist.is_initialized():
+                dist.init_process_group("nccl")
+        elif "RANK" in os.environ and not dist.is_initialized():
+            dist.init_process_group("gloo")
+        row = load_once(args.load, args.load_from, device)
+        if args.load_out:
+            (Path(args.load_out) / f"load-{args.load}-rank{row['rank']}.json").write_text(json.dumps(row))
+        else:
+            print(json.dumps(row), flush=True)
+        dist.destroy_process_group()
+        return 0
     if device.type == "cuda":
         import torch.distributed as dist
 

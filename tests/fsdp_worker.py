@@ -44,7 +44,7 @@ def main() -> None:
         save_pretrained_full,
         shard_model,
     )
-    from laser_rl.training.trainer import micro_batch_loss
+    from laser_rl.training.update import Collective, UpdateSettings, update_policy
 
     model_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     torch.set_num_threads(1)
@@ -71,26 +71,25 @@ def main() -> None:
     advantages = torch.linspace(-1.0, 1.0, B)
     weights = core.class_balance_weights(rewards, roll.finished)
     batch = TrainBatch(build_sequences(prompts, roll, pad_id=pad, z_id=z, stop_ids=stops), advantages, rewards, weights)
-    count = float(batch.seq.pred_mask.sum())
-    w_sum = float(batch.mse_weights.sum())
     results["finished_rows"] = int(roll.finished.sum())
     local = batch.select(torch.arange(rank * B // world, (rank + 1) * B // world))
 
-    def step(policy: torch.nn.Module, sub, parts: int) -> tuple[float, float]:
-        """One update; ``parts`` processes share the batch (loss normalisers divided as the trainer does)."""
-        opt = torch.optim.AdamW(policy.parameters(), lr=1e-2, weight_decay=0.1)
-        out = policy(*forward_args(sub))
-        loss = micro_batch_loss(out, sub, lo, alpha=0.5, score=score, normalizer=count / parts,
-                                weight_sum=w_sum / parts).total
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(list(policy.parameters()), 1e9)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        opt.step()
-        total = loss.detach().clone()
+    def all_sum(t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    settings = UpdateSettings(lo)  # one epoch, one mini-batch, no clipping
+
+    def step(policy: torch.nn.Module, sub, parts: int, opt=None) -> tuple[float, float]:  # noqa: ANN001
+        """One update through the trainer's update function; ``parts`` processes share the batch."""
+        opt = opt or torch.optim.AdamW(policy.parameters(), lr=1e-2, weight_decay=0.1)
+        comm = Collective(rank=rank, world=parts, reduce_sum=all_sum) if parts > 1 else Collective()
+        stats = update_policy(policy, opt, sub, settings, alpha=0.5, score=score, comm=comm)
+        total = torch.tensor(stats.policy_loss + 0.5 * stats.sr_loss)
         if parts > 1:
-            dist.all_reduce(total)
-            total /= parts
-        return float(total), float(norm)
+            total = all_sum(total) / parts
+        return float(total), stats.grad_norm
 
     def full_params(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
         sd = full_state_dict(policy, "model.") if hasattr(policy, "_get_fsdp_state") else {
@@ -173,10 +172,7 @@ def main() -> None:
     # ---- sharded checkpoint round trip (after one step, so the optimizer has state)
     ck = out_dir / "sharded-ckpt"
     opt = torch.optim.AdamW(fsdp.parameters(), lr=1e-2)
-    out = fsdp(*forward_args(local))
-    micro_batch_loss(out, local, lo, alpha=0.5, score=score, normalizer=count / world,
-                     weight_sum=w_sum / world).total.backward()
-    opt.step()
+    step(fsdp, local, world, opt)
     if rank == 0:
         ck.mkdir(parents=True)
     dist.barrier()
@@ -208,10 +204,9 @@ def main() -> None:
     decoder_layers(mp)[0].register_forward_hook(
         lambda m, a, o: layer_out.append(str((o[0] if isinstance(o, tuple) else o).dtype)))
     mp_opt = torch.optim.AdamW(mp.parameters(), lr=1e-2)
-    out = mp(*forward_args(local))
-    micro_batch_loss(out, local, lo, alpha=0.5, score=score, normalizer=count / world,
-                     weight_sum=w_sum / world).total.backward()
-    mp_opt.step()
+    with torch.no_grad():
+        out = mp(*forward_args(local))
+    step(mp, local, world, mp_opt)
     dtypes = {str(p.dtype) for p in mp.parameters()} | {str(v.dtype) for s in mp_opt.state.values()
                                                       for k, v in s.items() if k != "step"}
     results["bf16"] = {"stored_dtypes": sorted(dtypes), "layer_output_dtype": layer_out[0],

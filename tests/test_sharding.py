@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 REL = 1e-4
 
 
+def free_port() -> int:
+    """A port nobody listens on now: other test runs on this machine start their own process groups."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def two_process_results(tiny_model_dir, tmp_path_factory) -> dict:
     """One 2-process gloo run of tests/fsdp_worker.py (≈ 35 s on 2 cores) that all tests below read."""
     out = tmp_path_factory.mktemp("fsdp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(ROOT / "tests" / "fsdp_worker.py"), str(tiny_model_dir), str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -222,6 +230,12 @@ def test_memory_plan_arithmetic():
     assert plan["fsdp2_sharded_weights_grads_adam_gb"] == pytest.approx(16 * 7.616 / 8, abs=0.1)
     assert plan["kv_cache_kb_per_token"] == pytest.approx(2 * 2 * 4 * 128 * 28 / 1e3, abs=0.1)
     assert plan["ddp_fp32_master_gb"] > 80 > plan["fsdp2_generation_window_peak_gb"] > plan["fsdp2_train_peak_gb"]
+    # no reduce-scatter per micro-batch keeps the whole float32 gradient (4 B/param): still under 80 GB at 7B
+    assert plan["fsdp2_no_grad_sync_extra_gb"] == pytest.approx(4 * 7.616, abs=0.1)
+    assert plan["fsdp2_train_peak_no_grad_sync_gb"] < 80
+    # meta-device loading: a GPU gets its 1/8 of the float32 model plus the embedding (152064 x 3584) in flight
+    assert plan["load_full_then_shard_per_gpu_gb"] == pytest.approx(4 * 7.616, abs=0.1)
+    assert plan["load_meta_init_per_gpu_gb"] == pytest.approx(4 * 7.616 / 8 + 4 * 152064 * 3584 / 1e9, abs=0.1)
     assert sharding_bench.memory_plan("3b", 8, 2, 10240, 32)["params_b"] == pytest.approx(3.213, abs=1e-3)
 
 
@@ -253,8 +267,8 @@ def test_laser_train_fsdp2_equals_ddp_resumes_exactly_after_sigkill_and_saves_a_
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
     runs = {}
-    for name, port, extra in (("ddp", 29571, ()), ("fsdp2", 29572, ("train.sharding=fsdp2",))):
-        res = subprocess.run(_train_cmd(tiny_model_dir, tmp_path / name, port, *extra), env=env, capture_output=True,
+    for name, extra in (("ddp", ()), ("fsdp2", ("train.sharding=fsdp2",))):
+        res = subprocess.run(_train_cmd(tiny_model_dir, tmp_path / name, free_port(), *extra), env=env, capture_output=True,
                              text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         runs[name] = _metrics(tmp_path / name)
@@ -264,7 +278,7 @@ def test_laser_train_fsdp2_equals_ddp_resumes_exactly_after_sigkill_and_saves_a_
             assert _close(a[key], b[key]) or abs(a[key] - b[key]) < 1e-7, (key, a, b)
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_train_cmd(tiny_model_dir, cut, 29573, "train.sharding=fsdp2"), env=env,
+    proc = subprocess.Popen(_train_cmd(tiny_model_dir, cut, free_port(), "train.sharding=fsdp2"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
     while not (cut / "checkpoints" / "step-000004").exists():
@@ -274,7 +288,7 @@ def test_laser_train_fsdp2_equals_ddp_resumes_exactly_after_sigkill_and_saves_a_
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(_metrics(cut)) < 6, "the run should have been killed before finishing"
-    res = subprocess.run(_train_cmd(tiny_model_dir, cut, 29574, "train.sharding=fsdp2", "--resume"), env=env,
+    res = subprocess.run(_train_cmd(tiny_model_dir, cut, free_port(), "train.sharding=fsdp2", "--resume"), env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert _metrics(cut) == runs["fsdp2"]

@@ -13,20 +13,33 @@ class ProblemSource:
 
     An endless stream (``TaskData.stream``) is read from ``position``; a finite split is visited in
     epochs, each a fresh seeded permutation (or the file order when ``shuffle`` is off).
+    ``drop_last_of``: when set to the batch size (problems per step), each epoch keeps only its
+    whole batches and drops the last ``len % batch`` problems of its permutation, as verl's
+    dataloader does (``drop_last=True``); otherwise a partial batch is completed from the next epoch.
     """
 
-    def __init__(self, data: TaskData, seed: int, shuffle: bool = True, position: int = 0) -> None:
+    def __init__(self, data: TaskData, seed: int, shuffle: bool = True, position: int = 0,
+                 drop_last_of: int | None = None) -> None:
         self.data = data
         self.seed = seed
         self.shuffle = shuffle
         self.position = position
+        self.drop_last_of = drop_last_of
         self._iter: Iterator[Problem] | None = None
         self._order: list[int] = []
         self._epoch = -1
 
     def take(self, k: int) -> list[Problem]:
-        out = [self._next() for _ in range(k)]
-        return out
+        return [self._next() for _ in range(k)]
+
+    def epoch_length(self) -> int:
+        """Problems visited per epoch of a finite split (its size, less the dropped partial batch)."""
+        problems = self.data.problems
+        assert problems is not None
+        n = len(problems)
+        if self.drop_last_of and n >= self.drop_last_of:
+            return n - n % self.drop_last_of
+        return n
 
     def _next(self) -> Problem:
         if self.data.stream is not None:
@@ -38,7 +51,7 @@ class ProblemSource:
         assert problems is not None
         if not problems:
             raise ValueError(f"dataset {self.data.name!r} is empty")
-        epoch, index = divmod(self.position, len(problems))
+        epoch, index = divmod(self.position, self.epoch_length())
         if epoch != self._epoch:
             self._order = list(range(len(problems)))
             if self.shuffle:

@@ -206,8 +206,18 @@ def shard_model(root: nn.Module, *, compute_dtype: torch.dtype = torch.float32, 
     ``root`` is the module whose forward the training step calls (``PolicyWithScore`` or the
     model); its parameters must be float32 (the master weights) and on the training device.
     Returns ``root`` (its class becomes an ``FSDPModule`` subclass). The root is initialised at
-    once, so the sampler may call the inner model before the first training forward.
+    once, so the sampler may call the inner model before the first training forward. A model
+    not yet loaded goes through :func:`laser_rl.training.fsdp_load.load_sharded` instead.
     """
+    apply_fully_shard(root, compute_dtype=compute_dtype, mesh=mesh)
+    finish_sharding(root)
+    return root
+
+
+def apply_fully_shard(root: nn.Module, *, compute_dtype: torch.dtype = torch.float32, mesh: Any = None) -> None:
+    """``fully_shard`` each decoder layer of ``root``, then ``root``: the layout of :func:`shard_model`.
+    Works on meta parameters too (meta-device initialisation); :func:`finish_sharding` must follow
+    once the parameters hold their values."""
     from torch.distributed.fsdp import fully_shard
 
     why = fsdp2_available()
@@ -222,10 +232,52 @@ def shard_model(root: nn.Module, *, compute_dtype: torch.dtype = torch.float32, 
     for layer in decoder_layers(root):
         fully_shard(layer, **kwargs)
     fully_shard(root, **kwargs)
-    # FSDP picks its root as the first unit to run forward; generation calls the inner model (and
-    # its layers) directly, so fix the root now or a layer would claim it.
+
+
+def finish_sharding(root: nn.Module) -> None:
+    """Initialise FSDP's state of the sharded ``root`` now rather than at its first forward.
+
+    FSDP picks its root as the first unit to run forward; generation calls the inner model (and
+    its layers) directly, so the root is fixed here or a layer would claim it. FSDP refuses to do
+    this while parameters are still on the meta device.
+    """
     root._get_fsdp_state()._lazy_init()
-    return root
+
+
+@contextlib.contextmanager
+def no_grad_sync(policy: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Skip the cross-rank gradient reduction of every backward inside the block (gradient accumulation).
+
+    The trainer runs all but the last micro-batch of an update inside ``no_grad_sync(policy, True)``
+    and the last one outside it (or with ``enabled=False``): the gradients are then reduced once per
+    optimiser step instead of once per micro-batch, and equal the per-micro-batch-reduced ones.
+
+    - FSDP2 (``policy`` holds ``fully_shard`` units): ``set_requires_gradient_sync(False)`` on every
+      unit. No reduce-scatter runs; each unit keeps its *unsharded* gradient, accumulated in the
+      reduce dtype (float32), until the synced backward. That costs 4 bytes/parameter of device
+      memory on every rank (30 GB for a 7B model, see the memory plan), the price of skipping
+      the communication; use it where that fits.
+    - DDP (what ``accelerate.prepare`` returns with several processes): ``policy.no_sync()``, the
+      same thing accelerate's ``Accelerator.no_sync`` does; it costs no memory, DDP's gradients are
+      full-size anyway.
+    - one process, or ``enabled=False``: nothing.
+    """
+    if not enabled:
+        yield
+        return
+    units = _fsdp_units(policy) if is_sharded(policy) else []
+    if units:
+        for unit in units:
+            unit.set_requires_gradient_sync(False, recurse=False)
+        try:
+            yield
+        finally:
+            for unit in units:
+                unit.set_requires_gradient_sync(True, recurse=False)
+        return
+    no_sync = getattr(policy, "no_sync", None)  # torch DistributedDataParallel
+    with no_sync() if callable(no_sync) else contextlib.nullcontext():
+        yield
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:

@@ -11,16 +11,19 @@
 Runs in one process or under ``accelerate launch`` / ``torchrun`` (DDP; gloo on CPU). Each
 process samples its share of the step's prompts; group statistics are per prompt, so they stay
 local, while the class-balance counts, the loss normalisers and all metrics are global.
+
+Every decision that stops a run is taken by all ranks together: c_ref is rank 0's measurement, the
+NaN check is all-reduced before backward (``update.py``), the collapse guard's verdict is rank 0's,
+broadcast. Precision: float32 weights, forwards in ``model.dtype`` (``precision.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,6 @@ from accelerate.utils import set_seed
 
 from laser_rl.core import laser as core
 from laser_rl.errors import LaserError
-from laser_rl.io import read_jsonl, write_jsonl_atomic
 from laser_rl.rollout import SamplingConfig
 from laser_rl.rollout.engine import build_engine, never_sampled_ids
 from laser_rl.rollout.pipeline import RolloutBatch, rollout_verify_score
@@ -38,38 +40,46 @@ from laser_rl.score_params import ScoreParams
 from laser_rl.tasks.base import Problem, TaskData
 from laser_rl.tasks.registry import load_task_data
 from laser_rl.training.batch import Sequences, TrainBatch, build_sequences
-from laser_rl.training.checkpoint import (
-    TRAINER_STATE,
-    checkpoint_write_failed,
-    finalize_checkpoint,
-    latest_checkpoint,
-    load_sharded_state,
-    load_state,
-    rng_state,
-    rng_state_name,
-    save_sharded_state,
-    save_state,
-    set_rng_state,
-    temp_checkpoint_dir,
-)
-from laser_rl.training.config import TrainConfig, config_to_dict
+from laser_rl.training.checkpoint import latest_checkpoint
+from laser_rl.training.config import TrainConfig, config_to_yaml
 from laser_rl.training.data import ProblemSource
+from laser_rl.training.guard import GuardState, check_collapse
 from laser_rl.training.policy import PolicyOutput, PolicyWithScore
+from laser_rl.training.precision import training_precision
+from laser_rl.training.run_checkpoint import CheckpointingMixin
+from laser_rl.training.run_lock import RunDirLock
+from laser_rl.training.run_log import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RunLog,
+    check_output_dir,
+    metric_keys_without_timing,
+    step_metrics,
+)
 from laser_rl.training.sharding import (
     check_sharding_setup,
     enable_gradient_checkpointing,
     ensure_process_group,
-    full_state_dict,
     generation_window,
-    module_prefix,
+    no_grad_sync,
     resolve_sharding,
-    shard_model,
+)
+from laser_rl.training.update import (
+    Collective,
+    UpdateSettings,
+    UpdateStats,
+    autocast,
+    clip_grad_norm,
+    forward_in_micro_batches,
+    make_scheduler,
+    micro_batch_loss,
+    update_policy,
 )
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.yaml"  # written before step 1: marks the folder as a run of ours
+__all__ = ["CONFIG_FILE", "FINAL_DIR", "METRICS_FILE", "TrainResult", "Trainer", "metric_keys_without_timing",
+           "micro_batch_loss", "train"]
+
 FINAL_DIR = "final"
-TIMING_KEYS = ("time_rollout", "time_update", "time_step", "time_eval", "time_save")
 
 
 @dataclass
@@ -80,53 +90,13 @@ class TrainResult:
     score_params: ScoreParams | None
 
 
-@dataclass
-class _GuardState:
-    """Collapse guard bookkeeping (see ``_check_collapse``)."""
-
-    start_reward: list[float] = field(default_factory=list)  # training reward of the first steps
-    start_length: float | None = None  # mean response length at the first step
-    ema_reward: float | None = None
-    eval_baseline: float | None = None  # the first evaluation's accuracy
-    bad_length: int = 0
-    bad_reward: int = 0
-    bad_eval: int = 0
-
-
-@dataclass
-class UpdateStats:
-    """What one optimiser pass over a batch reports (means over its optimiser steps)."""
-
-    policy_loss: float = 0.0
-    sr_loss: float = 0.0
-    clip_fraction: float = 0.0
-    dual_clip_fraction: float = 0.0
-    kl: float = 0.0
-    grad_norm: float = 0.0
-
-    def add_micro_batch(self, terms: core.LaserLossTerms, n_micro: int) -> None:
-        """Losses add up over micro-batches (they are normalised by the whole mini-batch); token
-        statistics are averaged."""
-        self.policy_loss += float(terms.policy.detach())
-        self.sr_loss += float(terms.mse.detach())
-        self.clip_fraction += float(terms.stats["clip_fraction"]) / n_micro
-        self.dual_clip_fraction += float(terms.stats["dual_clip_fraction"]) / n_micro
-        self.kl += float(terms.stats["kl"]) / n_micro
-
-    def averaged(self, n_updates: int) -> UpdateStats:
-        return UpdateStats(**{k: v / max(n_updates, 1) for k, v in asdict(self).items()})
-
-
-GUARD_WINDOW = 10  # steps averaged for the training-reward baseline and its running mean
-
-
 def _seed_for(seed: int, step: int, rank: int, salt: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank * 104_729 + salt) % (2**63 - 1)
 
 
-class Trainer:
+class Trainer(CheckpointingMixin):
     def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
-        from laser_rl.integrations.hf import disable_progress_bars, load_tokenizer, resolve_stop_ids
+        from laser_rl.integrations.hf import disable_progress_bars
 
         disable_progress_bars()  # weight loading/saving bars would interleave with ours
         self.cfg = cfg
@@ -137,22 +107,43 @@ class Trainer:
             raise LaserError(
                 f"data.prompts_per_step ({cfg.data.prompts_per_step}) must be divisible by the number of processes ({self.world})"
             )
+        if cfg.rollout.temperature <= 0:  # the training forward divides the logits by it
+            raise LaserError(f"rollout.temperature must be > 0 for training, got {cfg.rollout.temperature} "
+                             "(greedy decoding has no sampling distribution to learn from)")
         set_seed(cfg.train.seed + self.rank)
+        # the run folder is ours until close(): taken before anything looks into it (run_lock.py)
+        self.run_lock = RunDirLock(self.out) if self.acc.is_main_process else None
 
+        def lock() -> None:  # rank 0 locks; a refusal stops every rank
+            if self.run_lock is not None:
+                self.run_lock.acquire()
+
+        self._from_main(lock)
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Free the run folder (``fit`` does not: ``train`` calls this when the run ends, however it ends)."""
+        if self.run_lock is not None:
+            self.run_lock.release()
+
+    def _setup(self, resume: bool) -> None:
+        from laser_rl.integrations.hf import load_tokenizer, resolve_stop_ids
+
+        cfg = self.cfg
         self.resume_from = latest_checkpoint(self.out) if resume else None
         if resume and self.resume_from is None:
             self._print(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting from step 1")
-        if not resume and (self.out / METRICS_FILE).exists():
-            raise LaserError(f"output_dir {self.out} already holds a run; pass --resume to continue it or choose another output_dir")
-        if self.out.exists() and not self.out.is_dir():
-            raise LaserError(f"output_dir {self.out}: exists and is not a folder")
-        foreign = [] if resume else _foreign_files(self.out)
-        if foreign:
-            raise LaserError(f"output_dir {self.out} exists, is not empty and holds no laser train run "
-                             f"(e.g. {foreign[0]}); choose another output_dir or empty it")
+        check_output_dir(self.out, resume)
         model_path = str(self.resume_from[1]) if self.resume_from else cfg.model.path
         self.base_path = Path(cfg.model.path)
         self.sharding = resolve_sharding(cfg.train.sharding)
+        self.precision = training_precision(cfg.model.dtype, self.acc.device)
+        # forwards autocast to the compute dtype; under FSDP2 its MixedPrecisionPolicy casts instead
+        self.autocast_dtype = self.precision.autocast_dtype if self.sharding == "none" else None
         check_sharding_setup(cfg, policy_path=model_path)  # before any model loads
         if self.sharding == "fsdp2":
             ensure_process_group(self.acc.device)
@@ -173,62 +164,111 @@ class Trainer:
         use_score = cfg.laser.enabled or cfg.laser.token != "auto" or saved is not None
         token_str = self._select_token(model_path, saved) if use_score else None
 
-        model = self._load_model(model_path)
-        if cfg.model.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
+        model, self.policy = self._load_policy(model_path, prepare=self._prepare_model)
+        self._model = model.train()  # dropout and gradient checkpointing need it (generation switches back)
         self.suppress_ids = never_sampled_ids(len(self.tokenizer), model.get_input_embeddings().num_embeddings,
                                               self.stop_ids, self.pad_id)
         if token_str is not None:
-            self._setup_score(model, token_str, saved)
-
-        self._model = model
-        self.policy = self._wrap(model)
+            self._setup_score(token_str, saved)
         self.ref_policy: PolicyWithScore | None = None
         if cfg.loss.kl_coef > 0 or (cfg.laser.enabled and cfg.laser.reference == "model"):
-            ref = self._load_model(cfg.model.path)
-            ref.requires_grad_(False).eval()
-            self.ref_policy = self._wrap(ref)
+            self.ref_policy = self._load_policy(cfg.model.path, frozen=True)[1]
 
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(  # after sharding: the optimizer holds the sharded parameters
             self.policy.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
         )
-        self.scheduler = self._make_scheduler()
+        self.scheduler = make_scheduler(self.optimizer, cfg)
         if self.sharding == "none":  # DDP (or one process) through accelerate; FSDP2 is already applied
             self.policy, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
         self.engine = build_engine(cfg.rollout.engine, self.model, pad_id=self.pad_id, stop_ids=self.stop_ids,
                                    z_id=self.z_id, suppress_ids=self.suppress_ids)
 
         self.step = 0
-        self.source = ProblemSource(self.train_data, cfg.train.seed, cfg.data.shuffle)
-        self.guard = _GuardState()
+        self.source = self._problem_source()
+        self.guard = GuardState()
         self.skipped_prompts = 0
         if self.resume_from:
             self._load_state(self.resume_from[1])
 
     # ------------------------------------------------------------------ setup helpers
 
-    def _load_model(self, path: str) -> torch.nn.Module:
-        from laser_rl.integrations.hf import load_model
-
+    def _load_policy(self, path: str, *, prepare: Callable[[torch.nn.Module], None] | None = None,
+                     frozen: bool = False) -> tuple[torch.nn.Module, PolicyWithScore]:
+        """(Hugging Face model, the module the training step calls) from ``path``, float32 weights.
+        ``prepare`` changes the bare model before it is wrapped. Under FSDP2 the model is loaded
+        straight into shards (rank 0 reads the weights, the others build on the meta device:
+        ``fsdp_load.load_sharded``), sharded per decoder layer, computing in the compute dtype."""
         m = self.cfg.model
-        dtype = "float32" if self.sharding == "fsdp2" else m.dtype  # FSDP2: fp32 master weights, m.dtype computes
-        return load_model(path, dtype=dtype, device=self.acc.device, trust_remote_code=m.trust_remote_code,
-                          attn_implementation=m.attn_implementation)
 
-    def _wrap(self, model: torch.nn.Module) -> PolicyWithScore:
-        """The module the training step calls; under FSDP2 sharded per decoder layer, then as a whole."""
-        from laser_rl.integrations.hf import resolve_dtype
+        def prep(model: torch.nn.Module) -> None:
+            if frozen:
+                model.requires_grad_(False)
+            if prepare is not None:
+                prepare(model)
 
-        policy = PolicyWithScore(model, chunk_size=self.cfg.loss.logit_chunk_size or 1024)
+        def wrap(model: torch.nn.Module) -> PolicyWithScore:
+            return PolicyWithScore(model, chunk_size=self.cfg.loss.logit_chunk_size or 1024)
+
         if self.sharding == "fsdp2":
-            shard_model(policy, compute_dtype=resolve_dtype(self.cfg.model.dtype, self.acc.device))
-        return policy
+            from laser_rl.training.fsdp_load import load_sharded
 
-    def _generating(self) -> contextlib.AbstractContextManager[Any]:
-        """The block every generation runs in: under FSDP2 the sharded weights are gathered for it
-        (train.generation_gather) and ranks decode in lockstep; otherwise nothing happens."""
-        return generation_window(self.policy, self.cfg.train.generation_gather, forward_module=self.model)
+            model, policy = load_sharded(path, device=self.acc.device, compute_dtype=self.precision.compute,
+                                         wrap=wrap, prepare=prep, trust_remote_code=m.trust_remote_code,
+                                         attn_implementation=m.attn_implementation)
+        else:
+            from laser_rl.integrations.hf import load_model
+
+            model = load_model(path, dtype=self.precision.weights, device=self.acc.device,
+                               trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation)
+            prep(model)
+            policy = wrap(model)
+        if frozen:
+            model.eval()
+        return model, policy  # type: ignore[return-value]
+
+    def _prepare_model(self, model: torch.nn.Module) -> None:
+        """Before wrapping (and sharding): room for an added z, and the model's gradient checkpointing."""
+        from laser_rl.integrations.special_token import resize_embeddings_if_needed
+
+        resize_embeddings_if_needed(model, self.tokenizer)  # z was added as a new token
+        if self.cfg.model.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+
+    def _problem_source(self, position: int = 0) -> ProblemSource:
+        d = self.cfg.data
+        drop_last = getattr(d, "drop_last", False)  # TODO(H2): data.drop_last in config.py
+        return ProblemSource(self.train_data, self.cfg.train.seed, d.shuffle, position,
+                             drop_last_of=d.prompts_per_step if drop_last else None)
+
+    @contextlib.contextmanager
+    def _generating(self) -> Iterator[None]:
+        """The block every generation runs in: the sampler puts the model in eval mode, and training
+        mode is back on leaving; forwards run in the compute dtype; under FSDP2 the sharded weights are
+        gathered for it (train.generation_gather) and ranks decode in lockstep."""
+        try:
+            with generation_window(self.policy, self.cfg.train.generation_gather, forward_module=self.model), \
+                    autocast(self.acc.device, self.autocast_dtype):
+                yield
+        finally:
+            self.model.train()
+
+    def _from_main(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on every rank; every rank gets rank 0's result, or raises rank 0's LaserError,
+        so that ranks agree (and none waits for a rank that stopped)."""
+        try:
+            outcome: tuple[Any, str | None] = (fn(), None)
+        except LaserError as e:
+            outcome = (None, str(e))
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [outcome]
+            broadcast_object_list(box, from_process=0)
+            outcome = box[0]
+        if outcome[1] is not None:
+            raise LaserError(outcome[1])
+        return outcome[0]
 
     def _load_data(self, spec: str) -> TaskData:
         d = self.cfg.data
@@ -266,17 +306,14 @@ class Trainer:
         validate_token_id(self.z_id, max(vocab, len(self.tokenizer)) if added else vocab, self.stop_ids, self.pad_id)
         return token_str
 
-    def _setup_score(self, model: torch.nn.Module, token_str: str, saved: ScoreParams | None) -> None:
-        from laser_rl.integrations.special_token import resize_embeddings_if_needed
-
+    def _setup_score(self, token_str: str, saved: ScoreParams | None) -> None:
         lc = self.cfg.laser
-        resize_embeddings_if_needed(model, self.tokenizer)  # z was added as a new token
         if self.resume_from and saved is not None:
             self.score = saved  # the run's own c_ref/β_v, recorded at its first step
             return
         c_ref, c_std = lc.c_ref, None
-        if c_ref == "auto":
-            c_ref, c_std = self._calibrate(model)
+        if c_ref == "auto":  # every rank measures the same way; all take rank 0's value
+            c_ref, c_std = self._from_main(self._calibrate)
         beta_v = lc.resolve_beta_v(float(c_ref))
         target = core.correct_target_logprob(float(c_ref), float(beta_v))
         if target > -3.0:
@@ -287,33 +324,20 @@ class Trainer:
             )
         self.score = ScoreParams(token_str, self.z_id, float(beta_v), float(c_ref), c_std, reference=lc.reference)
 
-    def _calibrate(self, model: torch.nn.Module) -> tuple[float, float]:
+    def _calibrate(self) -> tuple[float, float]:
         from laser_rl.calibrate import calibrate_c_ref
 
         n = self.cfg.laser.c_ref_samples
         problems = ProblemSource(self.train_data, self.cfg.train.seed + 12345, True).take(n)
         prompts = self._prompts(problems)
         self._print(f"measuring c_ref on {n} sampled responses ...")
-        mean, std, count = calibrate_c_ref(
-            model, self.tokenizer, prompts, z_id=self.z_id, stop_ids=self.stop_ids, pad_id=self.pad_id,
-            config=self._sampling(), seed=self.cfg.train.seed,
-        )
+        with self._generating():  # as the rollouts run: compute dtype, FSDP2 generation window
+            mean, std, count = calibrate_c_ref(
+                self.model, self.tokenizer, prompts, z_id=self.z_id, stop_ids=self.stop_ids, pad_id=self.pad_id,
+                config=self._sampling(), seed=self.cfg.train.seed, n=n,
+            )
         self._print(f"c_ref = {mean:.3f} ± {std:.3f} (over {count} finished responses)")
         return mean, std
-
-    def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
-        o, steps = self.cfg.optim, self.cfg.train.steps
-
-        def factor(i: int) -> float:  # i = optimizer steps taken; one RL step = one scheduler step
-            if o.warmup_steps and i < o.warmup_steps:
-                return (i + 1) / o.warmup_steps
-            if o.lr_scheduler == "constant":
-                return 1.0
-            progress = min(1.0, (i - o.warmup_steps) / max(1, steps - o.warmup_steps))
-            decay = 0.5 * (1 + math.cos(math.pi * progress)) if o.lr_scheduler == "cosine" else 1 - progress
-            return o.min_lr_ratio + (1 - o.min_lr_ratio) * decay
-
-        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def _sampling(self) -> SamplingConfig:
         r = self.cfg.rollout
@@ -392,82 +416,51 @@ class Trainer:
                 advantages, scores, rb.finished, rb.group, lc.tau, lc.filter_threshold
             )
         batch = TrainBatch(
-            seq, advantages.float(), rb.rewards, self._global_mse_weights(rb.correct, rb.finished),
+            seq, advantages.float(), rb.rewards, self._global_mse_weights(rb.rewards, rb.correct, rb.finished),
             ref_logprobs=None if ref is None else ref.token_logprobs,
             ref_lp_z=ref.lp_z if ref is not None and self.score is not None and self.score.reference == "model" else None,
         )
         update = self._update(batch, alpha if lc.enabled and phase.mse else None)
-        self.scheduler.step()
         t_update = time.perf_counter() - t0 - t_roll
 
-        metrics = self._step_metrics(rb, scores, passed, update, phase, alpha)
+        metrics = step_metrics(self.acc, rb, scores, passed, update, step=self.step, lr=float(self.scheduler.get_last_lr()[0]),
+                               laser_enabled=lc.enabled, phase=phase, alpha=alpha, skipped_prompts=self.skipped_prompts)
         metrics.update(time_rollout=t_roll, time_update=t_update, time_step=time.perf_counter() - t0)
         return metrics
 
-    def _global_mse_weights(self, correct: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
-        """Class-balance weights (Eq. 14) with the counts of the whole, all-process batch."""
+    def _global_mse_weights(self, rewards: torch.Tensor, correct: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
+        """Class-balance weights (Eq. 14) with the counts of the whole, all-process batch; ``correct`` is
+        ``rewards > laser.correct_threshold`` (the rollout's), the same classes core counts from the rewards."""
         lc = self.cfg.laser
         local = torch.stack([(correct & finished).sum(), (finished & ~correct).sum()]).float()
         counts = self.acc.reduce(local, reduction="sum")
         return core.class_balance_weights(
-            correct.float(), finished, lc.class_balanced, 0.5, class_counts=(counts[0], counts[1])
+            rewards, finished, lc.class_balanced, lc.correct_threshold, class_counts=(counts[0], counts[1])
         )
 
-    @torch.no_grad()
     def _reference_pass(self, seq: Sequences) -> PolicyOutput:
+        """The frozen reference model's token log-probs and lp_z, ``loss.micro_batch_size`` rows at a time."""
         assert self.ref_policy is not None
-        return self.ref_policy(seq.input_ids, seq.attention_mask, seq.position_ids, seq.pred_mask,
-                               seq.eos_column, seq.finished, self.cfg.rollout.temperature)
+        return forward_in_micro_batches(self.ref_policy, seq, temperature=self.cfg.rollout.temperature,
+                                        micro_batch_size=self.cfg.loss.micro_batch_size,
+                                        compute_dtype=self.autocast_dtype)
 
-    def _forward(self, seq: Sequences, with_score: bool = True) -> PolicyOutput:
-        return self.policy(seq.input_ids, seq.attention_mask, seq.position_ids, seq.pred_mask,
-                           seq.eos_column, seq.finished, self.cfg.rollout.temperature, with_score)
+    def _collective(self) -> Collective:
+        """The process-group operations of an update, through accelerate (DDP) or FSDP2. Micro-batches
+        before the last one accumulate without a gradient reduction (DDP no_sync; FSDP2 without a
+        reduce-scatter, at the cost of an unsharded float32 gradient per rank: see sharding.no_grad_sync)."""
+        acc = self.acc
+        return Collective(rank=self.rank, world=self.world, reduce_sum=lambda t: acc.reduce(t, reduction="sum"),
+                          backward=acc.backward, accumulate=lambda: no_grad_sync(self.policy),
+                          clip=self._clip_gradients)
 
     def _update(self, batch: TrainBatch, alpha: float | None) -> UpdateStats:
         """One optimiser pass over the batch; ``alpha`` weighs the MSE term (``None``: no MSE, plain GRPO)."""
-        cfg, lo = self.cfg, self.cfg.loss
-        B = batch.seq.input_ids.shape[0]
-        device = batch.seq.input_ids.device
-        on_policy = lo.ppo_epochs == 1 and lo.mini_batches == 1
-        if not on_policy:  # old log-probs from the same code path as the update (not the sampler's)
-            with torch.no_grad():
-                recomputed = self._forward(batch.seq, with_score=False).token_logprobs.detach()
-            batch = replace(batch, seq=replace(batch.seq, old_logprobs=recomputed))
-        loss_cfg = core.PolicyLossConfig(lo.clip_low, lo.clip_high, lo.aggregation, lo.kl_coef, lo.clip_ratio_c)
-        gen = torch.Generator().manual_seed(_seed_for(cfg.train.seed, self.step, self.rank, 2))
-        total = UpdateStats()
-        n_updates = 0
-        micro = lo.micro_batch_size or B
-        for _ in range(lo.ppo_epochs):
-            order = torch.randperm(B, generator=gen).to(device) if lo.mini_batches > 1 else torch.arange(B, device=device)
-            for mb in order.chunk(lo.mini_batches):
-                pm = batch.seq.pred_mask[mb]
-                count = pm.sum().float() if lo.aggregation == "token-mean" else (pm.sum(dim=1) > 0).sum().float()
-                # DDP averages gradients over processes, hence the division by the world size
-                normalizer = self.acc.reduce(count, reduction="sum") / self.world
-                w_sum = self.acc.reduce(batch.mse_weights[mb].sum(), reduction="sum") / self.world
-                chunks = mb.split(micro)
-                for i, rows in enumerate(chunks):
-                    sub = batch.select(rows)
-                    defer = i < len(chunks) - 1 and self.sharding == "none"  # FSDP2 reduces every micro-batch
-                    sync = self.acc.no_sync(self.policy) if defer else contextlib.nullcontext()
-                    with sync:
-                        out = self._forward(sub.seq, with_score=alpha is not None)
-                        terms = micro_batch_loss(out, sub, loss_cfg, alpha=alpha, score=self.score,
-                                                 normalizer=normalizer, weight_sum=w_sum, on_policy=on_policy)
-                        if cfg.guard.nan_check and not torch.isfinite(terms.total):
-                            raise LaserError(self._stop_message(f"loss is {float(terms.total)} at step {self.step}"))
-                        self.acc.backward(terms.total)
-                    total.add_micro_batch(terms, len(chunks))
-                max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
-                grad_norm = self._clip_gradients(max_norm)
-                if cfg.guard.nan_check and not torch.isfinite(grad_norm):
-                    raise LaserError(self._stop_message(f"gradient norm is {float(grad_norm)} at step {self.step}"))
-                total.grad_norm += float(grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                n_updates += 1
-        return total.averaged(n_updates)
+        gen = torch.Generator().manual_seed(_seed_for(self.cfg.train.seed, self.step, self.rank, 2))
+        settings = UpdateSettings.from_config(self.cfg, compute_dtype=self.autocast_dtype)
+        return update_policy(self.policy, self.optimizer, batch, settings, alpha=alpha, score=self.score,
+                             comm=self._collective(), generator=gen, scheduler=self.scheduler,
+                             stop_message=lambda why: self._stop_message(f"{why} at step {self.step}"))
 
     def _evaluates_here(self) -> bool:
         """The main process evaluates; under FSDP2 every rank joins (its forwards are collectives)."""
@@ -477,8 +470,7 @@ class Trainer:
         """Clip the global gradient norm; returns it (a plain tensor, also for sharded DTensor gradients)."""
         if self.sharding == "none":
             return self.acc.clip_grad_norm_(self.policy.parameters(), max_norm)
-        norm = torch.nn.utils.clip_grad_norm_(list(self.policy.parameters()), max_norm)
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        return clip_grad_norm(self.policy.parameters(), max_norm)
 
     def _stop_message(self, why: str) -> str:
         last = latest_checkpoint(self.out)
@@ -486,49 +478,6 @@ class Trainer:
         return f"training stopped: {why}; {keep}"
 
     # ------------------------------------------------------------------ metrics
-
-    def _step_metrics(
-        self, rb: RolloutBatch, scores: torch.Tensor | None, passed: torch.Tensor, update: UpdateStats,
-        phase: core.LaserPhase, alpha: float,
-    ) -> dict[str, Any]:
-        """The step's record in metrics.jsonl: batch-level and global across processes."""
-        from laser_rl.evaluation.metrics import verification_metrics
-
-        g = self.acc.gather_for_metrics
-        rewards_all = g(rb.rewards)
-        correct = g(rb.correct)
-        finished_all = g(rb.finished)
-        lengths_all = g(rb.rollout.lengths.float())
-        stats = asdict(update)
-        stats_t = self.acc.reduce(torch.tensor([stats[k] for k in sorted(stats)], device=self.acc.device), reduction="mean")
-        m: dict[str, Any] = {"step": self.step}
-        m.update({k: float(v) for k, v in zip(sorted(stats), stats_t)})
-        lc = self.cfg.laser
-        m["loss"] = m["policy_loss"] + (alpha * m["sr_loss"] if lc.enabled else 0.0)
-        m.update(
-            rollouts=int(rewards_all.numel()),
-            reward_mean=float(rewards_all.mean()),
-            accuracy=float(correct.float().mean()),
-            truncation_rate=float((~finished_all).float().mean()),
-            response_length=float(lengths_all.mean()),
-            lr=float(self.scheduler.get_last_lr()[0]),
-            phase_mse=bool(lc.enabled and phase.mse),
-            phase_integration=bool(lc.enabled and phase.integration),
-        )
-        if lc.enabled:
-            m["alpha"] = alpha
-        if scores is not None:
-            s = g(scores)
-            v = verification_metrics(s.double().cpu().numpy(), correct.cpu().numpy())
-            m.update(
-                sv_tpr=v["tpr"], sv_tnr=v["tnr"], sv_hm=v["hm_tpr_tnr"], sv_auroc=v["auroc"],
-                score_mean_correct=float(s[correct].mean()) if correct.any() else None,
-                score_mean_incorrect=float(s[~correct].mean()) if (~correct).any() else None,
-            )
-            if passed.numel():
-                m["filter_pass_fraction"] = float(g(passed.float()).mean())
-        m["skipped_prompts"] = self.skipped_prompts
-        return m
 
     # ------------------------------------------------------------------ evaluation
 
@@ -553,7 +502,6 @@ class Trainer:
                                   stop_ids=self.stop_ids).to(self.acc.device)
             ref_lp_z = self._reference_pass(seq).lp_z
             rb = replace(rb, scores=self.score.score(rb.rollout.lp_z, ref_lp_z, rb.finished))
-        self.model.train()
         met = compute_metrics(rb.to_records(problems, n), ks=(n,), same_answer=self.eval_data.verifier.same_answer)
         v = met["verification"]
         return {
@@ -561,140 +509,22 @@ class Trainer:
             f"eval_maj@{n}": met["voting"][f"maj@{n}"], f"eval_weighted_maj@{n}": met["voting"][f"weighted_maj@{n}"],
         }
 
-    # ------------------------------------------------------------------ checkpoints
-
-    def _full_weights(self) -> dict[str, torch.Tensor] | None:
-        """Under FSDP2 the full weights gathered on the main process (a collective: every process
-        calls it); None when the model is not sharded (save_pretrained reads them itself)."""
-        if self.sharding != "fsdp2":
-            return None
-        return full_state_dict(self.policy, module_prefix(self.policy, self.model))
-
-    def _save_model_folder(self, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
-        """An ordinary save_pretrained folder plus tokenizer, laser.json and task.json (main process)."""
-        self.model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
-        self.tokenizer.save_pretrained(folder)
-        if self.score is not None:
-            extra = dict(self.score.extra, stop_ids=self.stop_ids, prompt_style=self.prompt_style, step=self.step,
-                         max_new_tokens=self.cfg.rollout.max_new_tokens)
-            replace(self.score, extra=extra).save(folder)
-        task = self.base_path / "task.json"
-        if task.is_file():
-            (folder / "task.json").write_text(task.read_text())
-
-    def save_checkpoint(self) -> Path | None:
-        tmp = self.out / "checkpoints" / f".step-{self.step:06d}.tmp"
-        error: BaseException | None = None
-        try:
-            if self.acc.is_main_process:
-                temp_checkpoint_dir(self.out, self.step)
-        except OSError as e:
-            error = e
-        self.acc.wait_for_everyone()
-        try:
-            if error is None:
-                save_state(tmp, rng_state_name(self.rank), rng_state())
-                weights = self._full_weights()
-                state = {"step": self.step, "data_position": self.source.position,
-                         "scheduler": self.scheduler.state_dict(), "guard": self.guard.__dict__,
-                         "config": config_to_dict(self.cfg)}
-                if self.sharding == "fsdp2":  # every process writes its shards of the optimizer state
-                    save_sharded_state(tmp, self.policy, self.optimizer, self.rank)
-                else:
-                    state["optimizer"] = self.optimizer.state_dict()
-                if self.acc.is_main_process:
-                    self._save_model_folder(tmp, weights)
-                    save_state(tmp, TRAINER_STATE, state)
-        except (OSError, LaserError) as e:
-            error = e
-
-        def any_failed(err: BaseException | None) -> bool:  # every process learns it, so none waits forever
-            return float(self.acc.reduce(torch.tensor(float(err is not None), device=self.acc.device), reduction="sum")) > 0
-
-        if any_failed(error):
-            self.acc.wait_for_everyone()
-            raise checkpoint_write_failed(tmp, self.step, error or "another process failed to write its part")
-        final = None
-        try:
-            if self.acc.is_main_process:
-                final = finalize_checkpoint(tmp, self.step, self.cfg.train.keep_checkpoints)
-        except LaserError as e:
-            error = e
-        if any_failed(error):
-            raise error or LaserError(f"the checkpoint of step {self.step} could not be put in place (see the main process)")
-        return final
-
-    def _load_state(self, folder: Path) -> None:
-        state = load_state(folder, TRAINER_STATE)
-        self.step = state["step"]
-        self.source = ProblemSource(self.train_data, self.cfg.train.seed, self.cfg.data.shuffle, state["data_position"])
-        if self.sharding == "fsdp2":
-            load_sharded_state(folder, self.policy, self.optimizer)
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.guard = _GuardState(**state["guard"])
-        if (folder / f"{rng_state_name(self.rank)}.json").is_file():  # absent when resuming at another world size
-            set_rng_state(load_state(folder, rng_state_name(self.rank)))
-        self._print(f"resumed from {folder} (step {self.step})")
-
     # ------------------------------------------------------------------ collapse guard
 
     def _check_collapse(self, m: dict[str, Any]) -> None:
-        """Stop a run whose accuracy or response length falls far below where it started.
-
-        Accuracy: the evaluation accuracy against the first evaluation when evaluations run, and
-        always the running mean of the training reward against its mean over the first steps.
-        Length: the batch's mean response length against the first step's. A check must fail
-        ``guard.collapse_patience`` times in a row.
-        """
-        gc, gs = self.cfg.guard, self.guard
-        fails: list[str] = []
-        if gc.length_collapse_ratio > 0:
-            if gs.start_length is None:
-                gs.start_length = m["response_length"]
-            low = m["response_length"] < gc.length_collapse_ratio * gs.start_length
-            gs.bad_length = gs.bad_length + 1 if low else 0
-            if gs.bad_length >= gc.collapse_patience:
-                fails.append(f"mean response length {m['response_length']:.1f} < {gc.length_collapse_ratio} × start {gs.start_length:.1f}")
-        if gc.collapse_ratio > 0:
-            if len(gs.start_reward) < GUARD_WINDOW:
-                gs.start_reward.append(m["reward_mean"])
-            else:
-                a = 2.0 / (GUARD_WINDOW + 1)
-                gs.ema_reward = m["reward_mean"] if gs.ema_reward is None else (1 - a) * gs.ema_reward + a * m["reward_mean"]
-                r0 = sum(gs.start_reward) / len(gs.start_reward)
-                gs.bad_reward = gs.bad_reward + 1 if gs.ema_reward < gc.collapse_ratio * r0 else 0
-                if gs.bad_reward >= gc.collapse_patience:
-                    fails.append(f"training reward (running mean) {gs.ema_reward:.3f} < {gc.collapse_ratio} × start {r0:.3f}")
-            if "eval_accuracy" in m:
-                if gs.eval_baseline is None:
-                    gs.eval_baseline = m["eval_accuracy"]
-                gs.bad_eval = gs.bad_eval + 1 if m["eval_accuracy"] < gc.collapse_ratio * gs.eval_baseline else 0
-                if gs.bad_eval >= gc.collapse_patience:
-                    fails.append(f"eval accuracy {m['eval_accuracy']:.3f} < {gc.collapse_ratio} × first eval {gs.eval_baseline:.3f}")
-        if fails:
-            raise LaserError(self._stop_message(f"collapse guard at step {self.step}: " + "; ".join(fails)))
+        """Stop every rank when the collapse guard (``guard.py``) fires on rank 0's view of the step."""
+        why = self._from_main(lambda: check_collapse(self.cfg.guard, self.guard, m))
+        if why:
+            raise LaserError(self._stop_message(f"collapse guard at step {self.step}: {why}"))
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> TrainResult:
-        from tqdm.auto import tqdm
-
         from laser_rl.evaluation.metrics import format_metric
 
         cfg = self.cfg
         t_start = time.perf_counter()
-        metrics_path = self.out / METRICS_FILE
-        history: list[dict[str, Any]] = []
-        if self.acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if metrics_path.exists():  # drop what was logged after the checkpoint we resumed from
-                history = [m for m in read_jsonl(metrics_path) if m.get("step", 0) <= self.step]
-                write_jsonl_atomic(metrics_path, history)
-            (self.out / CONFIG_FILE).write_text(_yaml(cfg))
-        writer = self._tensorboard()
-        wandb_run = self._wandb()
+        log = RunLog(cfg, self.out, main=self.acc.is_main_process, step=self.step, config_yaml=config_to_yaml(cfg))
         if self.score is not None:
             self._print(f"self-reward: z={self.score.token!r} (id {self.score.token_id}), beta_v={self.score.beta_v:.4g}, "
                         f"c_ref={self.score.c_ref:.3f}; correct target log-prob {core.correct_target_logprob(self.score.c_ref, self.score.beta_v):.2f}")
@@ -703,12 +533,8 @@ class Trainer:
                 initial = self.evaluate()
                 self.guard.eval_baseline = initial["eval_accuracy"]
                 self._print("initial evaluation: " + ", ".join(f"{k}={format_metric(v)}" for k, v in initial.items()))
-                if writer is not None:
-                    for k, v in initial.items():
-                        if v is not None:
-                            writer.add_scalar(k, v, 0)
+                log.scalars(initial, 0)
             self.acc.wait_for_everyone()
-        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", disable=not self.acc.is_main_process or cfg.logging.progress == "none", dynamic_ncols=True)
         save_seconds: float | None = None
         while self.step < cfg.train.steps:
             self.step += 1
@@ -724,81 +550,22 @@ class Trainer:
                 m["time_eval"] = time.perf_counter() - t
                 self.acc.wait_for_everyone()
             self._check_collapse(m)
-            history.append(m)
             # the line goes out before the checkpoint: a kill between the two must not lose it
-            self._log_step(m, metrics_path, writer, wandb_run, bar)
+            log.write(m, self.step)
             if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < cfg.train.steps:
                 t = time.perf_counter()
                 self.save_checkpoint()
                 save_seconds = time.perf_counter() - t
-        bar.close()
         final = self.out / FINAL_DIR
         self.save_checkpoint()
-        weights = self._full_weights()
-        if self.acc.is_main_process:
-            from laser_rl.io import atomic_path
-
-            with atomic_path(final) as tmp:
-                tmp.mkdir()
-                self._save_model_folder(tmp, weights)
-            if writer is not None:
-                writer.close()
-            if wandb_run is not None:
-                wandb_run.finish()
-        self.acc.wait_for_everyone()
+        self.save_final(final)
+        log.close()
         seconds = time.perf_counter() - t_start
         self._print(f"done: {self.step} steps in {seconds:.1f} s; model saved to {final}")
-        return TrainResult(final, history, seconds, self.score)
-
-    def _log_step(self, m: dict[str, Any], metrics_path: Path, writer: Any, wandb_run: Any, bar: Any) -> None:
-        """Append the step's record to metrics.jsonl and the metric sinks; update the progress output."""
-        from laser_rl.evaluation.metrics import format_metric
-
-        if not self.acc.is_main_process:
-            return
-        with metrics_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(m) + "\n")
-        if writer is not None:
-            for k, v in m.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    writer.add_scalar(k, v, self.step)
-        if wandb_run is not None:
-            wandb_run.log(m, step=self.step)
-        post = {"reward": f"{m['reward_mean']:.3f}", "len": f"{m['response_length']:.0f}", "s/step": f"{m['time_step']:.2f}"}
-        if "sv_hm" in m:
-            post["sv_hm"] = format_metric(m["sv_hm"], ".2f")
-        if "eval_accuracy" in m:
-            post["eval_acc"] = format_metric(m["eval_accuracy"])
-        bar.set_postfix(post, refresh=False)
-        bar.update(1)
-        if bar.disable and self.step % self.cfg.train.log_every == 0:
-            print(f"step {self.step}/{self.cfg.train.steps} " + " ".join(f"{k}={v}" for k, v in post.items()), flush=True)
-
-    def _tensorboard(self) -> Any:
-        if not (self.cfg.logging.tensorboard and self.acc.is_main_process):
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.out / "tensorboard"))
-
-    def _wandb(self) -> Any:
-        if not (self.cfg.logging.wandb_project and self.acc.is_main_process):
-            return None
-        try:
-            import wandb
-        except ImportError:
-            raise LaserError("logging.wandb_project is set but wandb is not installed: pip install 'laser-rl[wandb]'") from None
-        return wandb.init(project=self.cfg.logging.wandb_project, name=self.cfg.logging.wandb_run_name or self.out.name,
-                          config=config_to_dict(self.cfg), dir=str(self.out))
+        return TrainResult(final, log.history, seconds, self.score)
 
 
 # ---------------------------------------------------------------------- small helpers
-
-
-def _yaml(cfg: TrainConfig) -> str:
-    from laser_rl.training.config import config_to_yaml
-
-    return config_to_yaml(cfg)
 
 
 def _any_free_id(pad_id: int, stop_ids: list[int]) -> int:
@@ -809,51 +576,14 @@ def _any_free_id(pad_id: int, stop_ids: list[int]) -> int:
     return i
 
 
-def micro_batch_loss(
-    out: PolicyOutput,
-    sub: TrainBatch,
-    config: core.PolicyLossConfig,
-    *,
-    alpha: float | None,
-    score: ScoreParams | None,
-    normalizer: torch.Tensor | float,
-    weight_sum: torch.Tensor | float,
-    on_policy: bool = True,
-) -> core.LaserLossTerms:
-    """The LaSeR loss of one micro-batch from its forward ``out`` (``alpha=None``: plain GRPO).
-
-    The score comes from the same forward (``out.lp_z``); on-policy (one epoch, one mini-batch) the old
-    log-probs are the detached current ones. ``normalizer`` / ``weight_sum``: the whole mini-batch's token
-    (or row) count and MSE weight sum, divided by the number of processes.
-    """
-    scores = None
-    if alpha is not None:
-        if score is None:
-            raise LaserError("the self-reward MSE needs score parameters (z, beta_v, c_ref)")
-        scores = score.score(out.lp_z, sub.ref_lp_z)
-    old = out.token_logprobs.detach() if on_policy else sub.seq.old_logprobs
-    return core.laser_loss(
-        out.token_logprobs, old, sub.advantages, sub.seq.pred_mask, config, normalizer=normalizer, alpha=alpha,
-        scores=scores, rewards=sub.rewards, finished=sub.seq.finished, mse_weights=sub.mse_weights,
-        mse_weight_sum=weight_sum, ref_logprobs=sub.ref_logprobs,
-    )
-
-
-def _foreign_files(out: Path) -> list[str]:
-    """What an output_dir holds besides a run of ours: nothing, for a missing or empty folder or one
-    whose ``CONFIG_FILE`` (written before step 1) marks a run that stopped before its first step."""
-    if not out.is_dir() or (out / CONFIG_FILE).is_file():
-        return []
-    return sorted(p.name for p in out.iterdir())
-
-
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     """Build a :class:`Trainer` from ``cfg`` and run it to ``train.steps``."""
     if resume and not Path(cfg.output_dir).exists():
         raise LaserError(f"--resume: output_dir {cfg.output_dir} does not exist")
-    return Trainer(cfg, resume=resume).fit()
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
 
 
-def metric_keys_without_timing(m: dict[str, Any]) -> dict[str, Any]:
-    """A metrics record without its wall-clock fields (for comparing runs)."""
-    return {k: v for k, v in m.items() if k not in TIMING_KEYS}
