@@ -49,7 +49,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +84,18 @@ class ScoringModel:
     pad_id: int
     suppress_ids: list[int]
     saved: ScoreParams | None  # laser.json as found in the folder (None when absent)
+    engine_name: str = "hf"  # the generation engine (laser_rl.rollout.engine.ENGINES)
+    _engine: Any = field(default=None, repr=False)
 
     def engine(self) -> Any:
-        """The built-in sampler on this model, reading lp_z in its loop when there is a score."""
-        from laser_rl.rollout.engine import SamplerEngine
+        """The generation engine on this model (built once), reading lp_z when there is a score."""
+        if self._engine is None:
+            from laser_rl.rollout.engine import build_engine
 
-        z_id = self.params.token_id if self.params is not None else None
-        return SamplerEngine(self.model, self.pad_id, self.stop_ids, z_id, self.suppress_ids)
+            z_id = self.params.token_id if self.params is not None else None
+            self._engine = build_engine(self.engine_name, self.model, pad_id=self.pad_id, stop_ids=self.stop_ids,
+                                        z_id=z_id, suppress_ids=self.suppress_ids)
+        return self._engine
 
 
 def _float_flag(value: float | None, name: str) -> float | None:
@@ -227,6 +232,7 @@ class EvalOptions:
     force_token: bool = False
     overwrite: bool = False
     verifier: str = "auto"
+    engine: str = "hf"
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -383,6 +389,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
 
     sm = load_scoring_model(opts.model, token=opts.token, beta_v=opts.beta_v, c_ref=opts.c_ref,
                             device=opts.device, dtype=opts.dtype, force_token=opts.force_token)
+    sm.engine_name = opts.engine
     data = load_eval_data(opts.data, sm.folder, opts.verifier)
     problems = list(data.problems)
     total = len(problems) if opts.limit is None else min(opts.limit, len(problems))
@@ -434,6 +441,7 @@ def _eval_config(opts: EvalOptions, sm: ScoringModel, data: Any, sampling: Any, 
         "prompt_style": style,
         "stop_ids": sm.stop_ids,
         "equivalence": type(data.verifier).__name__,
+        "engine": opts.engine,  # recorded, not checked on resume (like --batch-size)
     }
 
 
