@@ -47,14 +47,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise LaserError(f"--threads must be >= 0, got {args.threads}")
     if args.engine == "vllm":
-        import os
-
         from laser_rl.commands.eval import check_engine
 
         check_engine(args.engine)
-        if args.threads > 0:  # vLLM's CPU backend binds its own OpenMP threads: give it the same count
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{args.threads - 1}")
-    if args.threads > 0:
+    if args.threads > 0:  # before vLLM is built: its in-process CPU engine keeps this count (and refuses changes)
         torch.set_num_threads(args.threads)
     results = run_bench(
         args.model,
