@@ -78,6 +78,7 @@ def require_vllm(what: str = "--engine vllm") -> None:
 def _import_vllm() -> Any:
     # In-process engine core: weight sync reaches the model, and no __main__ guard is needed.
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's INFO lines would drown laser's own output
     require_vllm()
     import vllm
 
