@@ -270,6 +270,13 @@ class VLLMEngine:
         self._sleeping = False
         return True
 
+    def close(self) -> None:
+        """Shut the in-process engine core down. Under ``torchrun`` this also destroys torch.distributed's
+        default process group (vLLM's cleanup does): call it once, at the very end, *instead of*
+        ``destroy_process_group()``. The other order (group destroyed first) makes vLLM's exit-time cleanup
+        print an "Invalid process group specified" traceback."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     # ------------------------------------------------------------------ internals
 
     def _complete(self, groups: list[tuple[list[int], int]], params: Sequence[Any]) -> list[Any]:
