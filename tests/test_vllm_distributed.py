@@ -1,5 +1,6 @@
 """The vLLM engine under torchrun (2 processes, gloo on CPU): each rank builds its own colocated engine,
-and ``sync_weights`` gathers an FSDP2-sharded policy parameter by parameter into it.
+and it follows an FSDP2-sharded policy: the rollout after an optimizer step first gathers the policy
+parameter by parameter into it.
 
 Skipped where vLLM is not importable, unless ``LASER_REQUIRE_VLLM=1``. The test runs this file as the
 worker script (``__main__``); about 30 s on 2 cores (two vLLM engines start, one per rank).
@@ -25,16 +26,18 @@ def _worker(folder: str, out: str) -> None:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from laser_rl.rollout.vllm_engine import VLLMEngine
+    from laser_rl.rollout.sampler import SamplingConfig
+    from laser_rl.rollout.vllm_engine import build_vllm_engine
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)
-    engine = VLLMEngine(folder, pad_id=0, stop_ids=[1], z_id=2, dtype="float32", kv_cache_gib=0.1)
     policy = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     for layer in policy.model.layers:
         fully_shard(layer)
     fully_shard(policy)
+    # the trainer's way: an engine built on the (sharded) policy follows it, syncing before each rollout
+    engine = build_vllm_engine(policy, pad_id=0, stop_ids=[1], z_id=2, kv_cache_gib=0.1)
     ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]])
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)
     for _ in range(2):  # the same batch on both ranks: the sharded update keeps one model
@@ -45,14 +48,15 @@ def _worker(folder: str, out: str) -> None:
     with torch.no_grad():
         expected = policy(ids).logits[0, :-1].log_softmax(-1).gather(1, ids[0, 1:, None]).squeeze(1)
 
-    def vllm_logprobs() -> torch.Tensor:
+    def vllm_logprobs() -> torch.Tensor:  # straight to vLLM: no sync on the way
         sp = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
         got = engine.llm.generate([TokensPrompt(prompt_token_ids=ids[0].tolist())], sp, use_tqdm=False)[0]
         return torch.tensor([d[t].logprob for d, t in zip(got.prompt_logprobs[1:], ids[0, 1:].tolist())])
 
     before = float((vllm_logprobs() - expected).abs().max())
-    synced = engine.sync_weights(policy)
+    engine.generate([[3, 4, 5 + rank]], SamplingConfig(max_new_tokens=4))  # a rollout: syncs first
     vllm_lp = vllm_logprobs()
+    synced = engine.sync_weights(policy)  # explicitly too: every parameter goes over
     Path(out, f"rank{rank}.json").write_text(json.dumps({
         "world": dist.get_world_size(), "synced": synced,
         "n_params": sum(1 for _ in policy.parameters()),

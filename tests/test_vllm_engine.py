@@ -101,8 +101,15 @@ def test_greedy_tokens_equal_the_hf_engines(engine: VLLMEngine, hf, z_id: int) -
     cfg = SamplingConfig(temperature=0.0, max_new_tokens=30)
     ours = SamplerEngine(hf, PAD, [EOS], z_id, (PAD,)).generate(prompts, cfg)
     theirs = engine.generate(prompts, cfg)
-    assert theirs.response_ids.equal(ours.response_ids) and theirs.finished.equal(ours.finished)
-    torch.testing.assert_close(theirs.logprobs, ours.logprobs, atol=1e-5, rtol=0)
+    _assert_same_rollout(theirs, ours)
+
+
+def _assert_same_rollout(theirs, ours) -> None:
+    """Same tokens, finished flags, sampled-token log-probs and lp_z (the engines pad to different widths)."""
+    assert theirs.responses() == ours.responses() and theirs.finished.equal(ours.finished)
+    T = theirs.response_ids.shape[1]
+    assert not ours.response_mask[:, T:].any()
+    torch.testing.assert_close(theirs.logprobs, ours.logprobs[:, :T], atol=1e-5, rtol=0)
     fin = ours.finished
     torch.testing.assert_close(theirs.lp_z[fin], ours.lp_z[fin], atol=1e-5, rtol=0)
 
@@ -156,14 +163,44 @@ def test_weights_synced_after_optimizer_steps(engine: VLLMEngine, hf, z_id: int)
     try:
         assert engine.sync_weights(policy) == len(list(policy.parameters()))
         torch.testing.assert_close(vllm_logprobs(), expected, atol=1e-5, rtol=0)
-        # the score pass sees the new weights too (the prefix cache was dropped with the old ones)
+        # an engine generates with the weights of the policy it follows: the fixture's follows hf
+        engine.generate([prompt], SamplingConfig(temperature=0.0, max_new_tokens=2))
+        torch.testing.assert_close(vllm_logprobs(), _teacher_forced_logprobs(hf, prompt, response), atol=1e-5, rtol=0)
+        # following the updated policy, the score pass sees its weights (the prefix cache went with the old ones)
+        engine.follow(policy)
         r = engine.generate([prompt], SamplingConfig(temperature=0.0, max_new_tokens=20))
+        torch.testing.assert_close(vllm_logprobs(), expected, atol=1e-5, rtol=0)
         if bool(r.finished[0]):
             ref = score_responses(policy, [prompt], r.responses(), z_id=z_id, pad_id=PAD, stop_ids=[EOS], eos_id=EOS)
             assert abs(float(r.lp_z[0] - ref[0])) <= 1e-5
     finally:
-        engine.sync_weights(hf)  # the other tests use the folder's weights
+        engine.follow(hf)  # the other tests use the folder's weights
     torch.testing.assert_close(vllm_logprobs(), _teacher_forced_logprobs(hf, prompt, response), atol=1e-5, rtol=0)
+
+
+def test_engine_follows_its_policy_through_optimizer_steps(hf, z_id: int) -> None:
+    """build_engine("vllm", policy) follows the policy: a rollout after optimizer steps (no sync call) uses
+    the updated weights: its greedy tokens and scores are the updated policy's."""
+    import copy
+
+    policy = copy.deepcopy(hf)
+    engine = build_engine("vllm", policy, pad_id=PAD, stop_ids=[EOS], z_id=z_id, suppress_ids=[PAD],
+                          vllm_options={"kv_cache_gib": 0.1})
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=20)
+    prompts = _prompts(3, 16, seed=7)
+    first = engine.generate(prompts, cfg)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    ids = torch.tensor([prompts[0] + [EOS]])
+    for _ in range(3):
+        loss = -policy(ids).logits[0, :-1].log_softmax(-1).gather(1, ids[0, 1:, None]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    policy.eval()
+    ours = SamplerEngine(policy, PAD, [EOS], z_id, (PAD,)).generate(prompts, cfg)
+    theirs = engine.generate(prompts, cfg)
+    assert not ours.response_ids.equal(first.response_ids) or not torch.allclose(ours.logprobs, first.logprobs)
+    _assert_same_rollout(theirs, ours)
 
 
 def test_sleep_is_a_no_op_on_cpu(engine: VLLMEngine) -> None:

@@ -32,6 +32,10 @@ are much faster than a Hugging Face KV-cache loop on a GPU. What LaSeR adds to p
   draw the first four of ``--n 8``). ``generator`` (training): the whole call is reseeded from one draw
   of it, so a call is a deterministic function of its prompts, settings, weights and the generator state.
   Neither reproduces the HF sampler's tokens: vLLM samples with its own noise (exponential race).
+- **One vLLM instance per settings.** vLLM tears its process-global state down when an in-process
+  ``LLM`` is garbage-collected, which breaks every other one in the process; so the instances are kept
+  for the process's life, and engines with equal settings share one (each reloads its own weights,
+  from its policy or the folder, when another engine replaced them).
 - **Memory.** The KV-cache budget is ``kv_cache_gib`` (CPU and GPU) or, on a GPU, a fraction
   ``gpu_memory_utilization`` (defaults: 1 GiB on CPU, half the GPU). :meth:`sleep` / :meth:`wake_up` free and restore vLLM's GPU memory
   around a training update (vLLM's sleep mode, GPU only; on CPU they do nothing and return False).
@@ -158,8 +162,8 @@ class VLLMEngine:
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         self.enable_sleep_mode = bool(enable_sleep_mode and not self.on_cpu)
-        self.llm = vllm.LLM(
-            model=str(model_path),
+        settings = dict(
+            model=os.path.abspath(model_path) if os.path.isdir(model_path) else str(model_path),
             dtype=dtype,
             seed=seed,
             # full blocks are what prefix caching reuses: the smallest block the backend takes
@@ -172,8 +176,15 @@ class VLLMEngine:
             disable_log_stats=True,
             **kwargs,
         )
+        key = tuple(sorted(settings.items()))
+        if key not in _SHARED:
+            _SHARED[key] = _SharedLLM(vllm.LLM(**settings))
+        self._shared = _SHARED[key]
+        self.llm = self._shared.llm
         self._vocab = int(self.llm.llm_engine.model_config.get_vocab_size())
         self._seed = seed
+        self._policy: torch.nn.Module | None = None  # followed by generate() (see follow)
+        self._marker: Any = None  # what this engine last loaded into vLLM (None: the folder's weights)
 
     # ------------------------------------------------------------------ the GenerationEngine protocol
 
@@ -195,6 +206,7 @@ class VLLMEngine:
 
         if self._sleeping:
             raise RuntimeError("the vLLM engine is asleep: call wake_up() before generate()")
+        self._ensure_weights()
         rows = as_id_rows(prompts, "prompt")
         for i, r in enumerate(rows):
             if not r:
@@ -245,12 +257,22 @@ class VLLMEngine:
         (Hugging Face name, full tensor). Returns the number of tensors loaded."""
         weights = _full_named_parameters(model_or_weights) if isinstance(model_or_weights, torch.nn.Module) \
             else iter(model_or_weights)
+        marker = (id(self._policy), _weights_version(self._policy)) if model_or_weights is self._policy else object()
         counted = _Counting(weights)
         # vLLM's in-place reload (checkpoint names in, its own stacking/repacking applied layer by layer); the
         # engine core runs in this process, so the iterator streams in without a copy.
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
+        self._marker = self._shared.weights_of = marker
         return counted.n
+
+    def follow(self, policy: torch.nn.Module) -> None:
+        """Keep vLLM's weights equal to ``policy``'s: every :meth:`generate` first syncs them when any
+        parameter changed in place since the last sync (an optimizer step bumps the tensors' version
+        counters), so a trainer needs no call of its own. Under FSDP2 every rank generates (and so syncs)
+        together, as the gather needs."""
+        self._policy = policy
+        self.sync_weights(policy)
 
     def sleep(self, level: int = 1) -> bool:
         """Free vLLM's GPU memory for a training update (level 1: weights offloaded to host, KV cache
@@ -275,9 +297,25 @@ class VLLMEngine:
         default process group (vLLM's cleanup does): call it once, at the very end, *instead of*
         ``destroy_process_group()``. The other order (group destroyed first) makes vLLM's exit-time cleanup
         print an "Invalid process group specified" traceback."""
+        for key in [k for k, v in _SHARED.items() if v.llm is self.llm]:
+            del _SHARED[key]
         self.llm.llm_engine.engine_core.shutdown()
 
     # ------------------------------------------------------------------ internals
+
+    def _ensure_weights(self) -> None:
+        """Before a rollout: vLLM must hold this engine's weights. A followed policy that changed (or whose
+        weights another engine on the same vLLM instance replaced) is synced; an engine on the folder's
+        weights reloads them from disk if another engine replaced them."""
+        if self._policy is not None:
+            if self._shared.weights_of != (id(self._policy), _weights_version(self._policy)):
+                self.sync_weights(self._policy)
+        elif self._shared.weights_of is not self._marker:
+            if self._marker is not None:
+                raise RuntimeError("another engine on this vLLM instance replaced the weights synced into this one")
+            self.llm.collective_rpc("reload_weights", kwargs={"is_checkpoint_format": True})
+            self.llm.reset_prefix_cache()
+            self._shared.weights_of = None
 
     def _complete(self, groups: list[tuple[list[int], int]], params: Sequence[Any]) -> list[Any]:
         """vLLM completions [B] for (prompt, n) requests, prompt-major (n consecutive rows per request)."""
@@ -357,6 +395,22 @@ class VLLMEngine:
         )
 
 
+@dataclass
+class _SharedLLM:
+    """One ``vllm.LLM`` and whose weights it holds: ``weights_of`` is the marker of the last
+    :meth:`VLLMEngine.sync_weights` (None: the folder's weights, as loaded)."""
+
+    llm: Any
+    weights_of: Any = None
+
+
+#: The vLLM instances of this process, one per set of settings, kept for the process's life: vLLM tears its
+#: process-global parallel state down when an in-process ``LLM`` is garbage-collected, which breaks every
+#: other (and every later) ``LLM`` in the process. Engines with equal settings share one instance (and its
+#: KV-cache budget); each makes sure vLLM holds its own weights before it generates.
+_SHARED: dict[tuple[tuple[str, Any], ...], _SharedLLM] = {}
+
+
 def _groups(rows: list[list[int]]) -> list[tuple[list[int], int]]:
     """Consecutive equal prompts as (prompt, count): the pipeline lays out n rows per prompt."""
     return [(p, len(list(g))) for p, g in itertools.groupby(rows)]
@@ -372,6 +426,11 @@ class _Counting:
         for item in self.it:
             self.n += 1
             yield item
+
+
+def _weights_version(model: torch.nn.Module) -> int:
+    """Sum of the parameters' in-place version counters: it grows whenever any parameter is updated."""
+    return sum(p._version for p in model.parameters())
 
 
 def _full_named_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -394,8 +453,9 @@ def build_vllm_engine(
     **options: Any,
 ) -> VLLMEngine:
     """A :class:`VLLMEngine` for a loaded Hugging Face policy: vLLM loads the policy's folder
-    (``config._name_or_path``) in the policy's dtype, then :meth:`VLLMEngine.sync_weights` copies the
-    policy's in-memory weights over it (they may differ from the folder's, e.g. after resuming)."""
+    (``config._name_or_path``) in the policy's dtype, then follows the policy (:meth:`VLLMEngine.follow`):
+    its in-memory weights are copied over now (they may differ from the folder's, e.g. after resuming) and
+    again before any rollout that follows an update."""
     require_vllm("rollout.engine=vllm")
     inner = getattr(model, "module", model)
     path = getattr(inner.config, "_name_or_path", None) or getattr(inner, "name_or_path", None)
@@ -407,5 +467,5 @@ def build_vllm_engine(
     options.setdefault("dtype", str(param.dtype).removeprefix("torch."))
     options.setdefault("device", param.device)
     engine = VLLMEngine(path, pad_id=pad_id, stop_ids=stop_ids, z_id=z_id, suppress_ids=suppress_ids, **options)
-    engine.sync_weights(model)
+    engine.follow(model)
     return engine
