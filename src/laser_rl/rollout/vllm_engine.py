@@ -282,10 +282,12 @@ class VLLMEngine:
             return False
         self.llm.sleep(level=level)
         self._sleeping = True
+        if level >= 2:  # the weights are gone: the next generate() reloads them (from the policy or the folder)
+            self._shared.weights_of = object()
         return True
 
     def wake_up(self) -> bool:
-        """Restore what :meth:`sleep` freed (then :meth:`sync_weights` before the next rollout)."""
+        """Restore what :meth:`sleep` freed (weights dropped at level 2 come back at the next :meth:`generate`)."""
         if not self._sleeping:
             return False
         self.llm.wake_up()
