@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from laser_rl.commands._types import DTYPE_HELP, dtype_name, positive_int
 from laser_rl.commands.eval import add_engine_argument, check_engine
+from laser_rl.core import DEFAULT_TARGET_LOGPROB
 from laser_rl.errors import LaserError
 from laser_rl.score_params import FILENAME, ScoreParams, resolve_beta_v
 
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target-logprob",
         type=float,
-        default=-4.0,
+        default=DEFAULT_TARGET_LOGPROB,
         help="log pi(z) asked of a correct response; suggested beta_v = 1 / (target - c_ref) (default -4)",
     )
     parser.add_argument(
@@ -247,7 +248,7 @@ def _suggested_beta_v(c_ref: float, target_logprob: float) -> float | None:
 
 
 def _print_report(report: dict[str, Any], summary: Calibration) -> None:
-    from laser_rl.core.laser import correct_target_logprob
+    from laser_rl.core import correct_target_logprob
 
     c_ref, target, suggested_beta = report["c_ref"], report["target_logprob"], report["suggested_beta_v"]
     if suggested_beta is not None:

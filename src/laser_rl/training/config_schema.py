@@ -32,8 +32,8 @@ class ModelConfig:
     path: str = _f("", "Model folder or Hugging Face hub id of the policy to train (required).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "auto",
-        "Weights/compute dtype: auto = bfloat16 on CUDA, float32 on CPU. Under train.sharding=fsdp2 the weights "
-        "and optimizer state stay float32 and this is the compute dtype only.",
+        "Compute dtype of training forwards and rollouts: auto = bfloat16 on CUDA, float32 on CPU. Weights and "
+        "optimizer state are always float32 in training (bf16 runs under autocast, or FSDP2's mixed precision).",
     )
     trust_remote_code: bool = _f(
         False, "Passed to from_pretrained: allow custom modelling code from the hub."

@@ -31,6 +31,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from laser_rl.core import HIGH_TARGET_LOGPROB
 from laser_rl.core import laser as core
 from laser_rl.errors import LaserError
 from laser_rl.rollout import SamplingConfig
@@ -237,9 +238,8 @@ class Trainer(CheckpointingMixin):
 
     def _problem_source(self, position: int = 0) -> ProblemSource:
         d = self.cfg.data
-        drop_last = getattr(d, "drop_last", False)  # TODO(H2): data.drop_last in config.py
         return ProblemSource(self.train_data, self.cfg.train.seed, d.shuffle, position,
-                             drop_last_of=d.prompts_per_step if drop_last else None)
+                             drop_last_of=d.prompts_per_step if d.drop_last else None)
 
     @contextlib.contextmanager
     def _generating(self) -> Iterator[None]:
@@ -316,25 +316,22 @@ class Trainer(CheckpointingMixin):
             c_ref, c_std = self._from_main(self._calibrate)
         beta_v = lc.resolve_beta_v(float(c_ref))
         target = core.correct_target_logprob(float(c_ref), float(beta_v))
-        if target > -3.0:
+        if target > HIGH_TARGET_LOGPROB:
             warnings.warn(
-                f"c_ref + 1/beta_v = {target:.2f} > -3: the MSE asks correct responses to give z a high "
+                f"c_ref + 1/beta_v = {target:.2f} > {HIGH_TARGET_LOGPROB:g}: the MSE asks correct responses to give z a high "
                 "probability, which can leak z into generation; lower beta_v or use beta_v: auto",
                 stacklevel=2,
             )
         self.score = ScoreParams(token_str, self.z_id, float(beta_v), float(c_ref), c_std, reference=lc.reference)
 
     def _calibrate(self) -> tuple[float, float]:
-        from laser_rl.calibrate import calibrate_c_ref
-
-        n = self.cfg.laser.c_ref_samples
-        problems = ProblemSource(self.train_data, self.cfg.train.seed + 12345, True).take(n)
-        prompts = self._prompts(problems)
-        self._print(f"measuring c_ref on {n} sampled responses ...")
+        lc = self.cfg.laser
+        problems = ProblemSource(self.train_data, self.cfg.train.seed + 12345, True).take(lc.c_ref_samples)
+        self._print(f"measuring c_ref on {lc.c_ref_samples} sampled responses ...")
         with self._generating():  # as the rollouts run: compute dtype, FSDP2 generation window
-            mean, std, count = calibrate_c_ref(
-                self.model, self.tokenizer, prompts, z_id=self.z_id, stop_ids=self.stop_ids, pad_id=self.pad_id,
-                config=self._sampling(), seed=self.cfg.train.seed, n=n,
+            mean, std, count = lc.calibrate_c_ref(
+                self.model, self.tokenizer, self._prompts(problems), z_id=self.z_id, stop_ids=self.stop_ids,
+                pad_id=self.pad_id, sampling=self._sampling(), seed=self.cfg.train.seed,
             )
         self._print(f"c_ref = {mean:.3f} ± {std:.3f} (over {count} finished responses)")
         return mean, std
@@ -386,7 +383,7 @@ class Trainer(CheckpointingMixin):
         with self._generating():
             return rollout_verify_score(
                 self.engine, self.tokenizer, prompt_ids, [p.answer for p in problems], self.train_data.verifier,
-                sampling=self._sampling(), n=n, batch_size=cfg.rollout.batch_size or len(prompt_ids) * n,
+                sampling=self._sampling(), n=n, batch_size=cfg.generation_batch_size(self.world),
                 score=self.score, generator=gen, correct_threshold=cfg.laser.correct_threshold,
             )
 
@@ -494,7 +491,7 @@ class Trainer(CheckpointingMixin):
         with self._generating():
             rb = rollout_verify_score(
                 self.engine, self.tokenizer, self._prompts(problems), [p.answer for p in problems],
-                self.eval_data.verifier, sampling=self._sampling(), n=n, batch_size=cfg.rollout.batch_size or 512,
+                self.eval_data.verifier, sampling=self._sampling(), n=n, batch_size=cfg.generation_batch_size(self.world),
                 score=self.score, generator=gen, correct_threshold=cfg.laser.correct_threshold,
             )
         if self.score is not None and rb.scores is None:  # reference: model — score with the reference pass
