@@ -4,7 +4,7 @@ after skipped prompts; plus the update's equalities (micro-batched = full batch,
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 import shutil
 from pathlib import Path
@@ -16,29 +16,13 @@ from laser_rl.cli import main
 from laser_rl.errors import LaserError
 from laser_rl.training.config import load_config
 from laser_rl.training.trainer import Trainer, metric_keys_without_timing
+from test_trainer import DEMO_CONFIG, fast_overrides, read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = ROOT / "configs" / "demo" / "laser-arith.yaml"
-
-
-def overrides(model_dir: Path, out: Path, steps: int = 1, **extra: object) -> list[str]:
-    values = {
-        "model.path": model_dir, "output_dir": out, "train.steps": steps, "train.save_every": 0,
-        "train.eval_every": 0, "data.prompts_per_step": 4, "rollout.n": 4, "rollout.max_new_tokens": 12,
-        "laser.c_ref": -6.0, "laser.beta_v": 0.5, "laser.self_reward_warmup_steps": 1, "laser.filter_threshold": 0.0,
-        "logging.progress": "none", "logging.tensorboard": False, "guard.length_collapse_ratio": 0.0,
-        "guard.collapse_ratio": 0.0,
-    }
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
+overrides = functools.partial(fast_overrides, steps=1)  # one step unless a test asks for more
 
 
 def make_trainer(model_dir: Path, out: Path, **extra: object) -> Trainer:
     return Trainer(load_config(DEMO_CONFIG, overrides(model_dir, out, **extra)))
-
-
-def read_metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def first_layer(model: torch.nn.Module) -> torch.nn.Module:

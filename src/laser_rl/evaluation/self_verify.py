@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,9 +101,6 @@ def self_verify(
         check_ids_in_vocab,
         check_token_id,
         context_length,
-        left_pad,
-        model_device,
-        supports_logits_to_keep,
         vocab_size,
     )
 
@@ -128,29 +124,11 @@ def self_verify(
             raise LaserError(f"row {i}: prompt + response + template is {len(s)} tokens, longer than the model's "
                              f"context of {ctx} positions")
 
-    device = model_device(model)
+    from laser_rl.rollout.scorer import last_token_logprobs
+
     n = len(seqs)
-    scores = torch.full((n,), float("nan"), dtype=torch.float32)
-    seconds = torch.zeros(n, dtype=torch.float64)
-    order = sorted(range(n), key=lambda i: -len(seqs[i]))  # similar lengths per batch: little padding
-    keep = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                chunk = order[start : start + batch_size]
-                t0 = time.perf_counter()
-                ids, mask, _ = left_pad([seqs[i] for i in chunk], pad_id, 0, device)  # ids/mask [b, L]
-                positions = (mask.long().cumsum(dim=1) - 1).clamp_(min=0)
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                               **keep).logits[:, -1].float()  # [b, V]
-                p_yes = torch.sigmoid(logits[:, yes_id] - logits[:, no_id]).cpu()  # [b]
-                index = torch.tensor(chunk)
-                scores[index] = p_yes
-                seconds[index] = (time.perf_counter() - t0) / len(chunk)
-    finally:
-        model.train(was_training)
+    lp, seconds = last_token_logprobs(model, seqs, [yes_id, no_id], pad_id, batch_size)  # [N, 2], [N]
+    scores = torch.sigmoid(lp[:, 0] - lp[:, 1])  # p(yes) / (p(yes) + p(no))
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     return SelfVerifyResult(scores=scores, prefill_tokens=lengths, decode_tokens=torch.ones(n, dtype=torch.long),
                             seconds=seconds)

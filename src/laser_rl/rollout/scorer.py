@@ -13,6 +13,7 @@ scaling or soft-capping it applies.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -107,31 +108,47 @@ def _lp_z_at_last_position(
     model: torch.nn.Module, seqs: list[list[int]], z_id: int, pad_id: int, batch_size: int
 ) -> torch.Tensor:
     """log_softmax(logits at each sequence's last token)[z], in float32: lp_z[N] in the order of ``seqs``."""
-    device = model_device(model)
+    lp, _ = last_token_logprobs(model, seqs, [z_id], pad_id, batch_size)
+    return lp[:, 0].to(model_device(model))
+
+
+def last_token_logprobs(
+    model: torch.nn.Module, seqs: list[list[int]], token_ids: Sequence[int], pad_id: int, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log_softmax(logits after each sequence's last token)[token_ids] in float32, ``[N, len(token_ids)]`` on
+    the CPU in the order of ``seqs``, and each sequence's share of its batch's wall time in seconds ``[N]``.
+
+    The one batched "read the next-token distribution after a whole sequence" pass: the teacher-forced score
+    (z after x + y + EOS) and generative self-verification (yes/no after x + y + template) both call it.
+    Longest sequences are batched together (little padding); left padding puts every sequence's end on the
+    last position, the only one whose logits are kept."""
     n = len(seqs)
-    out = torch.full((n,), float("nan"), dtype=torch.float32, device=device)
+    out = torch.full((n, len(token_ids)), float("nan"), dtype=torch.float32)
+    seconds = torch.zeros(n, dtype=torch.float64)
     if n == 0:
-        return out
-    # Longest first, so each batch holds similar lengths and little padding.
+        return out, seconds
+    device = model_device(model)
     order = sorted(range(n), key=lambda i: -len(seqs[i]))
     keep_kwargs = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
-
+    wanted = torch.tensor(list(token_ids), dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for start in range(0, n, batch_size):
                 chunk = order[start : start + batch_size]
-                # Left padding puts every sequence's EOS on the last position, the only one scored.
-                ids, mask, _ = left_pad([seqs[i] for i in chunk], pad_id, 0, device)
+                t0 = time.perf_counter()
+                ids, mask, _ = left_pad([seqs[i] for i in chunk], pad_id, 0, device)  # [b, L]
                 positions = (mask.long().cumsum(dim=1) - 1).clamp_(min=0)
                 logits = model(
                     input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **keep_kwargs
-                ).logits[:, -1].float()
-                if z_id >= logits.shape[-1]:
-                    raise LaserError(f"z_id={z_id} is beyond the model's {logits.shape[-1]} output logits")
-                lp = logits[:, z_id] - torch.logsumexp(logits, dim=-1)
-                out[torch.tensor(chunk, device=device)] = lp
+                ).logits[:, -1].float()  # [b, V]
+                if int(wanted.max()) >= logits.shape[-1]:
+                    raise LaserError(f"token id {int(wanted.max())} is beyond the model's {logits.shape[-1]} output logits")
+                lp = logits[:, wanted] - torch.logsumexp(logits, dim=-1, keepdim=True)  # [b, k]
+                index = torch.tensor(chunk)
+                out[index] = lp.cpu()
+                seconds[index] = (time.perf_counter() - t0) / len(chunk)
     finally:
         model.train(was_training)
-    return out
+    return out, seconds
