@@ -117,6 +117,7 @@ class Trainer(CheckpointingMixin):
 
         def lock() -> None:  # rank 0 locks; a refusal stops every rank
             if self.run_lock is not None:
+                check_output_dir(self.out, resume)  # a refused folder gets no lock file either
                 self.run_lock.acquire()
 
         self._from_main(lock)
