@@ -224,6 +224,30 @@ _FORWARD_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attentio
                  "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
 
 
+def sync_colocated_vllm_by_reload(generation: Any) -> bool:
+    """On vLLM's CPU backend, make TRL's colocate weight sync use vLLM's in-place ``reload_weights``.
+
+    Why: vLLM's CPU linear layers repack their weight for oneDNN/sgl kernels after loading and leave an
+    empty parameter with no ``weight_loader`` in its place, so TRL 1.16's sync (``model.load_weights``,
+    one tensor at a time) fails with "'Parameter' object has no attribute 'weight_loader'". The
+    ``reload_weights`` worker call takes the same checkpoint-named tensors (TRL's own iterator: FSDP,
+    ZeRO-3 and PEFT handled as before) and re-runs the repacking layer by layer, in memory. GPU
+    backends keep their weights and TRL's sync unchanged. Returns whether the sync was replaced."""
+    from vllm.platforms import current_platform
+
+    if generation.mode != "colocate" or not current_platform.is_cpu():
+        return False
+
+    def sync_weights() -> None:
+        generation.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": generation._iter_named_params(), "is_checkpoint_format": True}
+        )
+        generation.llm.reset_prefix_cache()  # its KV blocks were computed with the old weights
+
+    generation.sync_weights = sync_weights
+    return True
+
+
 class LaserGRPOTrainer(GRPOTrainer):
     """``trl.GRPOTrainer`` + LaSeR (same constructor; ``args`` must be a :class:`LaserGRPOConfig`)."""
 
@@ -242,6 +266,8 @@ class LaserGRPOTrainer(GRPOTrainer):
                 "LaserGRPOTrainer does not support tools, environment_factory or rollout_func yet: z must follow the "
                 "EOS that ends a completion, and multi-turn completions interleave other tokens"
             )
+        if self.use_vllm:
+            sync_colocated_vllm_by_reload(self.vllm_generation)
         self._laser_z_column: torch.Tensor | None = None  # set around our own log-prob passes
         self._laser_lp_z: torch.Tensor | None = None
         self._laser_rewards_per_func: torch.Tensor | None = None
