@@ -132,8 +132,8 @@ def test_colocate_weights_move_and_vllm_follows_them(run) -> None:
     result, _ = run
     assert result["moved"] > 1e-3, "the test needs a real update"
     # vLLM runs TRL's LLM(dtype="auto"): for a float32 checkpoint that is bfloat16 on CPU (~1e-2 in log-prob)
-    assert result["vllm_vs_initial"] > 4 * result["vllm_vs_trained"], result
-    assert result["vllm_vs_trained"] < 0.05, result
+    assert result["vllm_vs_initial"] > 20 * result["vllm_vs_trained"], result
+    assert result["vllm_vs_trained"] < 0.02, result
 
 
 def test_colocate_saves_laser_json(run) -> None:
