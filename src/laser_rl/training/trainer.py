@@ -352,7 +352,8 @@ class Trainer(CheckpointingMixin):
         distribution vLLM sampled from (its filters make the rest of the mismatch, which TIS corrects)."""
         r = self.cfg.rollout
         options: dict[str, Any] = {"logprobs": "raw" if r.temperature == 1.0 else "processed",
-                                   "seed": self.cfg.train.seed + self.rank}
+                                   "seed": self.cfg.train.seed + self.rank,
+                                   "model_path": self.cfg.model.path}  # not a checkpoint: see build_vllm_engine
         if self.acc.device.type == "cpu":
             options["kv_cache_gib"] = r.vllm_kv_cache_gib
         else:
