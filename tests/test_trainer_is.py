@@ -102,6 +102,11 @@ def test_update_reports_the_diff_of_the_first_forward_and_the_weights() -> None:
     assert clipped.is_weight_mean == pytest.approx(2.0)  # e^1 > 2: truncated at is_clip
     none = update_policy(policy, opt, batch, UpdateSettings(loss=PolicyLossConfig()), alpha=None, score=None)
     assert (none.rollout_logprob_diff, none.is_weight_mean) == (pytest.approx(0.25, abs=1e-6), 1.0)
+    # off-policy (two PPO epochs): Δ and the weights come from the recomputed old log-probs, once per batch
+    two = update_policy(policy, opt, batch, UpdateSettings(loss=PolicyLossConfig(), ppo_epochs=2, is_correction="token"),
+                        alpha=None, score=None)
+    assert two.rollout_logprob_diff == pytest.approx(0.25, abs=1e-6)
+    assert two.is_weight_mean == pytest.approx(float(torch.tensor(0.25).exp()), abs=1e-6)
 
 
 def replace_clip(settings: UpdateSettings, clip: float) -> UpdateSettings:
