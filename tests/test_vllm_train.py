@@ -33,6 +33,8 @@ from conftest import make_tiny_model_dir  # noqa: E402
 from laser_rl.core.is_correction import DIFF_METRIC  # noqa: E402
 from laser_rl.training.run_log import metric_keys_without_timing  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end-to-end training runs (still part of CI)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "demo" / "laser-pairsum.yaml")
 
