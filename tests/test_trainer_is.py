@@ -158,3 +158,50 @@ def test_config_vllm_memory_defaults_are_the_engines() -> None:
     r = load_config(DEMO_CONFIG, []).rollout
     assert (r.vllm_kv_cache_gib, r.vllm_gpu_memory_utilization) == (DEFAULT_CPU_KV_CACHE_GIB,
                                                                     DEFAULT_GPU_MEMORY_UTILIZATION)
+
+
+def test_engine_sleeps_from_the_rollout_to_the_end_of_the_update(tiny_model_dir, tmp_path, one_thread) -> None:
+    """An engine with sleep/wake_up (vLLM on a GPU) frees its memory for the training forwards and the update:
+    slept (level 2) after the rollout, woken after the optimizer step, before the next rollout."""
+    from laser_rl.training.trainer import Trainer
+
+    events: list[str] = []
+
+    class Sleepy:  # the trainer's engine, wrapped: records the calls around the step
+        def __init__(self, inner: object) -> None:
+            self.inner, self.asleep = inner, False
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        def generate(self, *args: object, **kwargs: object) -> object:
+            assert not self.asleep, "generate() on a sleeping engine"
+            events.append("generate")
+            return self.inner.generate(*args, **kwargs)
+
+        def sleep(self, level: int = 1) -> bool:
+            events.append(f"sleep({level})")
+            self.asleep = True
+            return True
+
+        def wake_up(self) -> bool:
+            events.append("wake_up")
+            self.asleep = False
+            return True
+
+    cfg = load_config(DEMO_CONFIG, [*fast_overrides(tiny_model_dir, tmp_path / "run", steps=2)])
+    trainer = Trainer(cfg)
+    try:
+        trainer.engine = Sleepy(trainer.engine)
+        update = trainer._update
+
+        def recorded_update(*args: object, **kwargs: object) -> object:
+            assert trainer.engine.asleep, "the update runs while the engine sleeps"
+            events.append("update")
+            return update(*args, **kwargs)
+
+        trainer._update = recorded_update
+        trainer.fit()
+    finally:
+        trainer.close()
+    assert events == ["generate", "sleep(2)", "update", "wake_up"] * 2
