@@ -205,3 +205,13 @@ def test_engine_sleeps_from_the_rollout_to_the_end_of_the_update(tiny_model_dir,
     finally:
         trainer.close()
     assert events == ["generate", "sleep(2)", "update", "wake_up"] * 2
+
+
+def test_engine_vllm_refuses_a_policy_whose_embeddings_grew(tiny_model_dir, tmp_path, capsys) -> None:
+    """vLLM builds its model from model.path's config: a z added at load time (embeddings resized) would not
+    fit its weights. One line, exit 2, before vLLM is even needed."""
+    over = fast_overrides(tiny_model_dir, tmp_path / "grown", **{"laser.token": "<zz>", "laser.add_token_if_missing": True,
+                                                                   "rollout.engine": "vllm"})
+    assert main(["train", "--config", DEMO_CONFIG, *over]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rollout.engine=vllm: the policy's embeddings have" in err[0], err

@@ -183,7 +183,8 @@ class Trainer(CheckpointingMixin):
         if self.sharding == "none":  # DDP (or one process) through accelerate; FSDP2 is already applied
             self.policy, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
         self.engine = build_engine(cfg.rollout.engine, self.model, pad_id=self.pad_id, stop_ids=self.stop_ids,
-                                   z_id=self.z_id, suppress_ids=self.suppress_ids, vllm_options=self._vllm_options())
+                                   z_id=self.z_id, suppress_ids=self.suppress_ids,
+                                   vllm_options=self._vllm_options() if cfg.rollout.engine == "vllm" else None)
         # engine hf samples with the policy itself: no mismatch to correct, its weights are exactly 1
         self.is_correction = cfg.rollout.is_correction if cfg.rollout.engine != "hf" else "none"
 
@@ -350,7 +351,16 @@ class Trainer(CheckpointingMixin):
         sleep mode on, so that the update gets vLLM's memory back), and which log-probs it returns: raw
         (untempered, unfiltered) equal the training forward's at temperature 1; otherwise the tempered
         distribution vLLM sampled from (its filters make the rest of the mismatch, which TIS corrects)."""
-        r = self.cfg.rollout
+        from laser_rl.integrations.hf import config_vocab_size
+
+        r, m = self.cfg.rollout, self.cfg.model
+        rows, base = self.model.get_input_embeddings().num_embeddings, config_vocab_size(m.path, trust_remote_code=m.trust_remote_code)
+        if rows != base:  # vLLM builds its model from model.path's config.json, then takes the policy's weights
+            raise LaserError(
+                f"rollout.engine=vllm: the policy's embeddings have {rows} rows (grown for the added self-reward "
+                f"token) but {m.path}'s config.json has vocab_size {base}; use a base whose vocabulary already holds "
+                "the token (a model folder saved with it) or rollout.engine=hf"
+            )
         options: dict[str, Any] = {"logprobs": "raw" if r.temperature == 1.0 else "processed",
                                    "seed": self.cfg.train.seed + self.rank,
                                    "model_path": self.cfg.model.path}  # not a checkpoint: see build_vllm_engine
