@@ -37,8 +37,10 @@ are much faster than a Hugging Face KV-cache loop on a GPU. What LaSeR adds to p
   for the process's life, and engines with equal settings share one (each reloads its own weights,
   from its policy or the folder, when another engine replaced them).
 - **Memory.** The KV-cache budget is ``kv_cache_gib`` (CPU and GPU) or, on a GPU, a fraction
-  ``gpu_memory_utilization`` (defaults: 1 GiB on CPU, half the GPU). :meth:`sleep` / :meth:`wake_up` free and restore vLLM's GPU memory
-  around a training update (vLLM's sleep mode, GPU only; on CPU they do nothing and return False).
+  ``gpu_memory_utilization`` (defaults: 1 GiB on CPU, half the GPU; the trainer's ``rollout.vllm_kv_cache_gib``
+  and ``rollout.vllm_gpu_memory_utilization``). :meth:`sleep` / :meth:`wake_up` free and restore vLLM's GPU
+  memory around a training update (vLLM's sleep mode, GPU only; on CPU they do nothing and return False);
+  the trainer sleeps at level 2 from the end of each rollout to the end of the update.
 """
 
 from __future__ import annotations
