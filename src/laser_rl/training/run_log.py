@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from laser_rl.core import laser as core
+from laser_rl.core.is_correction import DIFF_METRIC
 from laser_rl.errors import LaserError
 from laser_rl.io import read_jsonl, write_jsonl_atomic
 from laser_rl.rollout.pipeline import RolloutBatch
@@ -21,6 +22,8 @@ from laser_rl.training.update import UpdateStats
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"  # written before step 1: marks the folder as a run of ours
 TIMING_KEYS = ("time_rollout", "time_update", "time_step", "time_eval", "time_save")
+#: UpdateStats fields logged under another name (core.is_correction owns the mismatch metric's name)
+_RENAMED = {"rollout_logprob_diff": DIFF_METRIC, "is_weight_mean": "rollout/is_weight_mean"}
 
 
 def check_output_dir(out: Path, resume: bool) -> None:
@@ -61,7 +64,7 @@ def step_metrics(
     stats = asdict(update)
     stats_t = acc.reduce(torch.tensor([stats[k] for k in sorted(stats)], device=acc.device), reduction="mean")
     m: dict[str, Any] = {"step": step}
-    m.update({k: float(v) for k, v in zip(sorted(stats), stats_t)})
+    m.update({_RENAMED.get(k, k): float(v) for k, v in zip(sorted(stats), stats_t)})
     m["loss"] = m["policy_loss"] + (alpha * m["sr_loss"] if laser_enabled else 0.0)
     m.update(
         rollouts=int(rewards_all.numel()),

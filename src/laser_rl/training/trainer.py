@@ -184,7 +184,10 @@ class Trainer(CheckpointingMixin):
         if self.sharding == "none":  # DDP (or one process) through accelerate; FSDP2 is already applied
             self.policy, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
         self.engine = build_engine(cfg.rollout.engine, self.model, pad_id=self.pad_id, stop_ids=self.stop_ids,
-                                   z_id=self.z_id, suppress_ids=self.suppress_ids)
+                                   z_id=self.z_id, suppress_ids=self.suppress_ids,
+                                   vllm_options=self._vllm_options() if cfg.rollout.engine == "vllm" else None)
+        # engine hf samples with the policy itself: no mismatch to correct, its weights are exactly 1
+        self.is_correction = cfg.rollout.is_correction if cfg.rollout.engine != "hf" else "none"
 
         self.step = 0
         self.source = self._problem_source()
@@ -243,13 +246,20 @@ class Trainer(CheckpointingMixin):
                              drop_last_of=d.prompts_per_step if d.drop_last else None)
 
     @contextlib.contextmanager
-    def _generating(self) -> Iterator[None]:
+    def _generating(self, engine: bool = True) -> Iterator[None]:
         """The block every generation runs in: the sampler puts the model in eval mode, and training
         mode is back on leaving; forwards run in the compute dtype; under FSDP2 the sharded weights are
-        gathered for it (train.generation_gather) and ranks decode in lockstep."""
+        gathered for it (train.generation_gather) and ranks decode in lockstep.
+
+        ``engine`` (the block runs ``self.engine``): with engine vllm the policy does not generate, so
+        nothing is gathered; vLLM's first ``generate`` in the block syncs the changed weights from the
+        sharded policy, one parameter gathered at a time (``VLLMEngine.follow``), on every rank together,
+        as every rank generates the same number of batches. ``engine=False``: the policy itself generates."""
+        external = engine and self.cfg.rollout.engine != "hf"
+        window = contextlib.nullcontext() if external else \
+            generation_window(self.policy, self.cfg.train.generation_gather, forward_module=self.model)
         try:
-            with generation_window(self.policy, self.cfg.train.generation_gather, forward_module=self.model), \
-                    autocast(self.acc.device, self.autocast_dtype):
+            with window, autocast(self.acc.device, self.autocast_dtype):
                 yield
         finally:
             self.model.train()
@@ -329,13 +339,37 @@ class Trainer(CheckpointingMixin):
         lc = self.cfg.laser
         problems = ProblemSource(self.train_data, self.cfg.train.seed + 12345, True).take(lc.c_ref_samples)
         self._print(f"measuring c_ref on {lc.c_ref_samples} sampled responses ...")
-        with self._generating():  # as the rollouts run: compute dtype, FSDP2 generation window
+        with self._generating(engine=False):  # the policy samples: compute dtype, FSDP2 generation window
             mean, std, count = lc.calibrate_c_ref(
                 self.model, self.tokenizer, self._prompts(problems), z_id=self.z_id, stop_ids=self.stop_ids,
                 pad_id=self.pad_id, sampling=self._sampling(), seed=self.cfg.train.seed,
             )
         self._print(f"c_ref = {mean:.3f} ± {std:.3f} (over {count} finished responses)")
         return mean, std
+
+    def _vllm_options(self) -> dict[str, Any]:
+        """engine vllm's settings from ``rollout.*``: the KV-cache budget (CPU GiB, or a GPU fraction with
+        sleep mode on, so that the update gets vLLM's memory back), and which log-probs it returns: raw
+        (untempered, unfiltered) equal the training forward's at temperature 1; otherwise the tempered
+        distribution vLLM sampled from (its filters make the rest of the mismatch, which TIS corrects)."""
+        from laser_rl.integrations.hf import config_vocab_size
+
+        r, m = self.cfg.rollout, self.cfg.model
+        rows, base = self.model.get_input_embeddings().num_embeddings, config_vocab_size(m.path, trust_remote_code=m.trust_remote_code)
+        if rows != base:  # vLLM builds its model from model.path's config.json, then takes the policy's weights
+            raise LaserError(
+                f"rollout.engine=vllm: the policy's embeddings have {rows} rows (grown for the added self-reward "
+                f"token) but {m.path}'s config.json has vocab_size {base}; use a base whose vocabulary already holds "
+                "the token (a model folder saved with it) or rollout.engine=hf"
+            )
+        options: dict[str, Any] = {"logprobs": "raw" if r.temperature == 1.0 else "processed",
+                                   "seed": self.cfg.train.seed + self.rank,
+                                   "model_path": self.cfg.model.path}  # not a checkpoint: see build_vllm_engine
+        if self.acc.device.type == "cpu":
+            options["kv_cache_gib"] = r.vllm_kv_cache_gib
+        else:
+            options.update(gpu_memory_utilization=r.vllm_gpu_memory_utilization, enable_sleep_mode=True)
+        return options
 
     def _sampling(self) -> SamplingConfig:
         r = self.cfg.rollout
@@ -396,6 +430,10 @@ class Trainer(CheckpointingMixin):
         mine = slice(self.rank * local, (self.rank + 1) * local)
         rb = self._rollout(problems[mine], prompts[mine])
         t_roll = time.perf_counter() - t0
+        # vLLM's GPU memory goes to the training forwards and the update (level 2: weights and KV cache
+        # dropped; the next rollout syncs the updated weights anyway). A no-op on CPU and for engine hf.
+        sleep = getattr(self.engine, "sleep", None)
+        asleep = bool(sleep(level=2)) if sleep is not None else False
 
         phase = core.laser_phase(self.step, lc.reasoning_warmup_steps, lc.self_reward_warmup_steps)
         alpha = core.alpha_schedule(self.step, lc.alpha, lc.reasoning_warmup_steps, lc.alpha_warmup_steps)
@@ -419,6 +457,8 @@ class Trainer(CheckpointingMixin):
             ref_lp_z=ref.lp_z if ref is not None and self.score is not None and self.score.reference == "model" else None,
         )
         update = self._update(batch, alpha if lc.enabled and phase.mse else None)
+        if asleep:
+            self.engine.wake_up()  # type: ignore[attr-defined]
         t_update = time.perf_counter() - t0 - t_roll
 
         metrics = step_metrics(self.acc, rb, scores, passed, update, step=self.step, lr=float(self.scheduler.get_last_lr()[0]),
@@ -455,7 +495,8 @@ class Trainer(CheckpointingMixin):
     def _update(self, batch: TrainBatch, alpha: float | None) -> UpdateStats:
         """One optimiser pass over the batch; ``alpha`` weighs the MSE term (``None``: no MSE, plain GRPO)."""
         gen = torch.Generator().manual_seed(_seed_for(self.cfg.train.seed, self.step, self.rank, 2))
-        settings = UpdateSettings.from_config(self.cfg, compute_dtype=self.autocast_dtype)
+        settings = UpdateSettings.from_config(self.cfg, compute_dtype=self.autocast_dtype,
+                                              is_correction=self.is_correction)
         return update_policy(self.policy, self.optimizer, batch, settings, alpha=alpha, score=self.score,
                              comm=self._collective(), generator=gen, scheduler=self.scheduler,
                              stop_message=lambda why: self._stop_message(f"{why} at step {self.step}"))
@@ -580,8 +621,24 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         raise LaserError(f"--resume: output_dir {cfg.output_dir} does not exist")
     trainer = Trainer(cfg, resume=resume)
     try:
-        return trainer.fit()
+        result = trainer.fit()
     finally:
         trainer.close()
+    _close_engine(trainer.engine)
+    return result
+
+
+def _close_engine(engine: Any) -> None:
+    """Shut a vLLM engine down at the end of a multi-process run, after every rank is done: its cleanup
+    destroys torch.distributed's default group, so it replaces ``destroy_process_group`` (``laser train``
+    then finds no group to leave), and the other order would make vLLM's exit-time cleanup fail. In one
+    process the engine stays up, as the engine keeps its vLLM instances for the process's life (vllm_engine's
+    ``_SHARED``: a later run in the same process reuses it), and vLLM cleans up at exit."""
+    import torch.distributed as dist
+
+    close = getattr(engine, "close", None)
+    if close is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        close()
 
 

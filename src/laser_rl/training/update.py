@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from laser_rl.core import laser as core
+from laser_rl.core.is_correction import ISMode, is_weights, rollout_logprob_diff
 from laser_rl.errors import LaserError
 from laser_rl.score_params import ScoreParams
 from laser_rl.training.batch import Sequences, TrainBatch
@@ -41,6 +42,10 @@ class UpdateStats:
     kl: float = 0.0
     entropy: float = 0.0  # mean policy entropy (nats) over response tokens, from the update's forwards
     grad_norm: float = 0.0
+    # sampler/trainer mismatch (core.is_correction), over response tokens: mean |Δ log-prob| between the first
+    # training forward and the rollout's log-probs, and the mean importance weight applied (1 = none)
+    rollout_logprob_diff: float = 0.0
+    is_weight_mean: float = 1.0
 
     def add_micro_batch(self, terms: core.LaserLossTerms, out: PolicyOutput, mask: Tensor, share: float) -> None:
         """Losses add up over micro-batches (they are normalised by the whole mini-batch); token
@@ -100,6 +105,8 @@ class UpdateSettings:
     max_grad_norm: float = 0.0  # 0 = no clipping
     nan_check: bool = True
     compute_dtype: torch.dtype | None = None  # autocast dtype of the forwards (None: the weights' dtype)
+    is_correction: ISMode = "none"  # truncated importance sampling of the PG term (rollout.is_correction)
+    is_clip: float = 2.0
 
     @property
     def on_policy(self) -> bool:
@@ -107,13 +114,16 @@ class UpdateSettings:
         return self.ppo_epochs == 1 and self.mini_batches == 1
 
     @classmethod
-    def from_config(cls, cfg: Any, compute_dtype: torch.dtype | None = None) -> UpdateSettings:
-        lo = cfg.loss
+    def from_config(cls, cfg: Any, compute_dtype: torch.dtype | None = None,
+                    is_correction: ISMode | None = None) -> UpdateSettings:
+        """``is_correction`` overrides ``rollout.is_correction`` (the trainer passes "none" for engine hf)."""
+        lo, r = cfg.loss, cfg.rollout
         return cls(
             loss=core.PolicyLossConfig(lo.clip_low, lo.clip_high, lo.aggregation, lo.kl_coef, lo.clip_ratio_c),
             temperature=cfg.rollout.temperature, ppo_epochs=lo.ppo_epochs, mini_batches=lo.mini_batches,
             micro_batch_size=lo.micro_batch_size, max_grad_norm=cfg.optim.max_grad_norm,
             nan_check=cfg.guard.nan_check, compute_dtype=compute_dtype,
+            is_correction=r.is_correction if is_correction is None else is_correction, is_clip=r.is_clip,
         )
 
 
@@ -167,24 +177,47 @@ def micro_batch_loss(
     normalizer: torch.Tensor | float,
     weight_sum: torch.Tensor | float,
     on_policy: bool = True,
+    is_weights: Tensor | None = None,
 ) -> core.LaserLossTerms:
     """The LaSeR loss of one micro-batch from its forward ``out`` (``alpha=None``: plain GRPO).
 
     The score comes from the same forward (``out.lp_z``); on-policy (one epoch, one mini-batch) the old
     log-probs are the detached current ones. ``normalizer`` / ``weight_sum``: the whole mini-batch's token
     (or row) count and MSE weight sum, divided by the number of processes.
+
+    ``is_weights`` ``[B, T]`` (detached; :func:`~laser_rl.core.is_correction.is_weights`): truncated importance
+    weights of the policy-gradient term. The PPO term gets the log-probs sg(lp) + w·(lp − sg(lp)): their value
+    is lp (the clip decisions see the true ratio), their gradient w × lp's, so each token's PG gradient is the
+    gradient of verl's ``pg_losses * w``. The KL term (added separately, unweighted, as verl and TRL do) and the
+    MSE term are not weighted; the reported ``policy`` loss is the unweighted value.
     """
     scores = None
     if alpha is not None:
         if score is None:
             raise LaserError("the self-reward MSE needs score parameters (z, beta_v, c_ref)")
         scores = score.score(out.lp_z, sub.ref_lp_z)
-    old = out.token_logprobs.detach() if on_policy else sub.seq.old_logprobs
-    return core.laser_loss(
-        out.token_logprobs, old, sub.advantages, sub.seq.pred_mask, config, normalizer=normalizer, alpha=alpha,
-        scores=scores, rewards=sub.rewards, finished=sub.seq.finished, mse_weights=sub.mse_weights,
+    lp = out.token_logprobs  # [B, T]
+    old = lp.detach() if on_policy else sub.seq.old_logprobs
+    if is_weights is None:
+        return core.laser_loss(
+            lp, old, sub.advantages, sub.seq.pred_mask, config, normalizer=normalizer, alpha=alpha,
+            scores=scores, rewards=sub.rewards, finished=sub.seq.finished, mse_weights=sub.mse_weights,
+            mse_weight_sum=weight_sum, ref_logprobs=sub.ref_logprobs,
+        )
+    weighted = lp.detach() + is_weights.to(lp.dtype) * (lp - lp.detach())  # value lp, gradient w·∇lp: [B, T]
+    terms = core.laser_loss(
+        weighted, old, sub.advantages, sub.seq.pred_mask, replace(config, kl_coef=0.0), normalizer=normalizer,
+        alpha=alpha, scores=scores, rewards=sub.rewards, finished=sub.seq.finished, mse_weights=sub.mse_weights,
         mse_weight_sum=weight_sum, ref_logprobs=sub.ref_logprobs,
     )
+    if config.kl_coef and sub.ref_logprobs is not None:
+        # the KL term alone, on the unweighted log-probs: policy_loss with zero advantages is β_KL·KL aggregated
+        kl, _ = core.policy_loss(
+            lp, old, torch.zeros_like(sub.advantages), sub.seq.pred_mask, aggregation=config.aggregation,
+            ref_logprobs=sub.ref_logprobs, kl_coef=config.kl_coef, normalizer=normalizer,
+        )
+        terms = replace(terms, total=terms.total + kl, policy=terms.policy + kl)
+    return terms
 
 
 def clip_grad_norm(parameters: Any, max_norm: float) -> Tensor:
@@ -220,11 +253,19 @@ def update_policy(
     B = batch.seq.input_ids.shape[0]
     device = batch.seq.input_ids.device
     s = settings
+    pred = batch.seq.pred_mask
+    rollout_lp = batch.seq.old_logprobs  # [B, L-1] the sampler's log-probs (build_sequences)
+    weights: Tensor | None = None  # [B, L-1] off-policy: the whole batch's IS weights, from the recompute
+    diff, w_mean = 0.0, 1.0
     if not s.on_policy:  # old log-probs from the same code path as the update (not the sampler's)
         recomputed = forward_in_micro_batches(policy, batch.seq, temperature=s.temperature,
                                               micro_batch_size=s.micro_batch_size, with_score=False,
                                               compute_dtype=s.compute_dtype).token_logprobs
         batch = replace(batch, seq=replace(batch.seq, old_logprobs=recomputed))
+        diff = rollout_logprob_diff(recomputed, rollout_lp, pred)
+        if s.is_correction != "none":  # verl: weights from the recomputed old log-probs, once per batch
+            weights = is_weights(recomputed, rollout_lp, pred, s.is_correction, s.is_clip)
+            w_mean = float(weights[pred].mean()) if bool(pred.any()) else 1.0
     total = UpdateStats()
     n_updates = 0
     micro = s.micro_batch_size or B
@@ -244,14 +285,23 @@ def update_policy(
                 with contextlib.nullcontext() if last else comm.accumulate():
                     with autocast(device, s.compute_dtype):
                         out = policy_forward(policy, sub.seq, s.temperature, with_score=alpha is not None)
+                    w = None
+                    share = int(sub.seq.pred_mask.sum()) / local_tokens if len(chunks) > 1 else 1.0
+                    if s.on_policy:  # this is the first forward: Δ and the weights come from it
+                        lp, sub_rollout, m = out.token_logprobs.detach(), sub.seq.old_logprobs, sub.seq.pred_mask
+                        diff += rollout_logprob_diff(lp, sub_rollout, m) * share
+                        if s.is_correction != "none":
+                            w = is_weights(lp, sub_rollout, m, s.is_correction, s.is_clip)
+                            w_mean += (float(w[m].mean()) - 1.0) * share if bool(m.any()) else 0.0
+                    elif weights is not None:
+                        w = weights[rows][:, : sub.seq.pred_mask.shape[1]]
                     terms = micro_batch_loss(out, sub, s.loss, alpha=alpha, score=score, normalizer=normalizer,
-                                             weight_sum=w_sum, on_policy=s.on_policy)
+                                             weight_sum=w_sum, on_policy=s.on_policy, is_weights=w)
                     if s.nan_check:
                         bad = comm.ranks_where(not bool(torch.isfinite(terms.total)), device)
                         if bad:
                             raise LaserError(stop_message(f"loss is not finite on {_ranks(bad)}"))
                     comm.backward(terms.total)
-                share = int(sub.seq.pred_mask.sum()) / local_tokens if len(chunks) > 1 else 1.0
                 total.add_micro_batch(terms, out, sub.seq.pred_mask, share)
             max_norm = s.max_grad_norm if s.max_grad_norm > 0 else float("inf")
             grad_norm = comm.clip(max_norm) if comm.clip is not None else clip_grad_norm(policy.parameters(), max_norm)
@@ -263,7 +313,7 @@ def update_policy(
             if scheduler is not None:
                 scheduler.step()
             n_updates += 1
-    return total.averaged(n_updates)
+    return replace(total.averaged(n_updates), rollout_logprob_diff=diff, is_weight_mean=w_mean)
 
 
 def lr_factor(i: int, *, schedule: str, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
