@@ -137,11 +137,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("sharding", [
-    "none",
-    pytest.param("fsdp2", marks=pytest.mark.xfail(
-        strict=True, reason="training/sharding.py check_sharding_setup still refuses fsdp2 with engine vllm")),
-])
+@pytest.mark.parametrize("sharding", ["none", "fsdp2"])
 def test_engine_vllm_under_two_ranks_syncs_every_step(folder: Path, tmp_path: Path, sharding: str) -> None:
     """torchrun, 2 processes (gloo): each rank builds its own engine on its share of the prompts; under
     DDP it syncs its replica, under FSDP2 a parameter at a time from the shards, on both ranks together.

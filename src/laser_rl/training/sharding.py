@@ -123,11 +123,6 @@ def check_sharding_setup(cfg: TrainConfig, *, policy_path: str | None = None) ->
     why = fsdp2_available()
     if why:
         raise LaserError(f"train.sharding=fsdp2: {why}; use train.sharding=none")
-    if cfg.rollout.engine != "hf":
-        raise LaserError(
-            f"train.sharding=fsdp2 with rollout.engine={cfg.rollout.engine}: only the built-in hf sampler "
-            "generates from the sharded model; use rollout.engine=hf"
-        )
     if cfg.model.dtype == "float16":
         raise LaserError(
             "train.sharding=fsdp2 with model.dtype=float16: float16 compute needs gradient scaling, which the "
