@@ -238,11 +238,10 @@ def sync_colocated_vllm_by_reload(generation: Any) -> bool:
     if generation.mode != "colocate" or not current_platform.is_cpu():
         return False
 
+    from laser_rl.rollout.vllm_engine import reload_weights_in_memory
+
     def sync_weights() -> None:
-        generation.llm.collective_rpc(
-            "reload_weights", kwargs={"weights_iterator": generation._iter_named_params(), "is_checkpoint_format": True}
-        )
-        generation.llm.reset_prefix_cache()  # its KV blocks were computed with the old weights
+        reload_weights_in_memory(generation.llm, generation._iter_named_params())
 
     generation.sync_weights = sync_weights
     return True

@@ -264,8 +264,7 @@ class VLLMEngine:
         _quiet_rotary_reload()
         # vLLM's in-place reload (checkpoint names in, its own stacking/repacking applied layer by layer); the
         # engine core runs in this process, so the iterator streams in without a copy.
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted, "is_checkpoint_format": True})
-        self.llm.reset_prefix_cache()
+        reload_weights_in_memory(self.llm, counted)
         self._marker = self._shared.weights_of = marker
         return counted.n
 
@@ -318,8 +317,7 @@ class VLLMEngine:
         elif self._shared.weights_of is not self._marker:
             if self._marker is not None:
                 raise RuntimeError("another engine on this vLLM instance replaced the weights synced into this one")
-            self.llm.collective_rpc("reload_weights", kwargs={"is_checkpoint_format": True})
-            self.llm.reset_prefix_cache()
+            reload_weights_in_memory(self.llm, None)
             self._shared.weights_of = None
 
     def _complete(self, groups: list[tuple[list[int], int]], params: Sequence[Any]) -> list[Any]:
@@ -492,3 +490,18 @@ def build_vllm_engine(
     engine = VLLMEngine(path, pad_id=pad_id, stop_ids=stop_ids, z_id=z_id, suppress_ids=suppress_ids, **options)
     engine.follow(model)
     return engine
+
+
+def reload_weights_in_memory(llm: Any, weights: Iterable[tuple[str, torch.Tensor]] | None) -> None:
+    """Load (Hugging Face name, full tensor) pairs into an in-process vLLM ``LLM`` (``None``: its folder's
+    weights again) and drop its prefix cache, whose KV blocks were computed with the old weights.
+
+    vLLM's ``reload_weights`` worker call, not ``model.load_weights``: on the CPU backend the linear layers
+    repack their weights for their kernels after loading and keep no loader on the parameter, so only the
+    reload (which re-runs loading and repacking layer by layer) works there; on GPU it is the same call.
+    The one owner of this step: :class:`VLLMEngine` and the TRL adapter's colocate sync both use it."""
+    kwargs: dict[str, Any] = {"is_checkpoint_format": True}
+    if weights is not None:
+        kwargs["weights_iterator"] = weights
+    llm.collective_rpc("reload_weights", kwargs=kwargs)
+    llm.reset_prefix_cache()
