@@ -27,7 +27,7 @@ def test_jobs_2_trains_and_evaluates_exactly_as_jobs_1(tmp_path, capfd):
         out = outs[jobs] = tmp_path / f"jobs{jobs}"
         shutil.copytree(base, out / "base")  # a random base reused: no SFT here
         assert main(["demo", "--out", str(out), "--jobs", str(jobs), *DEMO_ARGS]) == 0
-    assert "running 5 tasks on 2 one-thread processes" in capfd.readouterr().err
+    assert "running 5 tasks, up to 2 at a time, each in a one-thread process" in capfd.readouterr().err
     for name in ("grpo", "laser"):
         one, two = (_without_times(read_jsonl(outs[j] / name / "metrics.jsonl")) for j in (1, 2))
         assert len(one) == 2 and one == two, name
@@ -68,3 +68,65 @@ def test_run_tasks_orders_by_needs_and_reports_errors():
         from laser_rl.demo import run_demo
 
         run_demo("unused", jobs=0)
+
+
+def test_shipped_base_loads_matches_its_config_and_the_demo_starts_from_it(tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from laser_rl.demo import (
+        BUILD_FILE,
+        DEFAULT_SETUP,
+        base_build_record,
+        demo_config_path,
+        load_base_settings,
+        shipped_base,
+        shipped_base_dir,
+    )
+    from laser_rl.score_params import ScoreParams
+    from laser_rl.tasks.embedded import load_task_config
+
+    settings = load_base_settings(demo_config_path("base"))
+    folder = shipped_base_dir(DEFAULT_SETUP)
+    # built from today's config with the demo's seed on one thread (scripts/check_shipped_base.py rebuilds it)
+    assert json.loads((folder / BUILD_FILE).read_text()) == base_build_record(DEFAULT_SETUP, 0, settings)
+    assert shipped_base(DEFAULT_SETUP, 0, settings) == (folder, "")
+    assert load_task_config(folder) == settings["task"]
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    c, shape = model.config, settings["model_kwargs"]
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) == \
+        (shape["hidden"], shape["layers"], shape["heads"], shape["intermediate"])
+    params = ScoreParams.load(folder)
+    assert params.extra["sft_seed"] == 0 and params.extra["sft_steps"] <= settings["max_steps"] and params.c_ref < -4
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = torch.tensor([tokenizer("[17,42,9,33,25]50=", add_special_tokens=False)["input_ids"]])
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+    # another seed or changed settings: the shipped base is not theirs
+    assert shipped_base(DEFAULT_SETUP, 1, settings)[1] == "the shipped base was built with seed 0, not --seed 1"
+    assert "differs from what the shipped base was built from" in shipped_base(DEFAULT_SETUP, 0, {**settings, "lr": 1.0})[1]
+
+    # the demo copies it (no SFT), says so in run_info.json and report.md, and refuses to "rebuild" over it
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--jobs", "1", *DEMO_ARGS]) == 0
+    assert "base: copying the shipped base model" in capsys.readouterr().err
+    assert (out / "base" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["base"]["source"] == "shipped" and info["base"]["seed"] == 0
+    assert "Base model: the base model shipped in the package" in (out / "report.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["c_ref"] == params.c_ref and summary["phase_seconds"]["base"] < 20
+    assert main(["demo", "--out", str(out), "--rebuild-base", *DEMO_ARGS]) == 2
+    assert "already holds the shipped base model" in capsys.readouterr().err
+
+
+def test_rebuild_base_trains_it_and_records_how(tmp_path):
+    from laser_rl.demo import BUILD_FILE, run_demo
+
+    out = tmp_path / "demo"
+    tiny = {"max_steps": 2, "eval_every": 1, "eval_problems": 4, "final_problems": 8,
+            "model_kwargs": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}}
+    run_demo(out, eval_problems=2, eval_n=8, base_overrides=tiny, rebuild_base=True, jobs=1,
+             train_overrides=[a for a in DEMO_ARGS if "=" in a])
+    build = json.loads((out / "base" / BUILD_FILE).read_text())
+    assert build["source"] == "rebuilt" and build["settings"]["max_steps"] == 2
+    assert json.loads((out / "run_info.json").read_text())["base"]["source"] == "rebuilt"

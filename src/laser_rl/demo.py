@@ -170,16 +170,20 @@ def _provide_base(base_dir: Path, setup: str, seed: int, settings: dict[str, Any
     return "rebuilt"
 
 
+def _finished_train_seconds(run_dir: Path) -> float | None:
+    """The training time of a finished RL run in ``run_dir``; None when it has not finished."""
+    done_file = run_dir / "train_seconds.json"
+    if done_file.is_file() and (run_dir / "final" / "laser.json").is_file():
+        return float(json.loads(done_file.read_text())["train_seconds"])
+    return None
+
+
 def _train(name: str, out: Path, base_dir: Path, params: ScoreParams, seed: int, setup: str, overrides: list[str]) -> float:
-    """Train (or resume, or reuse) one RL run; returns its training wall time in seconds."""
+    """Train (or resume) one RL run; returns its training wall time in seconds."""
     from laser_rl.training.config import load_config
     from laser_rl.training.trainer import train
 
     run_dir = out / name
-    done_file = run_dir / "train_seconds.json"
-    if done_file.is_file() and (run_dir / "final" / "laser.json").is_file():
-        _say(f"{name}: reusing the finished run in {run_dir}")
-        return float(json.loads(done_file.read_text())["train_seconds"])
     cfg = load_config(demo_config_path(name, setup), [
         f"model.path={base_dir}", f"output_dir={run_dir}", f"train.seed={seed}",
         f"laser.c_ref={params.c_ref}", f"laser.beta_v={params.beta_v}", f"laser.token={params.token}", *overrides,
@@ -188,7 +192,7 @@ def _train(name: str, out: Path, base_dir: Path, params: ScoreParams, seed: int,
     _say(f"{name}: training {cfg.train.steps} steps ({cfg.data.prompts_per_step} prompts × {cfg.rollout.n} samples)"
          + (" — resuming" if resume else ""))
     result = train(cfg, resume=resume)
-    write_json_atomic(done_file, {"train_seconds": result.seconds})
+    write_json_atomic(run_dir / "train_seconds.json", {"train_seconds": result.seconds})
     return result.seconds
 
 
@@ -436,14 +440,22 @@ def _run_demo(out: Path, seed: int, setup: str, settings: dict[str, Any], eval_p
     dirs = {"base": base_dir, "grpo": out / "grpo" / "final", "laser": out / "laser" / "final"}
     # tqdm bars of two processes would overwrite each other: log lines instead (metrics.jsonl is unchanged)
     arm_overrides = train_overrides if jobs <= 1 else ["logging.progress=none", *train_overrides]
-    tasks = [Task(f"train {name}", _train, (name, out, base_dir, params, seed, setup, arm_overrides))
-             for name in ("grpo", "laser")]
+    train_seconds: dict[str, float] = {"base": 0.0}
+    tasks = []
+    for name in ("grpo", "laser"):
+        finished = _finished_train_seconds(out / name)
+        if finished is None:
+            tasks.append(Task(f"train {name}", _train, (name, out, base_dir, params, seed, setup, arm_overrides)))
+        else:
+            _say(f"{name}: reusing the finished run in {out / name}")
+            train_seconds[name] = finished
+    scheduled = {t.name for t in tasks}
     tasks += [Task(f"eval {name}", _evaluate, (name, dirs[name], out, seed, eval_problems, eval_n, data),
-                   () if name == "base" else (f"train {name}",)) for name in MODELS]
+                   tuple({f"train {name}"} & scheduled)) for name in MODELS]
     if jobs > 1:
-        _say(f"running {len(tasks)} tasks on {jobs} one-thread processes")
+        _say(f"running {len(tasks)} tasks, up to {jobs} at a time, each in a one-thread process")
     done = run_tasks(tasks, jobs, threads)
-    train_seconds = {"base": 0.0, **{name: done[f"train {name}"][0] for name in ("grpo", "laser")}}
+    train_seconds.update({name: done[f"train {name}"][0] for name in ("grpo", "laser") if f"train {name}" in done})
     metrics = {name: done[f"eval {name}"][0] for name in MODELS}
     records = {name: read_jsonl(out / "eval" / name / "samples.jsonl")[:eval_problems] for name in MODELS}
 
@@ -481,7 +493,7 @@ def phase_seconds(clock0: float, clock_base: float, done: dict[str, tuple[Any, f
     so with ``--jobs`` > 1 they overlap), ``report``, and ``tasks``: each task's own time."""
     def span(prefix: str) -> float:
         times = [(a, b) for name, (_, a, b) in done.items() if name.startswith(prefix)]
-        return max(b for _, b in times) - min(a for a, _ in times)
+        return max(b for _, b in times) - min(a for a, _ in times) if times else 0.0  # 0: all reused
 
     return {"base": clock_base - clock0, "train": span("train "), "eval": span("eval "), "report": report,
             "tasks": {name: b - a for name, (_, a, b) in done.items()}}
