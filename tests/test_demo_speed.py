@@ -112,7 +112,8 @@ def test_shipped_base_loads_matches_its_config_and_the_demo_starts_from_it(tmp_p
     assert (out / "base" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     info = json.loads((out / "run_info.json").read_text())
     assert info["base"]["source"] == "shipped" and info["base"]["seed"] == 0
-    assert "Base model: the base model shipped in the package" in (out / "report.md").read_text()
+    assert "Base model: copied from the package (configs/demo/bases/pairsum), the output of `laser base --config " \
+        "demo/base-pairsum.yaml --seed 0 --threads 1 --out DIR`" in (out / "report.md").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["c_ref"] == params.c_ref and summary["phase_seconds"]["base"] < 20
     assert main(["demo", "--out", str(out), "--rebuild-base", *DEMO_ARGS]) == 2

@@ -550,10 +550,10 @@ def render_timing(summary: dict[str, Any], info: dict[str, Any]) -> str:
                      f"(training and evaluation overlap when jobs > 1; per task: {tasks}).")
     base = info.get("base")
     if base:
-        how = {"shipped": "the base model shipped in the package (configs/demo/bases/), copied",
-               "rebuilt": "a base model trained from scratch (`--rebuild-base`)"}.get(base["source"], base["source"])
-        cmd = f"; the same as `{base['command']}`" if base.get("command") else ""
-        lines.append(f"Base model: {how}{cmd}. `laser demo --rebuild-base` trains it anew.")
+        how = {"shipped": f"copied from the package (configs/demo/bases/{info['setup']})",
+               "rebuilt": "trained from scratch (`--rebuild-base`)"}.get(base["source"], base["source"])
+        cmd = f", the output of `{base['command']}`" if base.get("command") else ""
+        lines.append(f"Base model: {how}{cmd}; `laser demo --rebuild-base` trains it anew.")
     return "\n".join(lines)
 
 
