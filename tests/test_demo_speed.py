@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,32 @@ def test_rebuild_base_trains_it_and_records_how(tmp_path):
     build = json.loads((out / "base" / BUILD_FILE).read_text())
     assert build["source"] == "rebuilt" and build["settings"]["max_steps"] == 2
     assert json.loads((out / "run_info.json").read_text())["base"]["source"] == "rebuilt"
+
+
+def test_check_shipped_base_names_what_differs(tmp_path):
+    """scripts/check_shipped_base.py's comparison (the rebuild itself is slow: not run here)."""
+    import importlib.util
+
+    from safetensors.torch import load_file, save_file
+
+    from laser_rl.demo import DEFAULT_SETUP, shipped_base_dir
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "check_shipped_base.py"
+    spec = importlib.util.spec_from_file_location("check_shipped_base", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    shipped = shipped_base_dir(DEFAULT_SETUP)
+    rebuilt = tmp_path / "rebuilt"
+    shutil.copytree(shipped, rebuilt)
+    (rebuilt / "build.json").unlink()  # not compared: the rebuild has none
+    assert script.compare(shipped, rebuilt) == []
+    tensors = load_file(rebuilt / "model.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name][0, 0] += 0.5
+    save_file(tensors, rebuilt / "model.safetensors", metadata={"format": "pt"})
+    laser = json.loads((rebuilt / "laser.json").read_text())
+    laser["c_ref"] = 0.0
+    (rebuilt / "laser.json").write_text(json.dumps(laser))
+    diffs = script.compare(shipped, rebuilt)
+    assert f"laser.json: c_ref: shipped {json.loads((shipped / 'laser.json').read_text())['c_ref']!r}, rebuilt 0.0" in diffs
+    assert f"model.safetensors: tensor {name}: max |difference| 0.5" in diffs and len(diffs) == 2
