@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     out = work / "base"
     cmd = [sys.executable, "-m", "laser_rl.cli", "base", "--config", record["config"], "--seed", str(seed),
            "--threads", "1", "--quiet", "--overwrite", "--out", str(out)]
-    print("rebuilding:", " ".join(cmd[2:]), flush=True)
+    print("rebuilding: laser", " ".join(cmd[4:]), flush=True)
     try:
         subprocess.run(cmd, check=True)
         if args.update:
