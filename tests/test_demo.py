@@ -24,7 +24,7 @@ def test_demo_writes_summary_report_and_plots_and_reuses_finished_phases(tmp_pat
     args = ["demo", "--out", str(out), *DEMO_ARGS]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"base", "grpo", "laser", "c_ref", "wall_seconds"}
+    assert set(summary) == {"base", "grpo", "laser", "c_ref", "phase_seconds", "wall_seconds"}
     for name in ("base", "grpo", "laser"):
         for key in ("accuracy", "pass@8", "maj@8", "weighted_maj@8", "best_of@8", "hm_tpr_tnr", "auroc",
                     "train_seconds", "mean_logprob_auroc", "min_logprob_weighted_maj@8", "verdict_auroc",

@@ -9,13 +9,24 @@ SETUP is ``pairsum`` by default (issue 18's search task, where checking is easie
 score has something to find that likelihood cannot), ``arith`` (the first demo: chain arithmetic) or
 ``clock`` (rounds 2-3 of docs/research/self-verification.md). The configs ship inside the package.
 Every phase is resumable: rerunning with the same ``--out`` reuses what is finished.
+
+Speed (issue 25): the base model of a setup ships inside the package (configs/demo/bases/SETUP: the
+output of ``laser base --config demo/base-SETUP.yaml --seed S --threads 1``, byte for byte; see
+``scripts/check_shipped_base.py``), so the demo copies it instead of training it unless asked to
+(``rebuild_base``). With ``jobs`` > 1 the two RL arms and the three evaluations run as separate
+one-thread processes, up to ``jobs`` at a time, each task as soon as what it needs is done; every
+task is seeded on its own, so its results are those of the sequential run (``jobs`` = 1, in-process).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +36,10 @@ from laser_rl.io import SHIPPED_CONFIGS, read_jsonl, write_json_atomic, write_te
 from laser_rl.score_params import ScoreParams
 
 CONFIG_DIR = SHIPPED_CONFIGS / "demo"
+#: Shipped base models, one folder per setup (configs/demo/bases/SETUP), each with its BUILD_FILE.
+BASES_DIR = CONFIG_DIR / "bases"
+#: What a base folder was built from (config, seed, threads, the settings read from the config).
+BUILD_FILE = "build.json"
 DEFAULT_SETUP = "pairsum"
 MODELS = ("base", "grpo", "laser")
 #: The free signals the score is compared with (summary key prefix -> label).
@@ -94,16 +109,82 @@ def load_base_settings(path: str | Path) -> dict[str, Any]:
     return settings
 
 
+def base_build_record(setup: str, seed: int, settings: dict[str, Any], threads: int | None = 1) -> dict[str, Any]:
+    """The BUILD_FILE of a demo base: what it was built from, and the command that rebuilds it.
+
+    ``settings`` are :func:`load_base_settings`'s (the task as its fields), so a shipped base can be
+    checked against today's config: when the config changes, the record stops matching.
+    """
+    fields = {k: (v.to_dict() if k == "task" else v) for k, v in settings.items()}
+    thread_flag = f" --threads {threads}" if threads else ""
+    return {
+        "config": f"demo/base-{setup}.yaml", "seed": seed, "threads": threads,
+        "command": f"laser base --config demo/base-{setup}.yaml --seed {seed}{thread_flag} --out DIR",
+        "settings": json.loads(json.dumps(fields, sort_keys=True)),  # tuples as lists, as read back
+    }
+
+
+def shipped_base_dir(setup: str) -> Path:
+    """configs/demo/bases/SETUP: where the setup's base model ships (it may not ship for every setup)."""
+    return BASES_DIR / setup
+
+
+def shipped_base(setup: str, seed: int, settings: dict[str, Any]) -> tuple[Path | None, str]:
+    """(the shipped base folder for this setup and seed, "") or (None, why none fits)."""
+    folder = shipped_base_dir(setup)
+    if not (folder / BUILD_FILE).is_file():
+        return None, f"no base model ships for --setup {setup}"
+    record = json.loads((folder / BUILD_FILE).read_text(encoding="utf-8"))
+    if record.get("seed") != seed:
+        return None, f"the shipped base was built with seed {record.get('seed')}, not --seed {seed}"
+    if record.get("settings") != base_build_record(setup, seed, settings)["settings"]:
+        return None, (f"configs/demo/base-{setup}.yaml differs from what the shipped base was built from "
+                      "(scripts/check_shipped_base.py --update rebuilds it)")
+    return folder, ""
+
+
+def _provide_base(base_dir: Path, setup: str, seed: int, settings: dict[str, Any], rebuild: bool,
+                  threads: int | None) -> str:
+    """Put the base model into ``base_dir``: reuse it, copy the shipped one, or train it. Returns how."""
+    from laser_rl.io import atomic_path
+    from laser_rl.training.sft import train_base_model
+
+    if ScoreParams.load(base_dir) is not None:
+        _check_base_task(base_dir, settings, setup)
+        build = base_dir / BUILD_FILE
+        source = json.loads(build.read_text(encoding="utf-8")).get("source") if build.is_file() else None
+        if rebuild and source == "shipped":
+            raise LaserError(f"--rebuild-base: {base_dir} already holds the shipped base model; use another --out")
+        _say(f"base: reusing {base_dir}")
+        return f"reused ({source or 'unknown origin'})"
+    record = base_build_record(setup, seed, settings, threads)
+    shipped, why_not = (None, "--rebuild-base") if rebuild else shipped_base(setup, seed, settings)
+    if shipped is not None:
+        _say(f"base: copying the shipped base model ({record['command']}) into {base_dir}")
+        with atomic_path(base_dir) as tmp:
+            shutil.copytree(shipped, tmp)
+            write_json_atomic(tmp / BUILD_FILE, {**record, "source": "shipped"})
+        return "shipped"
+    _say(f"base: training the embedded {settings['task'].name} base model into {base_dir} (setup {setup}; {why_not})")
+    train_base_model(base_dir, seed=seed, overwrite=True, **settings)
+    write_json_atomic(base_dir / BUILD_FILE, {**record, "source": "rebuilt"})
+    return "rebuilt"
+
+
+def _finished_train_seconds(run_dir: Path) -> float | None:
+    """The training time of a finished RL run in ``run_dir``; None when it has not finished."""
+    done_file = run_dir / "train_seconds.json"
+    if done_file.is_file() and (run_dir / "final" / "laser.json").is_file():
+        return float(json.loads(done_file.read_text())["train_seconds"])
+    return None
+
+
 def _train(name: str, out: Path, base_dir: Path, params: ScoreParams, seed: int, setup: str, overrides: list[str]) -> float:
-    """Train (or resume, or reuse) one RL run; returns its training wall time in seconds."""
+    """Train (or resume) one RL run; returns its training wall time in seconds."""
     from laser_rl.training.config import load_config
     from laser_rl.training.trainer import train
 
     run_dir = out / name
-    done_file = run_dir / "train_seconds.json"
-    if done_file.is_file() and (run_dir / "final" / "laser.json").is_file():
-        _say(f"{name}: reusing the finished run in {run_dir}")
-        return float(json.loads(done_file.read_text())["train_seconds"])
     cfg = load_config(demo_config_path(name, setup), [
         f"model.path={base_dir}", f"output_dir={run_dir}", f"train.seed={seed}",
         f"laser.c_ref={params.c_ref}", f"laser.beta_v={params.beta_v}", f"laser.token={params.token}", *overrides,
@@ -112,12 +193,12 @@ def _train(name: str, out: Path, base_dir: Path, params: ScoreParams, seed: int,
     _say(f"{name}: training {cfg.train.steps} steps ({cfg.data.prompts_per_step} prompts × {cfg.rollout.n} samples)"
          + (" — resuming" if resume else ""))
     result = train(cfg, resume=resume)
-    write_json_atomic(done_file, {"train_seconds": result.seconds})
+    write_json_atomic(run_dir / "train_seconds.json", {"train_seconds": result.seconds})
     return result.seconds
 
 
-def _evaluate(name: str, model_dir: Path, out: Path, seed: int, problems: int, n: int,
-              data: str) -> tuple[dict[str, Any], list[dict]]:
+def _evaluate(name: str, model_dir: Path, out: Path, seed: int, problems: int, n: int, data: str) -> dict[str, Any]:
+    """Evaluate (or reuse) one model on the held-out split; returns its metrics (samples stay in eval/NAME)."""
     from laser_rl.evaluation.runner import EvalOptions, load_eval_data, run_eval
     from laser_rl.evaluation.self_verify import refresh_eval_baselines
 
@@ -126,8 +207,99 @@ def _evaluate(name: str, model_dir: Path, out: Path, seed: int, problems: int, n
     run_eval(EvalOptions(model=str(model_dir), data=data, n=n, out=str(eval_dir), limit=problems, batch_size=512,
                          seed=seed), log=_say)
     # the verdict the responses write (pair-sum's ;ok;/;no;): a free baseline next to the likelihood ones
-    metrics = refresh_eval_baselines(eval_dir, load_eval_data(data, model_dir), limit=problems, log=_say)
-    return metrics, read_jsonl(eval_dir / "samples.jsonl")[:problems]
+    return refresh_eval_baselines(eval_dir, load_eval_data(data, model_dir), limit=problems, log=_say)
+
+
+# ----------------------------------------------------------------------------------------- running tasks
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of demo work: ``fn(*args)`` once every task in ``needs`` has finished."""
+
+    name: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    needs: tuple[str, ...] = ()
+
+
+def default_jobs() -> int:
+    """``--jobs`` default: the cores this process may use, at most 2 (two arms train at once)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(2, cores))
+
+
+def _timed(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, float, float]:
+    """(fn(*args), wall-clock start, end): time.time so that the workers' clocks agree with the parent's."""
+    start = time.time()
+    result = fn(*args)
+    return result, start, time.time()
+
+
+class _Prefixed:
+    """A text stream that starts each line with a prefix: tells apart the logs of tasks running at once."""
+
+    def __init__(self, stream: Any, prefix: str) -> None:
+        self.stream, self.prefix, self.at_line_start = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        for piece in text.splitlines(keepends=True):
+            if self.at_line_start:
+                self.stream.write(self.prefix)
+            self.stream.write(piece)
+            self.at_line_start = piece.endswith(("\n", "\r"))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _worker_init(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def _in_worker(name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, float, float]:
+    """Run one task in a worker process, its output lines prefixed with the task's name."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Prefixed(out, f"[{name}] "), _Prefixed(err, f"[{name}] ")
+    try:
+        return _timed(fn, args)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def run_tasks(tasks: list[Task], jobs: int, threads: int | None) -> dict[str, tuple[Any, float, float]]:
+    """Run ``tasks`` (listed in an order that respects ``needs``): in this process one after the other
+    (``jobs`` = 1), or up to ``jobs`` at a time in spawned one-process-per-task workers, each task as
+    soon as its needs are done, earlier-listed first. Returns name -> (result, start, end) (time.time).
+    A failing task raises here once the tasks already running have finished."""
+    if jobs <= 1:
+        return {t.name: _timed(t.fn, t.args) for t in tasks}
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    done: dict[str, tuple[Any, float, float]] = {}
+    waiting = list(tasks)
+    running: dict[Future, str] = {}
+    # spawn, not fork: a forked child of a process that has run torch's thread pools can hang
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+        while waiting or running:
+            for task in [t for t in waiting if all(n in done for n in t.needs)][: jobs - len(running)]:
+                waiting.remove(task)
+                running[pool.submit(_in_worker, task.name, task.fn, task.args)] = task.name
+            if not running:
+                raise LaserError(f"demo tasks wait for tasks that never run: {', '.join(t.name for t in waiting)}")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done[running.pop(future)] = future.result()  # re-raises a task's error
+    return done
 
 
 def summarise(metrics: dict[str, Any], train_seconds: float) -> dict[str, Any]:
@@ -207,24 +379,31 @@ def render_summary_table(summary: dict[str, Any]) -> str:
 
 def run_demo(out: str | Path, *, seed: int = 0, setup: str = DEFAULT_SETUP, eval_problems: int = 1000,
              eval_n: int = 8, threads: int | None = 1, base_overrides: dict[str, Any] | None = None,
-             train_overrides: list[str] | None = None) -> dict[str, Any]:
+             train_overrides: list[str] | None = None, jobs: int | None = None,
+             rebuild_base: bool = False) -> dict[str, Any]:
     """Run the whole demo into ``out``; returns the summary (also written to ``out/summary.json``).
 
-    ``threads`` sets torch's CPU threads for the run (restored afterwards; ``None`` keeps them): the
-    tiny models gain nothing from intra-op threads, and on a loaded 2-core machine two threads made
-    the base SFT ~10x slower than one (docs/research/self-verification.md, round 4).
+    ``threads`` sets torch's CPU threads for the run (restored afterwards; ``None`` keeps them), in
+    this process and in each worker: the tiny models gain nothing from intra-op threads, and on a
+    loaded 2-core machine two threads made the base SFT ~10x slower than one
+    (docs/research/self-verification.md, round 4). ``jobs``: tasks at once (None: :func:`default_jobs`;
+    1: everything in this process, one after the other). ``rebuild_base``: train the base model
+    instead of copying the shipped one (``base_overrides`` also do, as they change the base).
     """
     import torch
 
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise LaserError(f"--threads: must be a positive integer, got {threads!r}")
+    jobs = default_jobs() if jobs is None else jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise LaserError(f"--jobs: must be a positive integer, got {jobs!r}")
     settings = load_base_settings(demo_config_path("base", setup))  # checks --setup before anything runs
     threads_before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         return _run_demo(Path(out), seed, setup, settings, eval_problems, eval_n, base_overrides or {},
-                         list(train_overrides or []))
+                         list(train_overrides or []), jobs, rebuild_base, threads)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -241,55 +420,84 @@ def _check_base_task(base_dir: Path, settings: dict[str, Any], setup: str) -> No
 
 
 def _run_demo(out: Path, seed: int, setup: str, settings: dict[str, Any], eval_problems: int, eval_n: int,
-              base_overrides: dict[str, Any], train_overrides: list[str]) -> dict[str, Any]:
+              base_overrides: dict[str, Any], train_overrides: list[str], jobs: int, rebuild_base: bool,
+              threads: int | None) -> dict[str, Any]:
     from laser_rl.evaluation.report import plot_accuracy_vs_k, plot_reliability, plot_score_histograms
-    from laser_rl.training.sft import train_base_model
 
-    t0 = time.perf_counter()
+    t0, clock0 = time.perf_counter(), time.time()
     out.mkdir(parents=True, exist_ok=True)
     base_dir = out / "base"
     settings = {**settings, **base_overrides}
 
-    # 1. base model
-    if ScoreParams.load(base_dir) is None:
-        _say(f"base: training the embedded {settings['task'].name} base model into {base_dir} (setup {setup})")
-        train_base_model(base_dir, seed=seed, overwrite=True, **settings)
-    else:
-        _check_base_task(base_dir, settings, setup)
-        _say(f"base: reusing {base_dir}")
+    # 1. base model: reused, copied from the package, or trained (`--rebuild-base`)
+    base_source = _provide_base(base_dir, setup, seed, settings, rebuild_base, threads)
     params = ScoreParams.load(base_dir)
     assert params is not None
     _say(f"base: c_ref = {params.c_ref:.3f} ± {params.c_ref_std or 0:.3f}, beta_v = {params.beta_v:.4f}")
+    clock_base = time.time()
 
-    # 2. RL runs, same seed, prompts and budget
-    train_seconds = {"base": 0.0}
-    for name in ("grpo", "laser"):
-        train_seconds[name] = _train(name, out, base_dir, params, seed, setup, train_overrides)
-
-    # 3. evaluation, on the held-out split of the task the base model was trained on
+    # 2. RL runs (same seed, prompts and budget), 3. evaluation on the held-out split of the base's task
     data = settings["task"].name
-    metrics, records = {}, {}
     dirs = {"base": base_dir, "grpo": out / "grpo" / "final", "laser": out / "laser" / "final"}
-    for name in MODELS:
-        metrics[name], records[name] = _evaluate(name, dirs[name], out, seed, eval_problems, eval_n, data)
+    # tqdm bars of two processes would overwrite each other: log lines instead (metrics.jsonl is unchanged)
+    arm_overrides = train_overrides if jobs <= 1 else ["logging.progress=none", *train_overrides]
+    train_seconds: dict[str, float] = {"base": 0.0}
+    tasks = []
+    for name in ("grpo", "laser"):
+        finished = _finished_train_seconds(out / name)
+        if finished is None:
+            tasks.append(Task(f"train {name}", _train, (name, out, base_dir, params, seed, setup, arm_overrides)))
+        else:
+            _say(f"{name}: reusing the finished run in {out / name}")
+            train_seconds[name] = finished
+    scheduled = {t.name for t in tasks}
+    tasks += [Task(f"eval {name}", _evaluate, (name, dirs[name], out, seed, eval_problems, eval_n, data),
+                   tuple({f"train {name}"} & scheduled)) for name in MODELS]
+    if jobs > 1:
+        _say(f"running {len(tasks)} tasks, up to {jobs} at a time, each in a one-thread process")
+    done = run_tasks(tasks, jobs, threads)
+    train_seconds.update({name: done[f"train {name}"][0] for name in ("grpo", "laser") if f"train {name}" in done})
+    metrics = {name: done[f"eval {name}"][0] for name in MODELS}
+    records = {name: read_jsonl(out / "eval" / name / "samples.jsonl")[:eval_problems] for name in MODELS}
 
     # 4. summary, plots, report
+    clock_report = time.time()
     summary: dict[str, Any] = {name: summarise(metrics[name], train_seconds[name]) for name in MODELS}
     summary["c_ref"] = params.c_ref
-    summary["wall_seconds"] = time.perf_counter() - t0
-    info = {"setup": setup, "beta_v": params.beta_v,
-            "laser_vs_grpo_train_time": train_seconds["laser"] / max(train_seconds["grpo"], 1e-9),
-            "eval": {"problems": eval_problems, "n": eval_n, "seed": seed, "data": data}}
     plot_accuracy_vs_k(metrics, out / "accuracy_vs_k.png")
     plot_score_histograms(records, out / "score_histograms.png")
     plot_reliability(records, out / "reliability.png")
     curves = {name: read_jsonl(out / name / "metrics.jsonl") for name in ("grpo", "laser")}
     plot_training_curves(curves, out / "training_curves.png")
+    summary["phase_seconds"] = phase_seconds(clock0, clock_base, done, time.time() - clock_report)
+    summary["wall_seconds"] = time.perf_counter() - t0
+    info = {"setup": setup, "beta_v": params.beta_v,
+            "laser_vs_grpo_train_time": train_seconds["laser"] / max(train_seconds["grpo"], 1e-9),
+            "eval": {"problems": eval_problems, "n": eval_n, "seed": seed, "data": data},
+            "base": {"source": base_source, **{k: v for k, v in _read_build(base_dir).items() if k != "settings"}},
+            "jobs": jobs, "threads": threads}
     write_json_atomic(out / "summary.json", summary)
     write_json_atomic(out / "run_info.json", info)
     write_text_atomic(out / "report.md", render_report(summary, info))
     _say(f"done in {summary['wall_seconds'] / 60:.1f} min; see {out / 'report.md'}")
     return summary
+
+
+def _read_build(base_dir: Path) -> dict[str, Any]:
+    path = base_dir / BUILD_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def phase_seconds(clock0: float, clock_base: float, done: dict[str, tuple[Any, float, float]],
+                  report: float) -> dict[str, Any]:
+    """Wall time per phase: ``base``, ``train`` and ``eval`` (first start to last end of the phase's tasks,
+    so with ``--jobs`` > 1 they overlap), ``report``, and ``tasks``: each task's own time."""
+    def span(prefix: str) -> float:
+        times = [(a, b) for name, (_, a, b) in done.items() if name.startswith(prefix)]
+        return max(b for _, b in times) - min(a for a, _ in times) if times else 0.0  # 0: all reused
+
+    return {"base": clock_base - clock0, "train": span("train "), "eval": span("eval "), "report": report,
+            "tasks": {name: b - a for name, (_, a, b) in done.items()}}
 
 
 def render_report(summary: dict[str, Any], info: dict[str, Any]) -> str:
@@ -300,6 +508,7 @@ Held-out split: {e['problems']} problems × {e['n']} samples (T = 1), seed {e['s
 c_ref = {summary['c_ref']:.3f} (measured on the base model), β_v = {beta_v:.4f}
 (so a correct response's target log π(z | x, y, EOS) is c_ref + 1/β_v = {correct_target_logprob(summary['c_ref'], beta_v):.2f}).
 Total wall time {summary['wall_seconds'] / 60:.1f} min; LaSeR / GRPO training time = {info['laser_vs_grpo_train_time']:.3f}.
+{render_timing(summary, info)}
 
 All numbers in percent except train_seconds. `hm_tpr_tnr` is the paper's self-verification "F1":
 the harmonic mean of the accuracy on correct (TPR) and incorrect (TNR) responses, threshold {SCORE_THRESHOLD:g}.
@@ -328,6 +537,25 @@ reading that word needs no training, so the conclusions above compare the score 
 model too. The paper's claim is about responses that write no verdict, where the alternative is a
 second verification pass (`laser eval --self-verify TEMPLATE`, the "two-template" baseline).
 """
+
+
+def render_timing(summary: dict[str, Any], info: dict[str, Any]) -> str:
+    """The report's lines on where the time went and which base model the run started from."""
+    lines = []
+    phases = summary.get("phase_seconds")
+    if phases:
+        tasks = ", ".join(f"{name} {sec:.0f} s" for name, sec in phases["tasks"].items())
+        lines.append(f"Wall time per phase ({info.get('jobs', 1)} job(s), {info.get('threads') or 'default'} "
+                     f"thread(s) each): base {phases['base']:.0f} s, RL training {phases['train']:.0f} s, "
+                     f"evaluation {phases['eval']:.0f} s, report {phases['report']:.0f} s "
+                     f"(training and evaluation overlap when jobs > 1; per task: {tasks}).")
+    base = info.get("base")
+    if base:
+        how = {"shipped": f"copied from the package (configs/demo/bases/{info['setup']})",
+               "rebuilt": "trained from scratch (`--rebuild-base`)"}.get(base["source"], base["source"])
+        cmd = f", the output of `{base['command']}`" if base.get("command") else ""
+        lines.append(f"Base model: {how}{cmd}; `laser demo --rebuild-base` trains it anew.")
+    return "\n".join(lines)
 
 
 def best_free_signal(entry: dict[str, Any], metric: str) -> tuple[str, float] | None:
