@@ -82,3 +82,31 @@ def test_bad_verify_settings_exit_2_before_any_work(tmp_path, capsys, flags, nam
     assert main(["base", "--out", str(out), *TINY, *flags]) == 2
     assert named in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_verify_setup_base_config_matches_train_base_model():
+    """base-pairsum-verify.yaml's SFT keys are train_base_model parameters, and `laser base` flags name them."""
+    import inspect
+
+    import yaml
+
+    from laser_rl.demo import demo_config_path
+
+    data = yaml.safe_load(demo_config_path("base", "pairsum-verify").read_text())
+    params = inspect.signature(sft.train_base_model).parameters
+    assert {k for k in data if k not in ("task", "model")} <= set(params)
+    assert data["task"]["check_text"] is False and data["verify_batch"] > 0
+    assert (data["verify_template"], tuple(data["verify_words"])) == ("=", ("1", "0"))
+    nocheck = yaml.safe_load(demo_config_path("base", "pairsum-nocheck").read_text())
+    assert {k: v for k, v in data.items() if not k.startswith("verify")} == nocheck  # only the template differs
+
+
+@pytest.mark.parametrize("setup", ["pairsum-nocheck", "pairsum-verify"])
+@pytest.mark.parametrize("arm", ["grpo", "laser"])
+def test_no_verdict_setups_train_like_the_default(setup, arm):
+    import yaml
+
+    from laser_rl.demo import demo_config_path
+
+    assert yaml.safe_load(demo_config_path(arm, setup).read_text()) == yaml.safe_load(
+        demo_config_path(arm, "pairsum").read_text())
