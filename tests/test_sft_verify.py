@@ -75,6 +75,8 @@ def test_default_base_is_plain_sft(tmp_path, monkeypatch):
         (["--verify-batch", "2", "--verify-template", "?", "--verify-words", "y"], "--verify-words"),
         (["--verify-batch", "2", "--verify-template", "?", "--verify-words", "yy,n"], "--verify-words"),
         (["--verify-batch", "2", "--verify-template", "?", "--verify-words", "y,y"], "--verify-words"),
+        (["--verify-batch", "2", "--verify-template", "?", "--verify-words", "<,n"], "--verify-words"),
+        (["--verify-batch", "2", "--verify-template", "a b"], "--verify-template"),
     ],
 )
 def test_bad_verify_settings_exit_2_before_any_work(tmp_path, capsys, flags, named):

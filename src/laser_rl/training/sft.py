@@ -82,7 +82,8 @@ class SFTConfig:
             words = self.verify_words
             if not isinstance(self.verify_template, str) or not self.verify_template.strip():
                 raise LaserError("--verify-template: --verify-batch > 0 needs a non-empty template")
-            if len(words) != 2 or not all(isinstance(w, str) and len(w) == 1 and not w.isspace() for w in words):
+            if len(words) != 2 or not all(isinstance(w, str) and len(w) == 1 and not w.isspace() and w not in "<>"
+                                          for w in words):
                 raise LaserError(f"--verify-words: expected two single characters YES,NO, got {list(words)!r}")
             if words[0] == words[1]:
                 raise LaserError(f"--verify-words: the yes and no words are the same ({words[0]!r})")
