@@ -50,6 +50,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=-4.0,
         help="log pi(z) asked of a correct response; beta_v = 1 / (target - c_ref) (default -4)",
     )
+    v = parser.add_argument_group(
+        "verification template (optional): the base also learns to judge responses, for a second-pass verifier"
+    )
+    v.add_argument(
+        "--verify-batch",
+        type=int,
+        default=0,
+        help="verification examples added to every SFT step: x + y + TEMPLATE -> YES if y is right, else NO "
+        "(y: the task's SFT responses, right or wrong); 0 = off (default)",
+    )
+    v.add_argument("--verify-template", default="", metavar="TEMPLATE",
+                   help="text after the response that asks for the verdict, e.g. '=' (then `laser eval "
+                   "--self-verify TEMPLATE --self-verify-words YES,NO` reads it)")
+    v.add_argument("--verify-words", default="1,0", metavar="YES,NO",
+                   help="the one-character verdicts (default 1,0); characters outside the task's alphabet are added "
+                   "to the tokenizer")
     m = parser.add_argument_group("model shape (a LlamaForCausalLM built from scratch)")
     m.add_argument("--hidden", type=int, default=64, help="hidden size (default 64; 128 reasons far better, ~2-4x slower)")
     m.add_argument("--layers", type=int, default=4, help="number of transformer layers")
@@ -160,6 +176,14 @@ def task_config(args: argparse.Namespace) -> object:
         raise LaserError(f"--{flag}: {msg}" if hasattr(defaults, field) else msg) from None
 
 
+def verify_words(text: str) -> tuple[str, str]:
+    """``"1,0"`` → ``("1", "0")`` (``LaserError`` naming --verify-words otherwise)."""
+    words = str(text).split(",")
+    if len(words) != 2 or not all(words):
+        raise LaserError(f"--verify-words: expected YES,NO (two words separated by a comma), got {text!r}")
+    return words[0], words[1]
+
+
 def run(args: argparse.Namespace) -> int:
     from laser_rl.io import check_output_dir
 
@@ -187,6 +211,9 @@ def run(args: argparse.Namespace) -> int:
         eval_problems=args.eval_problems,
         final_problems=args.final_problems,
         target_logprob=args.target_logprob,
+        verify_batch=args.verify_batch,
+        verify_template=args.verify_template,
+        verify_words=verify_words(args.verify_words),
         overwrite=args.overwrite,
         model_kwargs=model_kwargs,
         num_threads=args.threads,

@@ -33,6 +33,7 @@ from laser_rl.tasks.base import Problem
 # Stream positions used for measurements: training reads positions [0, steps·batch), far below.
 EVAL_OFFSET = 10**9
 FINAL_OFFSET = 2 * 10**9
+VERIFY_OFFSET = 5 * 10**8  # verification examples (``verify_batch``): their own stream positions
 #: The band where RL has room to improve (issue 3); a final accuracy outside it prints a warning.
 TARGET_BAND = (0.25, 0.60)
 
@@ -52,6 +53,10 @@ class SFTConfig:
     target_logprob: float = -4.0  # β_v = 1 / (target_logprob − c_ref)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    # Verification examples (off by default): x + y + template -> verdict word (see verify_batch).
+    verify_batch: int = 0  # verification examples added to every step (0 = none: plain SFT)
+    verify_template: str = ""
+    verify_words: tuple[str, str] = ("1", "0")
 
     def validate(self) -> None:
         """Raise ``LaserError`` naming the offending ``--flag``."""
@@ -67,11 +72,29 @@ class SFTConfig:
             ("--target-logprob", math.isfinite(self.target_logprob) and self.target_logprob < 0),
             ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0),
             ("grad_clip", math.isfinite(self.grad_clip) and self.grad_clip > 0),
+            ("--verify-batch", isinstance(self.verify_batch, int) and self.verify_batch >= 0),
         ]
         for name, ok in checks:
             if not ok:
                 value = getattr(self, name.lstrip("-").replace("-", "_"))
                 raise LaserError(f"{name}: invalid value {value!r}")
+        if self.verify_batch:
+            words = self.verify_words
+            if not isinstance(self.verify_template, str) or not self.verify_template.strip():
+                raise LaserError("--verify-template: --verify-batch > 0 needs a non-empty template")
+            if len(words) != 2 or not all(isinstance(w, str) and len(w) == 1 and not w.isspace() and w not in "<>"
+                                          for w in words):
+                raise LaserError(f"--verify-words: expected two single characters YES,NO, got {list(words)!r}")
+            if words[0] == words[1]:
+                raise LaserError(f"--verify-words: the yes and no words are the same ({words[0]!r})")
+            if any(c.isspace() or c in "<>" for c in self.verify_template):
+                raise LaserError(f"--verify-template: no spaces or '<', '>' (character tokenizer), got "
+                                 f"{self.verify_template!r}")
+
+    @property
+    def verify_chars(self) -> str:
+        """Characters the verification examples write (template and words), in first-use order."""
+        return "".join(dict.fromkeys(self.verify_template + "".join(self.verify_words))) if self.verify_batch else ""
 
 
 # ----------------------------------------------------------------------------------------- batches
@@ -117,6 +140,41 @@ def sft_loss(model: Any, input_ids: Any, attention_mask: Any, loss_mask: Any) ->
     targets = input_ids[:, 1:]
     mask = loss_mask[:, :-1]
     return F.cross_entropy(logits[mask], targets[mask])
+
+
+def verification_batch(
+    tokenizer: Any, problems: Sequence[Problem], responses: Sequence[str], labels: Sequence[bool], template: str,
+    words: tuple[str, str],
+) -> tuple[Any, Any, Any]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``loss_mask`` for verification examples.
+
+    Sequence = prompt + response + template + verdict (``words[0]`` if ``labels[b]`` else ``words[1]``), no
+    EOS: exactly what the two-template baseline (``laser eval --self-verify TEMPLATE``) reads, the
+    verdict being the next token after the template. ``loss_mask`` marks only the position whose next
+    token is the verdict, so the model learns to judge, never to write the template after a response.
+    """
+    import torch
+
+    yes, no = (_encode(tokenizer, [w])[0] for w in words)
+    heads = _encode(tokenizer, [p.problem + r + template for p, r in zip(problems, responses)])
+    seqs = [torch.tensor(h + (yes if ok else no)) for h, ok in zip(heads, labels)]
+    input_ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=tokenizer.pad_token_id)
+    lengths = torch.tensor([len(s) for s in seqs])  # [B]
+    pos = torch.arange(input_ids.shape[1]).unsqueeze(0)  # [1, L]
+    attention_mask = (pos < lengths.unsqueeze(1)).long()
+    loss_mask = pos == (lengths - 2).unsqueeze(1)  # [B, L]: the template's last token predicts the verdict
+    return input_ids, attention_mask, loss_mask
+
+
+def verify_examples(task: Any, seed: int, first: int, count: int) -> tuple[list[Problem], list[str], list[bool]]:
+    """``count`` verification examples from training-stream positions ``VERIFY_OFFSET + first ...``: the
+    task's SFT responses (right or honestly wrong, as ``sft_target`` writes them) labelled by its verifier.
+    A fixed function of (seed, position), like the SFT data."""
+    verifier = task.verifier()
+    problems = [task.train_problem(seed, VERIFY_OFFSET + first + i) for i in range(count)]
+    responses = [task.sft_target(p, random.Random(f"verify:{seed}:{first + i}")) for i, p in enumerate(problems)]
+    labels = [verifier.reward(r, p.answer) > 0.5 for r, p in zip(responses, problems)]
+    return problems, responses, labels
 
 
 # ----------------------------------------------------------------------------------------- measuring
@@ -198,6 +256,9 @@ def train_base_model(
     eval_problems: int = 256,
     final_problems: int = 512,
     target_logprob: float = -4.0,
+    verify_batch: int = 0,
+    verify_template: str = "",
+    verify_words: tuple[str, str] = ("1", "0"),
     model_kwargs: dict[str, Any] | None = None,
     overwrite: bool = False,
     num_threads: int | None = None,
@@ -212,6 +273,10 @@ def train_base_model(
     ``num_threads`` sets torch's CPU threads for the run (restored afterwards); ``None`` keeps them.
     ``task``: an embedded task config (``ArithConfig``, the default, or ``PairSumConfig``); its
     ``sft_target`` gives the SFT responses and its ``alphabet`` the tokenizer's characters.
+    ``verify_batch`` > 0 adds that many verification examples to every step (:func:`verification_batch`:
+    x + y + ``verify_template`` → ``verify_words[0]`` if y is right else ``verify_words[1]``), so the base
+    has a trained second-pass verifier (``laser eval --self-verify``); their characters join the
+    tokenizer's alphabet when the task's lacks them. 0 (the default) is plain SFT, unchanged.
     """
     import torch
 
@@ -231,6 +296,9 @@ def train_base_model(
         eval_problems=eval_problems,
         final_problems=final_problems,
         target_logprob=target_logprob,
+        verify_batch=verify_batch,
+        verify_template=verify_template,
+        verify_words=tuple(verify_words),  # type: ignore[arg-type]
     )
     cfg.validate()
     task = task or ArithConfig()
@@ -277,6 +345,10 @@ def _sft_loop(model: Any, tokenizer: Any, task: Any, cfg: SFTConfig, max_new_tok
             # one RNG per stream position: the SFT data is a fixed function of (seed, position)
             responses = [task.sft_target(p, random.Random(f"sft:{seed}:{first + i}")) for i, p in enumerate(problems)]
             loss = sft_loss(model, *sft_batch(tokenizer, problems, responses=responses))
+            if cfg.verify_batch:
+                examples = verify_examples(task, seed, run.steps * cfg.verify_batch, cfg.verify_batch)
+                batch = verification_batch(tokenizer, *examples, cfg.verify_template, cfg.verify_words)
+                loss = loss + sft_loss(model, *batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -364,7 +436,8 @@ def _train(
     seed = cfg.seed
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    tokenizer = build_char_tokenizer(task.alphabet)
+    extra_chars = "".join(c for c in cfg.verify_chars if c not in task.alphabet)  # "" without verification
+    tokenizer = build_char_tokenizer(task.alphabet + extra_chars)
     z_id = z_token_id(tokenizer, Z_TOKEN)
     max_new_tokens = max(64, task.max_response_tokens())
     max_position = max(256, 2 * (task.max_prompt_tokens() + max_new_tokens + 1))
@@ -395,6 +468,8 @@ def _train(
             "stop_ids": [tokenizer.eos_token_id], "max_new_tokens": max_new_tokens, "c_ref_samples": c_ref_n,
             "target_logprob": cfg.target_logprob, "beta_v_fallback": fallback, "sft_steps": run.steps,
             "sft_reached_target": run.reached, "sft_stop_accuracy": run.stop_accuracy, "sft_seed": seed,
+            **({"verify_template": cfg.verify_template, "verify_words": list(cfg.verify_words),
+                "verify_batch": cfg.verify_batch} if cfg.verify_batch else {}),
         },
     )
     _save_base_model(out, model, tokenizer, task, params)
