@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 
+from laser_rl.core import DEFAULT_TARGET_LOGPROB
 from laser_rl.errors import LaserError
+from laser_rl.tasks.embedded import EMBEDDED_TASKS
 
 #: Flags that always take their own default (a --config file does not set them).
 _NOT_IN_CONFIG = ("out", "overwrite", "seed", "config", "threads", "quiet", "help")
@@ -47,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target-logprob",
         type=float,
-        default=-4.0,
+        default=DEFAULT_TARGET_LOGPROB,
         help="log pi(z) asked of a correct response; beta_v = 1 / (target - c_ref) (default -4)",
     )
     v = parser.add_argument_group(
@@ -74,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("task and difficulty (saved in task.json)")
     g.add_argument(
         "--task",
-        choices=("arith", "pairsum"),
+        choices=EMBEDDED_TASKS,
         default="arith",
         help="arith: chain arithmetic (default); pairsum: find the pair of a list that sums to a target",
     )

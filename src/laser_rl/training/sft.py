@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from laser_rl.core import DEFAULT_TARGET_LOGPROB
 from laser_rl.errors import LaserError
 from laser_rl.io import check_output_dir
 from laser_rl.tasks.arith import ArithConfig, solution
@@ -50,7 +51,7 @@ class SFTConfig:
     eval_every: int = 50
     eval_problems: int = 256
     final_problems: int = 512  # fresh problems for the reported accuracy and c_ref
-    target_logprob: float = -4.0  # β_v = 1 / (target_logprob − c_ref)
+    target_logprob: float = DEFAULT_TARGET_LOGPROB  # β_v = 1 / (target_logprob − c_ref)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     # Verification examples (off by default): x + y + template -> verdict word (see verify_batch).
@@ -255,7 +256,7 @@ def train_base_model(
     eval_every: int = 50,
     eval_problems: int = 256,
     final_problems: int = 512,
-    target_logprob: float = -4.0,
+    target_logprob: float = DEFAULT_TARGET_LOGPROB,
     verify_batch: int = 0,
     verify_template: str = "",
     verify_words: tuple[str, str] = ("1", "0"),
