@@ -169,8 +169,9 @@ def test_config_checks_reject_unsupported_combinations_before_loading(tmp_path):
                                   policy_path=policy)  # only checked when sharding
     with pytest.raises(LaserError, match="model.dtype=float16"):
         sharding.check_sharding_setup(load_config(None, [*base, "model.dtype=float16"]))
-    with pytest.raises(LaserError, match="rollout.engine=vllm"):
-        sharding.check_sharding_setup(load_config(None, [*base, "rollout.engine=vllm"]))
+    # FSDP2 with the vLLM engine is a supported combination (tests/test_vllm_train.py trains it on 2 ranks)
+    sharding.check_sharding_setup(load_config(None, [*base[:3], "train.sharding=fsdp2", "rollout.engine=vllm"]),
+                                  policy_path=policy)
     with pytest.raises(LaserError, match="train.sharding"):
         load_config(None, [*base[:3], "train.sharding=fsdp"])
     with pytest.raises(LaserError, match="train.generation_gather"):

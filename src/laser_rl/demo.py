@@ -68,7 +68,7 @@ def demo_config_path(name: str, setup: str = DEFAULT_SETUP) -> Path:
 #: Keys of configs/demo/base*.yaml: ``task`` (embedded task fields, ``name`` arith or pairsum), ``model`` (tiny-model shape) and
 #: these keyword arguments of ``train_base_model``.
 BASE_SFT_KEYS = ("max_steps", "target_accuracy", "lr", "batch_size", "eval_every", "eval_problems",
-                 "final_problems", "target_logprob")
+                 "final_problems", "target_logprob", "verify_batch", "verify_template", "verify_words")
 BASE_MODEL_KEYS = ("hidden", "layers", "heads", "intermediate")
 
 
