@@ -53,8 +53,8 @@ def test_jobs_2_trains_and_evaluates_exactly_as_jobs_1(tmp_path, capfd):
 
 
 def test_run_tasks_orders_by_needs_and_reports_errors():
-    from laser_rl.demo import Task, run_tasks
     from laser_rl.errors import LaserError
+    from laser_rl.jobs import Task, run_tasks
 
     tasks = [Task("a", pow, (2, 3)), Task("b", divmod, (7, 2), ("a",)), Task("c", abs, (-4,))]
     for jobs in (1, 2):

@@ -43,6 +43,10 @@ def test_wheel_holds_the_benchmarks_and_the_configs(tmp_path):
         # every shipped config, `laser demo`'s included, is in the wheel
         configs = {p.relative_to(ROOT / "src").as_posix() for p in (ROOT / "src" / "laser_rl" / "configs").rglob("*.yaml")}
         assert len(configs) >= 17 and configs <= names
+        # the default demo's shipped base model (weights included: `laser demo` starts from it)
+        shipped = {p.relative_to(ROOT / "src").as_posix()
+                   for p in (ROOT / "src" / "laser_rl" / "configs" / "demo" / "bases").rglob("*") if p.is_file()}
+        assert "laser_rl/configs/demo/bases/pairsum/model.safetensors" in shipped and shipped <= names
         # the unpacked wheel, alone on the path, serves a benchmark from an empty folder
         site = tmp_path / "site"
         zf.extractall(site)

@@ -505,3 +505,46 @@ def reload_weights_in_memory(llm: Any, weights: Iterable[tuple[str, torch.Tensor
         kwargs["weights_iterator"] = weights
     llm.collective_rpc("reload_weights", kwargs=kwargs)
     llm.reset_prefix_cache()
+
+
+# ---------------------------------------------------------------------- laser train's use of the engine
+
+
+def vllm_options(cfg: Any, model: torch.nn.Module, device: torch.device, rank: int) -> dict[str, Any]:
+    """engine vllm's settings in ``laser train`` from ``rollout.*`` (``cfg``: a ``TrainConfig``): the KV-cache
+    budget (CPU GiB, or a GPU fraction with sleep mode on, so that the update gets vLLM's memory back), and
+    which log-probs it returns: raw (untempered, unfiltered) equal the training forward's at temperature 1;
+    otherwise the tempered distribution vLLM sampled from (its filters make the rest of the mismatch, which
+    TIS corrects). Refuses a policy whose embeddings grew for an added z (vLLM builds from config.json)."""
+    from laser_rl.integrations.hf import config_vocab_size
+
+    r, m = cfg.rollout, cfg.model
+    rows, base = model.get_input_embeddings().num_embeddings, config_vocab_size(m.path, trust_remote_code=m.trust_remote_code)
+    if rows != base:  # vLLM builds its model from model.path's config.json, then takes the policy's weights
+        raise LaserError(
+            f"rollout.engine=vllm: the policy's embeddings have {rows} rows (grown for the added self-reward "
+            f"token) but {m.path}'s config.json has vocab_size {base}; use a base whose vocabulary already holds "
+            "the token (a model folder saved with it) or rollout.engine=hf"
+        )
+    options: dict[str, Any] = {"logprobs": "raw" if r.temperature == 1.0 else "processed",
+                               "seed": cfg.train.seed + rank,
+                               "model_path": m.path}  # not a checkpoint: see build_vllm_engine
+    if device.type == "cpu":
+        options["kv_cache_gib"] = r.vllm_kv_cache_gib
+    else:
+        options.update(gpu_memory_utilization=r.vllm_gpu_memory_utilization, enable_sleep_mode=True)
+    return options
+
+
+def close_engine_after_run(engine: Any) -> None:
+    """Shut a vLLM engine down at the end of a multi-process run, after every rank is done: its cleanup
+    destroys torch.distributed's default group, so it replaces ``destroy_process_group`` (``laser train``
+    then finds no group to leave), and the other order would make vLLM's exit-time cleanup fail. In one
+    process the engine stays up, as the engine keeps its vLLM instances for the process's life (``_SHARED``:
+    a later run in the same process reuses it), and vLLM cleans up at exit. A no-op for other engines."""
+    import torch.distributed as dist
+
+    close = getattr(engine, "close", None)
+    if close is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        close()

@@ -10,8 +10,11 @@ on rank 0 and broadcasts the decision, so every rank stops at the same step with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from laser_rl.errors import LaserError
 
 GUARD_WINDOW = 10  # steps averaged for the training-reward baseline and its running mean
 
@@ -61,3 +64,22 @@ def check_collapse(gc: Any, gs: GuardState, m: dict[str, Any]) -> str | None:
                 fails.append(f"eval accuracy {m['eval_accuracy']:.3f} < {gc.collapse_ratio} × "
                              f"first eval {gs.eval_baseline:.3f}")
     return "; ".join(fails) if fails else None
+
+
+def rank0_outcome(world: int, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on every rank; every rank gets rank 0's result, or raises rank 0's LaserError, so that
+    ranks agree (and none waits in a collective for a rank that stopped). The one rule every cross-rank
+    decision of ``laser train`` goes through: the run lock, c_ref, the collapse guard."""
+    try:
+        outcome: tuple[Any, str | None] = (fn(), None)
+    except LaserError as e:
+        outcome = (None, str(e))
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        box = [outcome]
+        broadcast_object_list(box, from_process=0)
+        outcome = box[0]
+    if outcome[1] is not None:
+        raise LaserError(outcome[1])
+    return outcome[0]

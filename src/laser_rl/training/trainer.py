@@ -37,6 +37,7 @@ from laser_rl.errors import LaserError
 from laser_rl.rollout import SamplingConfig
 from laser_rl.rollout.engine import build_engine, never_sampled_ids
 from laser_rl.rollout.pipeline import RolloutBatch, rollout_verify_score
+from laser_rl.rollout.vllm_engine import close_engine_after_run, vllm_options
 from laser_rl.score_params import ScoreParams
 from laser_rl.tasks.base import Problem, TaskData
 from laser_rl.tasks.registry import load_task_data
@@ -44,7 +45,7 @@ from laser_rl.training.batch import Sequences, TrainBatch, build_sequences
 from laser_rl.training.checkpoint import latest_checkpoint
 from laser_rl.training.config import TrainConfig, config_to_yaml
 from laser_rl.training.data import ProblemSource
-from laser_rl.training.guard import GuardState, check_collapse
+from laser_rl.training.guard import GuardState, check_collapse, rank0_outcome
 from laser_rl.training.policy import PolicyOutput, PolicyWithScore
 from laser_rl.training.precision import training_precision
 from laser_rl.training.run_checkpoint import CheckpointingMixin
@@ -120,7 +121,7 @@ class Trainer(CheckpointingMixin):
                 check_output_dir(self.out, resume)  # a refused folder gets no lock file either
                 self.run_lock.acquire()
 
-        self._from_main(lock)
+        rank0_outcome(self.world, lock)
         try:
             self._setup(resume)
         except BaseException:
@@ -185,7 +186,7 @@ class Trainer(CheckpointingMixin):
             self.policy, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
         self.engine = build_engine(cfg.rollout.engine, self.model, pad_id=self.pad_id, stop_ids=self.stop_ids,
                                    z_id=self.z_id, suppress_ids=self.suppress_ids,
-                                   vllm_options=self._vllm_options() if cfg.rollout.engine == "vllm" else None)
+                                   vllm_options=vllm_options(cfg, self.model, self.acc.device, self.rank) if cfg.rollout.engine == "vllm" else None)
         # engine hf samples with the policy itself: no mismatch to correct, its weights are exactly 1
         self.is_correction = cfg.rollout.is_correction if cfg.rollout.engine != "hf" else "none"
 
@@ -264,23 +265,6 @@ class Trainer(CheckpointingMixin):
         finally:
             self.model.train()
 
-    def _from_main(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on every rank; every rank gets rank 0's result, or raises rank 0's LaserError,
-        so that ranks agree (and none waits for a rank that stopped)."""
-        try:
-            outcome: tuple[Any, str | None] = (fn(), None)
-        except LaserError as e:
-            outcome = (None, str(e))
-        if self.world > 1:
-            from accelerate.utils import broadcast_object_list
-
-            box = [outcome]
-            broadcast_object_list(box, from_process=0)
-            outcome = box[0]
-        if outcome[1] is not None:
-            raise LaserError(outcome[1])
-        return outcome[0]
-
     def _load_data(self, spec: str) -> TaskData:
         d = self.cfg.data
         from laser_rl.tasks.embedded import is_embedded_task
@@ -324,7 +308,7 @@ class Trainer(CheckpointingMixin):
             return
         c_ref, c_std = lc.c_ref, None
         if c_ref == "auto":  # every rank measures the same way; all take rank 0's value
-            c_ref, c_std = self._from_main(self._calibrate)
+            c_ref, c_std = rank0_outcome(self.world, self._calibrate)
         beta_v = lc.resolve_beta_v(float(c_ref))
         target = core.correct_target_logprob(float(c_ref), float(beta_v))
         if target > HIGH_TARGET_LOGPROB:
@@ -346,30 +330,6 @@ class Trainer(CheckpointingMixin):
             )
         self._print(f"c_ref = {mean:.3f} ± {std:.3f} (over {count} finished responses)")
         return mean, std
-
-    def _vllm_options(self) -> dict[str, Any]:
-        """engine vllm's settings from ``rollout.*``: the KV-cache budget (CPU GiB, or a GPU fraction with
-        sleep mode on, so that the update gets vLLM's memory back), and which log-probs it returns: raw
-        (untempered, unfiltered) equal the training forward's at temperature 1; otherwise the tempered
-        distribution vLLM sampled from (its filters make the rest of the mismatch, which TIS corrects)."""
-        from laser_rl.integrations.hf import config_vocab_size
-
-        r, m = self.cfg.rollout, self.cfg.model
-        rows, base = self.model.get_input_embeddings().num_embeddings, config_vocab_size(m.path, trust_remote_code=m.trust_remote_code)
-        if rows != base:  # vLLM builds its model from model.path's config.json, then takes the policy's weights
-            raise LaserError(
-                f"rollout.engine=vllm: the policy's embeddings have {rows} rows (grown for the added self-reward "
-                f"token) but {m.path}'s config.json has vocab_size {base}; use a base whose vocabulary already holds "
-                "the token (a model folder saved with it) or rollout.engine=hf"
-            )
-        options: dict[str, Any] = {"logprobs": "raw" if r.temperature == 1.0 else "processed",
-                                   "seed": self.cfg.train.seed + self.rank,
-                                   "model_path": self.cfg.model.path}  # not a checkpoint: see build_vllm_engine
-        if self.acc.device.type == "cpu":
-            options["kv_cache_gib"] = r.vllm_kv_cache_gib
-        else:
-            options.update(gpu_memory_utilization=r.vllm_gpu_memory_utilization, enable_sleep_mode=True)
-        return options
 
     def _sampling(self) -> SamplingConfig:
         r = self.cfg.rollout
@@ -552,7 +512,7 @@ class Trainer(CheckpointingMixin):
 
     def _check_collapse(self, m: dict[str, Any]) -> None:
         """Stop every rank when the collapse guard (``guard.py``) fires on rank 0's view of the step."""
-        why = self._from_main(lambda: check_collapse(self.cfg.guard, self.guard, m))
+        why = rank0_outcome(self.world, lambda: check_collapse(self.cfg.guard, self.guard, m))
         if why:
             raise LaserError(self._stop_message(f"collapse guard at step {self.step}: {why}"))
 
@@ -624,21 +584,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         result = trainer.fit()
     finally:
         trainer.close()
-    _close_engine(trainer.engine)
+    close_engine_after_run(trainer.engine)
     return result
-
-
-def _close_engine(engine: Any) -> None:
-    """Shut a vLLM engine down at the end of a multi-process run, after every rank is done: its cleanup
-    destroys torch.distributed's default group, so it replaces ``destroy_process_group`` (``laser train``
-    then finds no group to leave), and the other order would make vLLM's exit-time cleanup fail. In one
-    process the engine stays up, as the engine keeps its vLLM instances for the process's life (vllm_engine's
-    ``_SHARED``: a later run in the same process reuses it), and vLLM cleans up at exit."""
-    import torch.distributed as dist
-
-    close = getattr(engine, "close", None)
-    if close is not None and dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        close()
 
 
