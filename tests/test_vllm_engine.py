@@ -69,6 +69,18 @@ def _teacher_forced_logprobs(model, prompt: list[int], response: list[int]) -> t
     return logits.log_softmax(-1).gather(1, torch.tensor(response).unsqueeze(1)).squeeze(1)
 
 
+
+def _three_adamw_steps(policy: torch.nn.Module, ids: list[int]) -> None:
+    """Move ``policy`` away from the folder's weights: 3 AdamW steps (lr 1e-2) of NLL on ``ids``; then eval mode."""
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    batch = torch.tensor([ids])
+    for _ in range(3):
+        loss = -policy(batch).logits[0, :-1].log_softmax(-1).gather(1, batch[0, 1:, None]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    policy.eval()
+
 def test_score_at_eos_equals_teacher_forced_and_reuses_the_kv_cache(engine: VLLMEngine, hf, z_id: int) -> None:
     rows = [p for p in _prompts(4, 40) for _ in range(2)]  # 40-token prompts: one full 32-token block each
     before = engine.cache_stats.cached_tokens, engine.cache_stats.prompt_tokens
@@ -140,15 +152,8 @@ def test_weights_synced_after_optimizer_steps(engine: VLLMEngine, hf, z_id: int)
     import copy
 
     policy = copy.deepcopy(hf).train()
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
     prompt, response = _prompts(1, 24, seed=4)[0], _prompts(1, 10, seed=5)[0] + [EOS]
-    ids = torch.tensor([prompt + response])
-    for _ in range(3):
-        loss = -policy(ids).logits[0, :-1].log_softmax(-1).gather(1, ids[0, 1:, None]).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    policy.eval()
+    _three_adamw_steps(policy, prompt + response)
     expected = _teacher_forced_logprobs(policy, prompt, response)
 
     def vllm_logprobs() -> torch.Tensor:
@@ -189,14 +194,7 @@ def test_engine_follows_its_policy_through_optimizer_steps(hf, z_id: int) -> Non
     cfg = SamplingConfig(temperature=0.0, max_new_tokens=20)
     prompts = _prompts(3, 16, seed=7)
     first = engine.generate(prompts, cfg)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
-    ids = torch.tensor([prompts[0] + [EOS]])
-    for _ in range(3):
-        loss = -policy(ids).logits[0, :-1].log_softmax(-1).gather(1, ids[0, 1:, None]).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    policy.eval()
+    _three_adamw_steps(policy, prompts[0] + [EOS])
     ours = SamplerEngine(policy, PAD, [EOS], z_id, (PAD,)).generate(prompts, cfg)
     theirs = engine.generate(prompts, cfg)
     assert not ours.response_ids.equal(first.response_ids) or not torch.allclose(ours.logprobs, first.logprobs)

@@ -198,13 +198,13 @@ def _load_models(
 # Measurements.
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
 
 
-def _median(xs: list[float]) -> float:
+def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
@@ -309,17 +309,17 @@ def _sampler_vs_generate(ctx: BenchContext, bm: BenchModel, reps: int) -> dict[s
             raise RuntimeError(f"model.generate produced {out.shape[1] - width} tokens instead of {T}")
         speed = []
         for r in range(reps):
-            t_ours, _ = _timed(ours)
-            t_gen, _ = _timed(theirs)
+            t_ours, _ = timed(ours)
+            t_gen, _ = timed(theirs)
             speed.append((t_ours, t_gen))
             ctx.log(f"[{bm.name}] throughput rep {r + 1}/{reps}: sampler {t_ours:.3f}s, generate {t_gen:.3f}s")
     finally:
         model.generation_config.eos_token_id = saved_eos
     n = bm.name
     return {
-        f"sampler_vs_generate_{n}": _median([b / a for a, b in speed]),
-        f"sampler_tokens_per_s_{n}": B * T / _median([a for a, _ in speed]),
-        f"generate_tokens_per_s_{n}": B * T / _median([b for _, b in speed]),
+        f"sampler_vs_generate_{n}": median([b / a for a, b in speed]),
+        f"sampler_tokens_per_s_{n}": B * T / median([a for a, _ in speed]),
+        f"generate_tokens_per_s_{n}": B * T / median([b for _, b in speed]),
     }
 
 
@@ -350,8 +350,8 @@ def _in_loop_score_cost(ctx: BenchContext, bm: BenchModel, reps: int) -> dict[st
         t = {}
         # alternate the order within a repetition so neither run always follows the re-scoring
         for with_z in ((True, False) if r % 2 == 0 else (False, True)):
-            t[with_z], _ = _timed(lambda w=with_z, tm=timing: sampled(w, tm if w else None))
-        t_tf, _ = _timed(rescore)
+            t[with_z], _ = timed(lambda w=with_z, tm=timing: sampled(w, tm if w else None))
+        t_tf, _ = timed(rescore)
         timings.append(timing)
         score.append((t[True], t[False], t_tf))
         ctx.log(
@@ -364,21 +364,21 @@ def _in_loop_score_cost(ctx: BenchContext, bm: BenchModel, reps: int) -> dict[st
                          step_seconds=[x for tm in timings for x in tm.step_seconds])
     row_cost = pooled.marginal_row_s()
     n = bm.name
-    t_without = _median([x[1] for x in score])
-    t_tf = _median([x[2] for x in score])
-    t_extra = _median([tm.extra_s(row_cost) for tm in timings])
+    t_without = median([x[1] for x in score])
+    t_tf = median([x[2] for x in score])
+    t_extra = median([tm.extra_s(row_cost) for tm in timings])
     diff = (scored.lp_z[fin] - tf[fin]).abs()
     return {
         f"score_overhead_{n}": 1.0 + t_extra / t_without,
         f"score_vs_reforward_{n}": t_extra / t_tf,
-        f"score_overhead_by_difference_{n}": _median([w / wo for w, wo, _ in score]),
-        f"score_vs_reforward_by_difference_{n}": _median([w - wo for w, wo, _ in score]) / t_tf,
-        f"score_vs_reforward_upper_bound_{n}": _median([tm.extra_s(0.0) + tm.proportional_s for tm in timings]) / t_tf,
-        f"sample_with_score_s_{n}": _median([x[0] for x in score]),
+        f"score_overhead_by_difference_{n}": median([w / wo for w, wo, _ in score]),
+        f"score_vs_reforward_by_difference_{n}": median([w - wo for w, wo, _ in score]) / t_tf,
+        f"score_vs_reforward_upper_bound_{n}": median([tm.extra_s(0.0) + tm.proportional_s for tm in timings]) / t_tf,
+        f"sample_with_score_s_{n}": median([x[0] for x in score]),
         f"sample_without_score_s_{n}": t_without,
         f"in_loop_score_s_{n}": t_extra,
         f"decode_row_marginal_s_{n}": row_cost,
-        f"score_only_steps_{n}": _median([float(tm.score_only_steps) for tm in timings]),
+        f"score_only_steps_{n}": median([float(tm.score_only_steps) for tm in timings]),
         f"teacher_forced_rescore_s_{n}": t_tf,
         f"finished_fraction_{n}": float(fin.float().mean()),
         f"mean_response_tokens_{n}": float(scored.response_mask.sum(1).float().mean()),
@@ -535,7 +535,7 @@ def _laser_vs_grpo_step(ctx: BenchContext, bm: BenchModel) -> float:
     times: dict[bool, list[float]] = {False: [], True: []}
     for rep in range(reps):
         for laser in ((False, True) if rep % 2 == 0 else (True, False)):
-            times[laser].append(_timed(lambda laser=laser: step(laser))[0])
-    grpo, laser = _median(times[False]), _median(times[True])
+            times[laser].append(timed(lambda laser=laser: step(laser))[0])
+    grpo, laser = median(times[False]), median(times[True])
     ctx.log(f"[{bm.name}] training step: GRPO {grpo * 1e3:.1f} ms, LaSeR {laser * 1e3:.1f} ms, ratio {laser / grpo:.3f}")
     return laser / grpo

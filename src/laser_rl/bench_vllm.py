@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from laser_rl.bench import BenchContext, BenchModel, _median, _timed
+from laser_rl.bench import BenchContext, BenchModel, median, timed
 
 
 def vllm_throughput(ctx: BenchContext, bm: BenchModel, reps: int, done: dict[str, float]) -> dict[str, float]:
@@ -49,12 +49,12 @@ def vllm_throughput(ctx: BenchContext, bm: BenchModel, reps: int, done: dict[str
     full()
     plain_s, full_s, score_s = [], [], []
     for r in range(reps):
-        t_plain, _ = _timed(plain)
+        t_plain, _ = timed(plain)
         before = engine.cache_stats.cached_tokens, engine.cache_stats.prompt_tokens
         engine.z_id, z = None, engine.z_id  # the same rollout without the score pass, then with it
-        t_noscore, _ = _timed(full)
+        t_noscore, _ = timed(full)
         engine.z_id = z
-        t_full, roll = _timed(full)
+        t_full, roll = timed(full)
         plain_s.append(t_plain)
         full_s.append(t_full)
         score_s.append(t_full - t_noscore)
@@ -67,13 +67,13 @@ def vllm_throughput(ctx: BenchContext, bm: BenchModel, reps: int, done: dict[str
                          stop_ids=bm.stop_ids, eos_id=bm.eos_id, batch_size=B)
     diff = (roll.lp_z[fin] - tf[fin]).abs()
     n = bm.name
-    vllm_tps = B * T / _median(plain_s)
+    vllm_tps = B * T / median(plain_s)
     return {
         f"vllm_tokens_per_s_{n}": vllm_tps,
         f"vllm_vs_sampler_{n}": vllm_tps / done[f"sampler_tokens_per_s_{n}"],
         f"vllm_vs_generate_{n}": vllm_tps / done[f"generate_tokens_per_s_{n}"],
-        f"vllm_rollout_with_score_s_{n}": _median(full_s),
-        f"vllm_score_pass_s_{n}": _median(score_s),
+        f"vllm_rollout_with_score_s_{n}": median(full_s),
+        f"vllm_score_pass_s_{n}": median(score_s),
         f"vllm_score_cache_hit_rate_{n}": cached / prompt_tokens if prompt_tokens else float("nan"),
         f"vllm_lp_z_vs_teacher_forced_max_abs_diff_{n}": float(diff.max()) if diff.numel() else float("nan"),
     }
