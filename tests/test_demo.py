@@ -138,3 +138,45 @@ def test_findings_compare_the_score_with_the_written_verdict_on_grpo_and_laser()
     assert "the LaSeR score (95.0) beats the best free signal: mean token log-prob on the LaSeR model (60.0)" in text
     assert "score-weighted maj@8 (64.9) beats the best free vote, mean token log-prob-weighted maj@8 on the GRPO" in text
     assert "written verdict" not in text
+
+
+def test_demo_runs_the_two_template_baseline_when_the_base_learned_a_verification_template(tmp_path):
+    from conftest import make_tiny_model_dir
+    from laser_rl.score_params import ScoreParams
+    from laser_rl.tasks.pairsum import PairSumConfig
+
+    out = tmp_path / "demo"
+    base = make_tiny_model_dir(out / "base", task=PairSumConfig(check_text=False, test_size=40))
+    params = ScoreParams.load(base)
+    params.extra.update(verify_template="=", verify_words=["1", "0"], verify_batch=64)  # as `laser base --verify-batch`
+    params.save(base)
+    assert main(["demo", "--out", str(out), "--setup", "pairsum-verify", *DEMO_ARGS]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("base", "grpo", "laser"):
+        entry = summary[name]
+        for key in ("self_verify_auroc", "self_verify_within_problem_auroc", "self_verify_weighted_maj@8"):
+            assert key in entry, (name, key)
+        # x + y + "=" read in a second pass (prompt ≥ 10 characters), one decode token; z costs 1 in all
+        assert entry["self_verify_tokens_per_response"] > 10
+    metrics = json.loads((out / "eval" / "laser" / "metrics.json").read_text())
+    assert metrics["baselines"]["self_verify"]["cost"]["decode_tokens_per_response"] == 1
+    report = (out / "report.md").read_text()
+    assert "| laser | second pass, learned template (not free, " in report
+    assert "Against a second verification pass (the two-template baseline" in report
+
+
+def test_two_template_findings_compare_quality_and_tokens():
+    from laser_rl.demo import two_template_findings
+
+    grpo = {"self_verify_auroc": 0.98, "self_verify_weighted_maj@8": 0.7, "self_verify_tokens_per_response": 38.0}
+    laser = {"self_verify_auroc": 0.97, "self_verify_weighted_maj@8": 0.69, "self_verify_tokens_per_response": 37.0}
+    summary = {"base": _summary_entry(), "grpo": _summary_entry(**grpo), "laser": _summary_entry(**laser)}
+    (line,) = two_template_findings(summary)
+    assert "its AUROC is 98.0 on the GRPO model and 97.0 on the LaSeR model; LaSeR's score 95.0 (-3.0 vs the " \
+           "better pass, on the GRPO model)" in line
+    assert "The pass costs 37.5 tokens per verified response against the score's 1." in line
+    summary["grpo"]["self_verify_auroc"] = summary["laser"]["self_verify_auroc"] = None  # every response wrong
+    assert "its AUROC is n/a on the GRPO model and n/a on the LaSeR model; LaSeR's score 95.0 (n/a vs the better " \
+           "pass, on the n/a model)" in two_template_findings(summary)[0]
+    del summary["grpo"]["self_verify_auroc"], summary["laser"]["self_verify_auroc"]
+    assert two_template_findings(summary) == []

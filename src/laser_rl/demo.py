@@ -25,13 +25,16 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from laser_rl.core import SCORE_THRESHOLD, correct_target_logprob
 from laser_rl.errors import LaserError
 from laser_rl.io import SHIPPED_CONFIGS, read_jsonl, write_json_atomic, write_text_atomic
 from laser_rl.jobs import Task, default_jobs, run_tasks
 from laser_rl.score_params import ScoreParams
+
+if TYPE_CHECKING:
+    from laser_rl.evaluation.self_verify import SelfVerifySpec
 
 CONFIG_DIR = SHIPPED_CONFIGS / "demo"
 #: Shipped base models, one folder per setup (configs/demo/bases/SETUP), each with its BUILD_FILE.
@@ -195,17 +198,34 @@ def _train(name: str, out: Path, base_dir: Path, params: ScoreParams, seed: int,
     return result.seconds
 
 
-def _evaluate(name: str, model_dir: Path, out: Path, seed: int, problems: int, n: int, data: str) -> dict[str, Any]:
-    """Evaluate (or reuse) one model on the held-out split; returns its metrics (samples stay in eval/NAME)."""
+def verify_spec(params: ScoreParams) -> SelfVerifySpec | None:
+    """The verification template the base learned in SFT (``laser base --verify-batch``), from its laser.json
+    ``extra``; None when it learned none. The demo's evaluation then runs the two-template baseline with it."""
+    from laser_rl.evaluation.self_verify import SelfVerifySpec
+
+    template, words = params.extra.get("verify_template"), params.extra.get("verify_words")
+    if not template or not words:
+        return None
+    return SelfVerifySpec(str(template), (str(words[0]), str(words[1])))
+
+
+def _evaluate(name: str, model_dir: Path, out: Path, seed: int, problems: int, n: int, data: str,
+              spec: SelfVerifySpec | None = None) -> dict[str, Any]:
+    """Evaluate (or reuse) one model on the held-out split; returns its metrics (samples stay in eval/NAME).
+    With ``spec``, the same model also verifies its samples in a second pass (the two-template baseline)."""
     from laser_rl.evaluation.runner import EvalOptions, load_eval_data, run_eval
+    from laser_rl.evaluation.scoring_model import load_scoring_model
     from laser_rl.evaluation.self_verify import refresh_eval_baselines
 
     eval_dir = out / "eval" / name
     _say(f"{name}: evaluating on {problems} held-out {data} problems × {n} samples")
     run_eval(EvalOptions(model=str(model_dir), data=data, n=n, out=str(eval_dir), limit=problems, batch_size=512,
                          seed=seed), log=_say)
-    # the verdict the responses write (pair-sum's ;ok;/;no;): a free baseline next to the likelihood ones
-    return refresh_eval_baselines(eval_dir, load_eval_data(data, model_dir), limit=problems, log=_say)
+    # the verdict the responses write (pair-sum's ;ok;/;no;): a free baseline next to the likelihood ones;
+    # and, when the base learned a verification template, the second pass that reads it (its cost reported)
+    return refresh_eval_baselines(eval_dir, load_eval_data(data, model_dir), limit=problems, log=_say,
+                                  self_verify_spec=spec, batch_size=512,
+                                  load_model=lambda: load_scoring_model(str(model_dir)))
 
 
 def summarise(metrics: dict[str, Any], train_seconds: float) -> dict[str, Any]:
@@ -223,6 +243,11 @@ def summarise(metrics: dict[str, Any], train_seconds: float) -> dict[str, Any]:
         for key in ("auroc", "within_problem_auroc", "hm_tpr_tnr", "weighted_maj@8", "best_of@8"):
             if key in b:
                 entry[f"{name}_{key}"] = b[key]
+    cost = ((metrics.get("baselines") or {}).get("self_verify") or {}).get("cost")
+    if cost:  # the second pass's tokens per verified response; LaSeR's score costs 1 (the step after EOS)
+        entry["self_verify_tokens_per_response"] = (cost["prefill_tokens_per_response"]
+                                                    + cost["decode_tokens_per_response"])
+        entry["self_verify_seconds_per_response"] = cost["seconds_per_response"]
     return entry
 
 
@@ -276,6 +301,10 @@ def render_summary_table(summary: dict[str, Any]) -> str:
     for name in MODELS:
         m = summary[name]
         rows = [("LaSeR self-reward", "")] + [(label, f"{b}_") for b, label in FREE_SIGNALS.items() if f"{b}_auroc" in m]
+        if "self_verify_auroc" in m:  # not free: a second pass over x + y + template
+            tokens = m.get("self_verify_tokens_per_response")
+            cost = "" if tokens is None else f", {tokens:.1f} tokens per response"
+            rows.append((f"second pass, learned template (not free{cost})", "self_verify_"))
         for label, prefix in rows:
             cells = [format_metric(m.get(f"{prefix}{c}"), ".1f", 100)
                      for c in ("auroc", "within_problem_auroc", "hm_tpr_tnr", "weighted_maj@8", "best_of@8")]
@@ -357,7 +386,8 @@ def _run_demo(out: Path, seed: int, setup: str, settings: dict[str, Any], eval_p
             _say(f"{name}: reusing the finished run in {out / name}")
             train_seconds[name] = finished
     scheduled = {t.name for t in tasks}
-    tasks += [Task(f"eval {name}", _evaluate, (name, dirs[name], out, seed, eval_problems, eval_n, data),
+    spec = verify_spec(params)
+    tasks += [Task(f"eval {name}", _evaluate, (name, dirs[name], out, seed, eval_problems, eval_n, data, spec),
                    tuple({f"train {name}"} & scheduled)) for name in MODELS]
     if jobs > 1:
         _say(f"running {len(tasks)} tasks, up to {jobs} at a time, each in a one-thread process")
@@ -517,6 +547,7 @@ def findings(summary: dict[str, Any]) -> list[str]:
         lines.append(f"Ranking a problem's own samples (within-problem AUROC), the LaSeR score ({pct(ours)}) {verdict} "
                      f"the best free signal: {FREE_SIGNALS[l_name]} on the LaSeR model ({pct(l_val)}), "
                      f"{FREE_SIGNALS[g_name]} on the GRPO model ({pct(g_val)}).")
+    lines += two_template_findings(summary)
     votes = {name: best_free_vote(summary[name]) for name in ("grpo", "laser")}
     (g_label, g_vote), (l_label, l_vote) = votes["grpo"], votes["laser"]
     ours_vote = laser["weighted_maj@8"]
@@ -525,3 +556,27 @@ def findings(summary: dict[str, Any]) -> list[str]:
                  f"{g_label} on the GRPO model ({pct(g_vote)}, {gain(ours_vote, g_vote)}) and {l_label} on the LaSeR "
                  f"model ({pct(l_vote)}).")
     return lines
+
+
+def two_template_findings(summary: dict[str, Any]) -> list[str]:
+    """The score against the two-template baseline (a second pass with the template the base learned), in
+    quality and in verification tokens per response; no line when the base learned no template."""
+    from laser_rl.evaluation.metrics import format_metric
+
+    grpo, laser = summary["grpo"], summary["laser"]
+    if "self_verify_auroc" not in grpo and "self_verify_auroc" not in laser:
+        return []
+    passes = [(m["self_verify_auroc"], name) for name, m in (("GRPO", grpo), ("LaSeR", laser))
+              if m.get("self_verify_auroc") is not None]
+    best = max(passes) if passes else (None, "n/a")
+    tokens = [m["self_verify_tokens_per_response"] for m in (grpo, laser) if m.get("self_verify_tokens_per_response")]
+    gap = None if laser.get("auroc") is None or best[0] is None else laser["auroc"] - best[0]
+    cost = f"{sum(tokens) / len(tokens):.1f} tokens per verified response against the score's 1" if tokens else ""
+    return [f"Against a second verification pass (the two-template baseline: the same model reads x + y + the "
+            f"template it learned in SFT): its AUROC is {format_metric(grpo.get('self_verify_auroc'), '.1f', 100)} on "
+            f"the GRPO model and {format_metric(laser.get('self_verify_auroc'), '.1f', 100)} on the LaSeR model; "
+            f"LaSeR's score {format_metric(laser.get('auroc'), '.1f', 100)} "
+            f"({'n/a' if gap is None else f'{100 * gap:+.1f}'} vs the better pass, on the {best[1]} model), "
+            f"weighted maj@8 {format_metric(laser['weighted_maj@8'], '.1f', 100)} vs the pass's "
+            f"{format_metric(grpo.get('self_verify_weighted_maj@8'), '.1f', 100)} / "
+            f"{format_metric(laser.get('self_verify_weighted_maj@8'), '.1f', 100)}. The pass costs {cost}."]
