@@ -68,11 +68,12 @@ def test_is_weights_leave_the_kl_term_unweighted() -> None:
     w = is_weights(lp, rollout, batch.seq.pred_mask, "token", 2.0)
     kl_grad = _grad(lp, batch, with_kl, None) - _grad(lp, no_ref, no_kl, None)  # the KL term's own gradient
     torch.testing.assert_close(_grad(lp, batch, with_kl, w), _grad(lp, no_ref, no_kl, None) * w + kl_grad)
-    # and the reported loss (PG + KL) is the unweighted one
+    # and the loss value is verl's: weighted PG + unweighted KL
     out = PolicyOutput(lp, torch.full((B,), float("nan")), torch.zeros(B, T))
     kw = dict(alpha=None, score=None, normalizer=10.0, weight_sum=1.0)
+    kl_value = micro_batch_loss(out, batch, with_kl, **kw).total - micro_batch_loss(out, no_ref, no_kl, **kw).total
     torch.testing.assert_close(micro_batch_loss(out, batch, with_kl, is_weights=w, **kw).total,
-                               micro_batch_loss(out, batch, with_kl, **kw).total)
+                               micro_batch_loss(out, no_ref, no_kl, is_weights=w, **kw).total + kl_value)
 
 
 def test_update_reports_the_diff_of_the_first_forward_and_the_weights() -> None:

@@ -421,12 +421,16 @@ def policy_loss(
     kl_coef: float = 0.0,
     normalizer: float | Tensor | None = None,
     clip_ratio_c: float | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO-clip loss with asymmetric clipping (ε_low, ε_high), optional dual-clip and k3 KL term.
 
     Per token: ρ = exp(clamp(log π − log π_old, ±20)); ℓ = max(−A·ρ, −A·clip(ρ, 1 − ε_low, 1 + ε_high));
     with dual-clip (``clip_ratio_c`` = c > 1, verl's ``clip_ratio_c``) ℓ = min(ℓ, −A·c) where A < 0,
     so a token whose ratio exploded under a negative advantage cannot dominate the batch;
+    ``token_weights`` w ``[B, T]`` (constants, e.g. the truncated importance weights of
+    :mod:`~laser_rl.core.is_correction`) scale the policy-gradient term only: ℓ ← w·ℓ (verl's
+    ``pg_losses * rollout_is_weights``; the KL term stays unweighted, as in verl and TRL);
     [+ β_KL · clamp(e^d − d − 1, ±10) with d = clamp(log π_ref − log π, ±20)].
     Aggregation over the ``[B, T]`` token losses with ``mask``:
     - ``token-mean``: Σ ℓ / #tokens (default; the paper's);
@@ -461,6 +465,9 @@ def policy_loss(
         bound = -adv * clip_ratio_c
         dual = (adv < 0) & (per_token > bound)
         per_token = torch.where(adv < 0, torch.minimum(per_token, bound), per_token)
+    if token_weights is not None:
+        _check_2d("token_weights", token_weights, (B, T))
+        per_token = per_token * token_weights.detach().to(per_token.dtype)
     kl = zero
     if ref_logprobs is not None:
         _check_2d("ref_logprobs", ref_logprobs, (B, T))
@@ -530,10 +537,12 @@ def laser_loss(
     mse_weights: Tensor | None = None,
     mse_weight_sum: float | Tensor | None = None,
     ref_logprobs: Tensor | None = None,
+    token_weights: Tensor | None = None,
 ) -> LaserLossTerms:
     """loss = PPO-clip(A') + α·L_sr (spec §2.8; L_sr is Eq. 14); ``alpha=None`` = plain GRPO (no MSE).
 
-    ``token_logprobs``/``old_logprobs``/``mask``/``ref_logprobs`` ``[B, T]``; ``advantages`` ``[B]`` the
+    ``token_logprobs``/``old_logprobs``/``mask``/``ref_logprobs``/``token_weights`` ``[B, T]`` (the weights
+    scale the PPO-clip term's tokens, :func:`policy_loss`); ``advantages`` ``[B]`` the
     final A' (after Eq. 15); ``scores`` ``[B]`` r_s from the *same* forward as ``token_logprobs``
     (differentiable through lp_z); ``rewards``/``finished``/``mse_weights`` ``[B]``. For gradient
     accumulation pass the whole batch's ``normalizer`` and ``mse_weight_sum``, so the micro-batch
@@ -542,6 +551,7 @@ def laser_loss(
     pg, stats = policy_loss(
         token_logprobs, old_logprobs, advantages, mask, config.clip_low, config.clip_high, config.aggregation,
         ref_logprobs=ref_logprobs, kl_coef=config.kl_coef, normalizer=normalizer, clip_ratio_c=config.clip_ratio_c,
+        token_weights=token_weights,
     )
     mse = pg.new_zeros(())
     if alpha is not None:

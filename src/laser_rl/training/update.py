@@ -186,10 +186,8 @@ def micro_batch_loss(
     (or row) count and MSE weight sum, divided by the number of processes.
 
     ``is_weights`` ``[B, T]`` (detached; :func:`~laser_rl.core.is_correction.is_weights`): truncated importance
-    weights of the policy-gradient term. The PPO term gets the log-probs sg(lp) + w·(lp − sg(lp)): their value
-    is lp (the clip decisions see the true ratio), their gradient w × lp's, so each token's PG gradient is the
-    gradient of verl's ``pg_losses * w``. The KL term (added separately, unweighted, as verl and TRL do) and the
-    MSE term are not weighted; the reported ``policy`` loss is the unweighted value.
+    weights of the policy-gradient term, verl's ``pg_losses * w`` (``core.policy_loss``'s ``token_weights``);
+    the KL and MSE terms are not weighted.
     """
     scores = None
     if alpha is not None:
@@ -198,26 +196,11 @@ def micro_batch_loss(
         scores = score.score(out.lp_z, sub.ref_lp_z)
     lp = out.token_logprobs  # [B, T]
     old = lp.detach() if on_policy else sub.seq.old_logprobs
-    if is_weights is None:
-        return core.laser_loss(
-            lp, old, sub.advantages, sub.seq.pred_mask, config, normalizer=normalizer, alpha=alpha,
-            scores=scores, rewards=sub.rewards, finished=sub.seq.finished, mse_weights=sub.mse_weights,
-            mse_weight_sum=weight_sum, ref_logprobs=sub.ref_logprobs,
-        )
-    weighted = lp.detach() + is_weights.to(lp.dtype) * (lp - lp.detach())  # value lp, gradient w·∇lp: [B, T]
-    terms = core.laser_loss(
-        weighted, old, sub.advantages, sub.seq.pred_mask, replace(config, kl_coef=0.0), normalizer=normalizer,
-        alpha=alpha, scores=scores, rewards=sub.rewards, finished=sub.seq.finished, mse_weights=sub.mse_weights,
-        mse_weight_sum=weight_sum, ref_logprobs=sub.ref_logprobs,
+    return core.laser_loss(
+        lp, old, sub.advantages, sub.seq.pred_mask, config, normalizer=normalizer, alpha=alpha,
+        scores=scores, rewards=sub.rewards, finished=sub.seq.finished, mse_weights=sub.mse_weights,
+        mse_weight_sum=weight_sum, ref_logprobs=sub.ref_logprobs, token_weights=is_weights,
     )
-    if config.kl_coef and sub.ref_logprobs is not None:
-        # the KL term alone, on the unweighted log-probs: policy_loss with zero advantages is β_KL·KL aggregated
-        kl, _ = core.policy_loss(
-            lp, old, torch.zeros_like(sub.advantages), sub.seq.pred_mask, aggregation=config.aggregation,
-            ref_logprobs=sub.ref_logprobs, kl_coef=config.kl_coef, normalizer=normalizer,
-        )
-        terms = replace(terms, total=terms.total + kl, policy=terms.policy + kl)
-    return terms
 
 
 def clip_grad_norm(parameters: Any, max_norm: float) -> Tensor:
