@@ -67,7 +67,7 @@ def ref_mse(scores, rewards, finished, balanced=True):
     return num / den if den else 0.0
 
 
-def ref_policy_loss(lp, old, adv, mask, lo, hi, agg, ref=None, kl_coef=0.0, clip_ratio_c=None):
+def ref_policy_loss(lp, old, adv, mask, lo, hi, agg, ref=None, kl_coef=0.0, clip_ratio_c=None, w=None):
     rows = []
     for b in range(len(lp)):
         toks = []
@@ -78,6 +78,8 @@ def ref_policy_loss(lp, old, adv, mask, lo, hi, agg, ref=None, kl_coef=0.0, clip
             loss = max(-adv[b] * ratio, -adv[b] * min(max(ratio, 1 - lo), 1 + hi))
             if clip_ratio_c is not None and adv[b] < 0:
                 loss = min(loss, -adv[b] * clip_ratio_c)
+            if w is not None:  # importance weights scale the PG term, not the KL
+                loss *= w[b][t]
             if ref is not None:
                 d = min(max(ref[b][t] - lp[b][t], -20), 20)
                 loss += kl_coef * min(max(math.exp(d) - d - 1, -10), 10)
@@ -391,7 +393,8 @@ def test_laser_phase():
 @pytest.mark.parametrize("agg", L.AGGREGATIONS)
 @pytest.mark.parametrize("with_kl", [False, True])
 @pytest.mark.parametrize("clip_ratio_c", [None, 1.5])
-def test_policy_loss_matches_loop(agg, with_kl, clip_ratio_c):
+@pytest.mark.parametrize("weighted", [False, True])
+def test_policy_loss_matches_loop(agg, with_kl, clip_ratio_c, weighted):
     g = torch.Generator().manual_seed(1)
     B, T = 5, 6
     lp = torch.randn(B, T, generator=g, dtype=torch.float64) * 0.3 - 1
@@ -404,10 +407,11 @@ def test_policy_loss_matches_loop(agg, with_kl, clip_ratio_c):
     adv[0] = -1.0
     lengths = torch.tensor([6, 3, 0, 1, 4])
     mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    w = torch.rand(B, T, generator=g, dtype=torch.float64) * 2 if weighted else None
     loss, stats = L.policy_loss(lp, old, adv, mask, 0.2, 0.28, agg, ref_logprobs=ref, kl_coef=0.05 if with_kl else 0.0,
-                                clip_ratio_c=clip_ratio_c)
+                                clip_ratio_c=clip_ratio_c, token_weights=w)
     want = ref_policy_loss(lp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.28, agg,
-                           ref.tolist() if with_kl else None, 0.05, clip_ratio_c)
+                           ref.tolist() if with_kl else None, 0.05, clip_ratio_c, w.tolist() if weighted else None)
     assert float(loss) == pytest.approx(want, rel=1e-9)
     assert 0.0 <= float(stats["clip_fraction"]) <= 1.0
     assert (float(stats["dual_clip_fraction"]) > 0) == (clip_ratio_c is not None)
