@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(y: the task's SFT responses, right or wrong); 0 = off (default)",
     )
     v.add_argument("--verify-template", default="", metavar="TEMPLATE",
-                   help="text after the response that asks for the verdict, e.g. '=' (then `laser eval "
+                   help="text after the response that asks for the verdict, e.g. '=', or '<eos>=' to ask after the stop "
+                   "token, next to where LaSeR reads z (then `laser eval "
                    "--self-verify TEMPLATE --self-verify-words YES,NO` reads it)")
     v.add_argument("--verify-words", default="1,0", metavar="YES,NO",
                    help="the one-character verdicts (default 1,0); characters outside the task's alphabet are added "

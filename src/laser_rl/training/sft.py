@@ -30,6 +30,7 @@ from laser_rl.errors import LaserError
 from laser_rl.io import check_output_dir
 from laser_rl.tasks.arith import ArithConfig, solution
 from laser_rl.tasks.base import Problem
+from laser_rl.tasks.char_tokenizer import EOS_TOKEN
 
 # Stream positions used for measurements: training reads positions [0, steps·batch), far below.
 EVAL_OFFSET = 10**9
@@ -88,14 +89,16 @@ class SFTConfig:
                 raise LaserError(f"--verify-words: expected two single characters YES,NO, got {list(words)!r}")
             if words[0] == words[1]:
                 raise LaserError(f"--verify-words: the yes and no words are the same ({words[0]!r})")
-            if any(c.isspace() or c in "<>" for c in self.verify_template):
-                raise LaserError(f"--verify-template: no spaces or '<', '>' (character tokenizer), got "
-                                 f"{self.verify_template!r}")
+            if any(c.isspace() or c in "<>" for c in self.verify_template.replace(EOS_TOKEN, "")):
+                raise LaserError(f"--verify-template: no spaces or '<', '>' (character tokenizer) except in the stop "
+                                 f"token {EOS_TOKEN}, got {self.verify_template!r}")
 
     @property
     def verify_chars(self) -> str:
-        """Characters the verification examples write (template and words), in first-use order."""
-        return "".join(dict.fromkeys(self.verify_template + "".join(self.verify_words))) if self.verify_batch else ""
+        """Characters the verification examples write (template and words), in first-use order; the stop token
+        text ``<eos>`` in a template is the tokenizer's own special token, not characters."""
+        text = self.verify_template.replace(EOS_TOKEN, "") + "".join(self.verify_words)
+        return "".join(dict.fromkeys(text)) if self.verify_batch else ""
 
 
 # ----------------------------------------------------------------------------------------- batches
