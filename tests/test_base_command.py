@@ -75,6 +75,26 @@ def test_config_file_sets_the_base_and_flags_override_it(tmp_path, capsys):
     assert "demo/nope.yaml: config file not found" in err and "demo/base-pairsum.yaml" in err
 
 
+def test_verify_config_file_and_a_template_after_the_stop_token(tmp_path):
+    """demo/base-pairsum-verify.yaml's verify_words list reaches SFT; '<eos>=' asks for the verdict after EOS."""
+    from laser_rl.tasks.char_tokenizer import EOS_TOKEN
+    from laser_rl.tasks.pairsum import PairSumConfig
+
+    out = tmp_path / "verify"
+    small = ["--hidden", "16", "--heads", "2", "--intermediate", "32", "--verify-batch", "4"]
+    assert main(["base", "--out", str(out), "--config", "demo/base-pairsum-verify.yaml", "--verify-template",
+                 f"{EOS_TOKEN}=", *small, *TINY]) == 0
+    extra = ScoreParams.load(out).extra
+    assert (extra["verify_template"], extra["verify_words"]) == (f"{EOS_TOKEN}=", ["1", "0"])
+    tok = AutoTokenizer.from_pretrained(out)
+    assert not {"<", "e", "o", "s", ">"} & set(tok.get_vocab())  # the stop token's text added no characters
+    ids, _, loss_mask = sft.verification_batch(tok, [PairSumConfig().train_problem(0, 0)], ["10+12=22;#10,12"],
+                                               [False], f"{EOS_TOKEN}=", ("1", "0"))
+    row = ids[0].tolist()
+    at = loss_mask[0].nonzero().item()  # the template's last token, whose next token is the verdict
+    assert row[at - 1] == tok.eos_token_id and tok.convert_ids_to_tokens(row[at:at + 2]) == ["=", "0"]
+
+
 def test_model_shape_flags_build_that_model(tmp_path):
     out = tmp_path / "base"
     flags = ["--hidden", "32", "--layers", "2", "--heads", "2", "--min-operands", "2", "--max-operands", "2"]

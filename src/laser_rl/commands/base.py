@@ -9,6 +9,7 @@ embedded task, ``--task arith`` or ``pairsum``, so later commands rebuild the sa
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from laser_rl.core import DEFAULT_TARGET_LOGPROB
 from laser_rl.errors import LaserError
@@ -179,9 +180,10 @@ def task_config(args: argparse.Namespace) -> object:
         raise LaserError(f"--{flag}: {msg}" if hasattr(defaults, field) else msg) from None
 
 
-def verify_words(text: str) -> tuple[str, str]:
-    """``"1,0"`` → ``("1", "0")`` (``LaserError`` naming --verify-words otherwise)."""
-    words = str(text).split(",")
+def verify_words(text: str | Sequence[str]) -> tuple[str, str]:
+    """``"1,0"`` (the flag) or ``["1", "0"]`` (a base YAML's ``verify_words``) → ``("1", "0")`` (``LaserError``
+    naming --verify-words otherwise)."""
+    words = str(text).split(",") if isinstance(text, str) else [str(w) for w in text]
     if len(words) != 2 or not all(words):
         raise LaserError(f"--verify-words: expected YES,NO (two words separated by a comma), got {text!r}")
     return words[0], words[1]
