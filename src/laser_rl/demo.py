@@ -467,11 +467,13 @@ The score costs no extra forward pass in training and one decode step at test ti
 beat is the best signal a user already has for free: the token log-probs, and the verdict a response
 writes about itself when it writes one (the written-verdict rows above). On chain arithmetic
 (`--setup arith`) a wrong answer comes from a low-probability sampling slip, so the token log-probs
-already tell. On the pair-sum task a wrong pair is written fluently, so likelihood cannot tell; but
-with check text (`check_text: true`, the default base) every response states `;ok;` / `;no;`, and
-reading that word needs no training, so the conclusions above compare the score with it on the GRPO
-model too. The paper's claim is about responses that write no verdict, where the alternative is a
-second verification pass (`laser eval --self-verify TEMPLATE`, the "two-template" baseline).
+already tell. On the pair-sum task a wrong pair is written fluently, so likelihood cannot tell; with
+check text (`--setup pairsum`) every response states `;ok;` / `;no;`, and reading that word needs no
+training, so the conclusions above compare the score with it on the GRPO model too. The paper's claim
+is about responses that write no verdict (`--setup pairsum-verify`), where the alternative is a second
+verification pass over x + y + a template (the "two-template" baseline, `laser eval --self-verify
+TEMPLATE`): when the base model learned such a template in SFT, each evaluation runs that pass too and
+the tables show it with its cost in tokens per response, against the score's one decode step.
 """
 
 
