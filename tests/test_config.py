@@ -55,7 +55,7 @@ def _error(fn) -> str:
 
 def test_all_expected_configs_exist() -> None:
     names = {p.relative_to(ROOT / "configs").as_posix() for p in CONFIGS}
-    expected = {f"demo/{arm}-{setup}.yaml" for arm in ("laser", "grpo") for setup in ("pairsum", "arith", "clock")} | {
+    expected = {f"demo/{arm}-{setup}.yaml" for arm in ("laser", "grpo") for setup in ("pairsum-verify", "pairsum", "pairsum-nocheck", "arith", "clock")} | {
         f"paper/{m}-{v}.yaml" for m in ("qwen2.5-7b", "orz-7b", "octothinker-3b") for v in ("laser", "grpo")
     }
     assert expected <= names
@@ -154,6 +154,12 @@ def test_demo_configs() -> None:
     assert full_laser.laser.tau == 0.0  # advantage integration measured to cost accuracy (rounds 3 and 4)
     assert full_laser.loss.kl_coef == 0.1  # keeps the written check honest in both arms (round 5)
     assert (full_laser.data.train, full_laser.data.eval) == ("pairsum:train", "pairsum")  # issue 18's task
+    # the default setup (issue 24, pairsum-verify): the same RL settings but 300 steps, the arms differing only in
+    # laser.enabled again
+    v_laser, v_grpo = load_config(DEMO / "laser-pairsum-verify.yaml", []), load_config(DEMO / "grpo-pairsum-verify.yaml", [])
+    va, vb = _flat(config_to_dict(v_laser)), _flat(config_to_dict(v_grpo))
+    assert {k for k in va if va[k] != vb[k]} == {"laser.enabled", "output_dir"}
+    assert {k for k in va if va[k] != a[k]} == {"train.steps"} and v_laser.train.steps == 300
     # demo measurement: c_ref ≈ -12 on the tiny base; auto puts the correct target at -4 -> beta_v = 0.125
     assert laser.laser.resolve_beta_v(-12.0) == pytest.approx(0.125)
     # the demo overrides the placeholder model path

@@ -21,7 +21,7 @@ def test_demo_writes_summary_report_and_plots_and_reuses_finished_phases(tmp_pat
     out = tmp_path / "demo"
     # a random pair-sum base, reused instead of training one: the default setup runs on it
     make_tiny_model_dir(out / "base", task=PairSumConfig(check_text=True, test_size=40))
-    args = ["demo", "--out", str(out), *DEMO_ARGS]
+    args = ["demo", "--out", str(out), "--setup", "pairsum", *DEMO_ARGS]  # the setup whose responses write a verdict
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"base", "grpo", "laser", "c_ref", "phase_seconds", "wall_seconds"}
@@ -58,7 +58,7 @@ def test_demo_refuses_a_base_of_another_task_and_unknown_setups(tiny_model_dir, 
     shutil.copytree(tiny_model_dir, out / "base")  # an arith base in the default (pair-sum) setup's folder
     assert main(["demo", "--out", str(out), *DEMO_ARGS]) == 2
     err = capsys.readouterr().err
-    assert "holds a base model for the arith task, but --setup pairsum trains on pairsum" in err
+    assert "holds a base model for the arith task, but --setup pairsum-verify trains on pairsum" in err
     assert not (out / "grpo").exists()  # refused before any training
     with pytest.raises(SystemExit):
         main(["demo", "--out", str(out), "--setup", "nope"])
@@ -93,7 +93,11 @@ def test_demo_base_settings_files(tmp_path):
     defaults = inspect.signature(train_base_model).parameters
     assert settings and all(settings[k] == defaults[k].default for k in settings)
     default = load_base_settings(demo_config_path("base"))
-    assert default["task"].name == "pairsum" and default["task"].check_text  # the research configuration of issue 18
+    # issue 24's default: pair-sum responses that write no verdict, a base that learned a verification template
+    assert default["task"].name == "pairsum" and not default["task"].check_text
+    assert (default["verify_batch"], default["verify_template"], default["verify_words"]) == (64, "=", ["1", "0"])
+    checked = load_base_settings(demo_config_path("base", "pairsum"))
+    assert checked["task"].check_text and "verify_batch" not in checked  # issue 18's research configuration
     clock = load_base_settings(demo_config_path("base", "clock"))
     assert clock["task"].modulus > 0  # rounds 2-3's clock arithmetic, kept for reproduction
 

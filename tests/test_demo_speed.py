@@ -102,6 +102,14 @@ def test_shipped_base_loads_matches_its_config_and_the_demo_starts_from_it(tmp_p
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = torch.tensor([tokenizer("[17,42,9,33,25]50=", add_special_tokens=False)["input_ids"]])
     assert torch.isfinite(model(input_ids=ids).logits).all()
+    # every base that ships (the default's and the check-word setup's) is its config's, seed 0, one thread
+    from laser_rl.demo import BASES_DIR
+
+    shipped = sorted(p.name for p in BASES_DIR.iterdir() if (p / BUILD_FILE).is_file())
+    assert {DEFAULT_SETUP, "pairsum"} <= set(shipped)
+    for setup in shipped:
+        setup_settings = load_base_settings(demo_config_path("base", setup))
+        assert shipped_base(setup, 0, setup_settings) == (shipped_base_dir(setup), ""), setup
     # another seed or changed settings: the shipped base is not theirs
     assert shipped_base(DEFAULT_SETUP, 1, settings)[1] == "the shipped base was built with seed 0, not --seed 1"
     assert "differs from what the shipped base was built from" in shipped_base(DEFAULT_SETUP, 0, {**settings, "lr": 1.0})[1]
@@ -113,8 +121,8 @@ def test_shipped_base_loads_matches_its_config_and_the_demo_starts_from_it(tmp_p
     assert (out / "base" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     info = json.loads((out / "run_info.json").read_text())
     assert info["base"]["source"] == "shipped" and info["base"]["seed"] == 0
-    assert "Base model: copied from the package (configs/demo/bases/pairsum), the output of `laser base --config " \
-        "demo/base-pairsum.yaml --seed 0 --threads 1 --out DIR`" in (out / "report.md").read_text()
+    assert f"Base model: copied from the package (configs/demo/bases/{DEFAULT_SETUP}), the output of `laser base " \
+        f"--config demo/base-{DEFAULT_SETUP}.yaml --seed 0 --threads 1 --out DIR`" in (out / "report.md").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["c_ref"] == params.c_ref and summary["phase_seconds"]["base"] < 20
     assert main(["demo", "--out", str(out), "--rebuild-base", *DEMO_ARGS]) == 2

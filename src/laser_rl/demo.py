@@ -5,9 +5,12 @@
     laser  = configs/demo/laser-SETUP.yaml from base, seed S (same prompts, same budget, same c_ref/β_v)
     eval   = each model on the held-out split, N problems × 8 samples, scored in the sampling loop
 
-SETUP is ``pairsum`` by default (issue 18's search task, where checking is easier than solving, so the
-score has something to find that likelihood cannot), ``arith`` (the first demo: chain arithmetic) or
-``clock`` (rounds 2-3 of docs/research/self-verification.md). The configs ship inside the package.
+SETUP is ``pairsum-verify`` by default (issue 18's search task, where checking is easier than solving, so
+the score has something to find that likelihood cannot; the responses write no verdict, and the base
+learned a verification template in SFT, which the evaluation's second pass reads: issue 24),
+``pairsum`` (the same task with a written check word in every response), ``pairsum-nocheck`` (no
+verdict, no template), ``arith`` (the first demo: chain arithmetic) or ``clock`` (rounds 2-3 of
+docs/research/self-verification.md). The configs ship inside the package.
 Every phase is resumable: rerunning with the same ``--out`` reuses what is finished.
 
 Speed (issue 25): the base model of a setup ships inside the package (configs/demo/bases/SETUP: the
@@ -41,7 +44,7 @@ CONFIG_DIR = SHIPPED_CONFIGS / "demo"
 BASES_DIR = CONFIG_DIR / "bases"
 #: What a base folder was built from (config, seed, threads, the settings read from the config).
 BUILD_FILE = "build.json"
-DEFAULT_SETUP = "pairsum"
+DEFAULT_SETUP = "pairsum-verify"
 MODELS = ("base", "grpo", "laser")
 #: The free signals the score is compared with (summary key prefix -> label).
 FREE_SIGNALS = {"mean_logprob": "mean token log-prob", "min_logprob": "min token log-prob",
@@ -244,9 +247,10 @@ def summarise(metrics: dict[str, Any], train_seconds: float) -> dict[str, Any]:
             if key in b:
                 entry[f"{name}_{key}"] = b[key]
     cost = ((metrics.get("baselines") or {}).get("self_verify") or {}).get("cost")
-    if cost:  # the second pass's tokens per verified response; LaSeR's score costs 1 (the step after EOS)
-        entry["self_verify_tokens_per_response"] = (cost["prefill_tokens_per_response"]
-                                                    + cost["decode_tokens_per_response"])
+    if cost:  # the second pass's tokens per verified response (None: nothing finished, so nothing verified);
+        # LaSeR's score costs 1 (the step after EOS)
+        prefill, decode = cost["prefill_tokens_per_response"], cost["decode_tokens_per_response"]
+        entry["self_verify_tokens_per_response"] = None if prefill is None or decode is None else prefill + decode
         entry["self_verify_seconds_per_response"] = cost["seconds_per_response"]
     return entry
 

@@ -1,4 +1,4 @@
-"""``laser demo [--out DIR] [--seed S] [--setup pairsum|arith|clock] [--jobs N] [--rebuild-base]``: the paper's
+"""``laser demo [--out DIR] [--seed S] [--setup SETUP] [--jobs N] [--rebuild-base]``: the paper's
 experiment on an embedded task."""
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder (reused and resumed if present)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the base model, both RL runs and the evaluation")
-    parser.add_argument("--setup", default=DEFAULT_SETUP, choices=demo_setups(),
-                        help="configs/demo/{base,grpo,laser}-SETUP.yaml: pairsum (default; a search task where "
-                             "checking is easier than solving), arith (chain arithmetic), clock (research rounds 2-3)")
+    parser.add_argument("--setup", default=None, choices=demo_setups(),
+                        help=f"configs/demo/{{base,grpo,laser}}-SETUP.yaml (default {DEFAULT_SETUP}): pairsum-verify "
+                             "(a search task where checking is easier than solving; the responses write no verdict, "
+                             "the base learned a verification template), pairsum (the same task, each response "
+                             "writes its own check word), pairsum-nocheck (no verdict, no template), arith (chain "
+                             "arithmetic), clock (research rounds 2-3)")
     parser.add_argument("--full", action="store_true",
-                        help="the issue-18 research configuration, now the default: same as --setup pairsum")
+                        help="the issue-18 research configuration: same as --setup pairsum")
     parser.add_argument("--eval-problems", type=int, default=1000, help="held-out problems to evaluate")
     parser.add_argument("--eval-n", type=int, default=8, help="samples per held-out problem")
     parser.add_argument("--threads", type=int, default=1,
@@ -33,14 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from laser_rl.demo import run_demo
+    from laser_rl.demo import DEFAULT_SETUP, run_demo
     from laser_rl.errors import LaserError
 
-    if args.full and args.setup != "pairsum":
+    if args.full and args.setup not in (None, "pairsum"):
         raise LaserError(f"--full is the pairsum setup; it contradicts --setup {args.setup}")
+    setup = args.setup or ("pairsum" if args.full else DEFAULT_SETUP)
     if args.eval_problems < 1 or args.eval_n < 1:
         raise LaserError("--eval-problems and --eval-n must be positive")
-    summary = run_demo(args.out, seed=args.seed, setup=args.setup, eval_problems=args.eval_problems,
+    summary = run_demo(args.out, seed=args.seed, setup=setup, eval_problems=args.eval_problems,
                        eval_n=args.eval_n, threads=args.threads or None, train_overrides=args.overrides,
                        jobs=args.jobs, rebuild_base=args.rebuild_base)
     keys = ("base", "grpo", "laser", "c_ref", "phase_seconds", "wall_seconds")
