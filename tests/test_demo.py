@@ -184,3 +184,19 @@ def test_two_template_findings_compare_quality_and_tokens():
            "pass, on the n/a model)" in two_template_findings(summary)[0]
     del summary["grpo"]["self_verify_auroc"], summary["laser"]["self_verify_auroc"]
     assert two_template_findings(summary) == []
+
+
+def test_a_verdict_no_response_writes_is_no_free_signal():
+    from laser_rl.demo import best_free_signal, best_free_vote, findings, render_summary_table
+
+    # --setup pairsum-verify: coverage 0, so its 0.5 AUROC and plain-majority vote are not a baseline
+    none = {"verdict_auroc": 0.5, "verdict_within_problem_auroc": 0.5, "verdict_weighted_maj@8": 0.9,
+            "verdict_coverage": 0.0}
+    summary = {name: _summary_entry(**none, **{"pass@8": 0.6, "ece": 0.1, "train_seconds": 1.0})
+               for name in ("base", "grpo", "laser")}
+    summary["grpo"]["mean_logprob_within_problem_auroc"] = 0.4  # below the verdict's 0.5
+    assert best_free_signal(summary["grpo"], "within_problem_auroc") == ("min_logprob", 0.55)
+    assert best_free_vote(summary["grpo"]) == ("mean token log-prob-weighted maj@8", 0.26)
+    assert "written verdict" not in "\n".join(findings(summary)) + render_summary_table(summary)
+    summary["grpo"]["verdict_coverage"] = 0.3  # some responses write one: it counts again
+    assert best_free_vote(summary["grpo"]) == ("written verdict-weighted maj@8", 0.9)

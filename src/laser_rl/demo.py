@@ -243,7 +243,7 @@ def summarise(metrics: dict[str, Any], train_seconds: float) -> dict[str, Any]:
         "tpr": v["tpr"], "tnr": v["tnr"], "ece": v["ece"], "train_seconds": train_seconds,
     }
     for name, b in (metrics.get("baselines") or {}).items():
-        for key in ("auroc", "within_problem_auroc", "hm_tpr_tnr", "weighted_maj@8", "best_of@8"):
+        for key in ("auroc", "within_problem_auroc", "hm_tpr_tnr", "weighted_maj@8", "best_of@8", "coverage"):
             if key in b:
                 entry[f"{name}_{key}"] = b[key]
     cost = ((metrics.get("baselines") or {}).get("self_verify") or {}).get("cost")
@@ -299,12 +299,13 @@ def render_summary_table(summary: dict[str, Any]) -> str:
         cells = [format_metric(m[c], ".1f", 1 if c == "train_seconds" else 100) for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     base_lines = ["", "Free signals next to LaSeR's score (no training needed): the sampled-token log-probs and, "
-                  "when the responses write one, their own verdict (`;ok;` / `;no;`):", "",
+                  "when the responses write one, their own verdict (`;ok;` / `;no;`); and, when the base learned a "
+                  "verification template, the second pass that reads it (not free):", "",
                   "| model | score | AUROC | within-problem AUROC | hm(TPR, TNR) | weighted maj@8 | best-of-8 |",
                   "|---|---|---|---|---|---|---|"]
     for name in MODELS:
         m = summary[name]
-        rows = [("LaSeR self-reward", "")] + [(label, f"{b}_") for b, label in FREE_SIGNALS.items() if f"{b}_auroc" in m]
+        rows = [("LaSeR self-reward", "")] + [(label, f"{b}_") for b, label in FREE_SIGNALS.items() if has_signal(m, b)]
         if "self_verify_auroc" in m:  # not free: a second pass over x + y + template
             tokens = m.get("self_verify_tokens_per_response")
             cost = "" if tokens is None else f", {tokens:.1f} tokens per response"
@@ -500,9 +501,18 @@ def render_timing(summary: dict[str, Any], info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def has_signal(entry: dict[str, Any], name: str) -> bool:
+    """Whether a free signal was measured on this model and exists on some response: a written verdict with
+    coverage 0 (the responses write none, as in --setup pairsum-verify) is no signal, not a 0.5 score."""
+    if not any(key.startswith(f"{name}_") for key in entry):
+        return False
+    coverage = entry.get(f"{name}_coverage")  # only the verdict has one
+    return coverage is None or coverage > 0
+
+
 def best_free_signal(entry: dict[str, Any], metric: str) -> tuple[str, float] | None:
     """(name, value) of the free signal (:data:`FREE_SIGNALS`) that does best on ``metric`` for one model."""
-    values = {b: entry.get(f"{b}_{metric}") for b in FREE_SIGNALS}
+    values = {b: entry.get(f"{b}_{metric}") for b in FREE_SIGNALS if has_signal(entry, b)}
     defined = {b: float(v) for b, v in values.items() if v is not None}
     if not defined:
         return None
@@ -514,7 +524,7 @@ def best_free_vote(entry: dict[str, Any]) -> tuple[str, float]:
     """(label, accuracy) of the best vote without LaSeR's score: maj@8 or a free signal's weighted maj@8."""
     votes = {"maj@8": float(entry["maj@8"])}
     for b, label in FREE_SIGNALS.items():
-        if entry.get(f"{b}_weighted_maj@8") is not None:
+        if has_signal(entry, b) and entry.get(f"{b}_weighted_maj@8") is not None:
             votes[f"{label}-weighted maj@8"] = float(entry[f"{b}_weighted_maj@8"])
     best = max(votes, key=lambda k: votes[k])  # the first on ties: maj@8 before any weighting
     return best, votes[best]
@@ -540,7 +550,7 @@ def findings(summary: dict[str, Any]) -> list[str]:
         f"{pct(laser['maj@8'])} ({gain(laser['weighted_maj@8'], laser['maj@8'])}); best-of-8 {pct(laser['best_of@8'])} "
         f"vs a random sample {pct(laser['accuracy'])} ({gain(laser['best_of@8'], laser['accuracy'])}).",
     ]
-    if laser.get("verdict_auroc") is not None or grpo.get("verdict_auroc") is not None:
+    if has_signal(laser, "verdict") or has_signal(grpo, "verdict"):
         lines.append(f"The written verdict (each response's own check word, free and untrained) reaches AUROC {pct(grpo.get('verdict_auroc'))} "
                      f"on the GRPO model and {pct(laser.get('verdict_auroc'))} on the LaSeR model, hm(TPR, TNR) "
                      f"{pct(grpo.get('verdict_hm_tpr_tnr'))} / {pct(laser.get('verdict_hm_tpr_tnr'))}; "
