@@ -45,7 +45,9 @@ def test_demo_writes_summary_report_and_plots_and_reuses_finished_phases(tmp_pat
     # the conclusions are computed from this run's numbers
     acc = summary["laser"]["accuracy"] * 100
     assert f"LaSeR {acc:.1f} (LaSeR − GRPO" in report
-    assert "| grpo | written verdict |" in report and "the best free vote" in report
+    # the verdict row shows when some response wrote a verdict (a random model may write none)
+    assert ("| grpo | written verdict |" in report) == (summary["grpo"]["verdict_coverage"] > 0)
+    assert "the best free vote" in report
     # a second run reuses every finished phase: same training times, same metrics
     assert main(args) == 0
     again = json.loads((out / "summary.json").read_text())
@@ -200,3 +202,4 @@ def test_a_verdict_no_response_writes_is_no_free_signal():
     assert "written verdict" not in "\n".join(findings(summary)) + render_summary_table(summary)
     summary["grpo"]["verdict_coverage"] = 0.3  # some responses write one: it counts again
     assert best_free_vote(summary["grpo"]) == ("written verdict-weighted maj@8", 0.9)
+    assert "| grpo | written verdict |" in render_summary_table(summary)

@@ -105,10 +105,12 @@ def test_verify_setup_base_config_matches_train_base_model():
 
 @pytest.mark.parametrize("setup", ["pairsum-nocheck", "pairsum-verify"])
 @pytest.mark.parametrize("arm", ["grpo", "laser"])
-def test_no_verdict_setups_train_like_the_default(setup, arm):
+def test_no_verdict_setups_train_like_the_check_word_setup(setup, arm):
     import yaml
 
     from laser_rl.demo import demo_config_path
 
-    assert yaml.safe_load(demo_config_path(arm, setup).read_text()) == yaml.safe_load(
-        demo_config_path(arm, "pairsum").read_text())
+    mine, default = (yaml.safe_load(demo_config_path(arm, name).read_text()) for name in (setup, "pairsum"))
+    if setup == "pairsum-verify":  # 300 RL steps instead of 200 (round 6: the score forms on both base seeds)
+        assert (mine["train"].pop("steps"), default["train"].pop("steps")) == (300, 200)
+    assert mine == default
