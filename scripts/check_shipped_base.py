@@ -1,6 +1,6 @@
 """Rebuild a shipped demo base model and compare it with the shipped one, byte for byte (issue 25).
 
-    python scripts/check_shipped_base.py [--setup pairsum] [--keep DIR]   # check (≈ 8 min on one core)
+    python scripts/check_shipped_base.py [--setup pairsum-verify] [--keep DIR]   # check (≈ 7 min on one core)
     python scripts/check_shipped_base.py --update                         # rebuild and ship the result
 
 `laser demo` copies ``laser_rl/configs/demo/bases/SETUP`` instead of training the base model; that
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     out = work / "base"
     cmd = [sys.executable, "-m", "laser_rl.cli", "base", "--config", record["config"], "--seed", str(seed),
            "--threads", "1", "--quiet", "--overwrite", "--out", str(out)]
-    print("rebuilding: laser", " ".join(cmd[4:]), flush=True)
+    print("rebuilding: laser", " ".join(cmd[3:]), flush=True)
     try:
         subprocess.run(cmd, check=True)
         if args.update:
