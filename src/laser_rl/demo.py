@@ -201,17 +201,6 @@ def _train(name: str, out: Path, base_dir: Path, params: ScoreParams, seed: int,
     return result.seconds
 
 
-def verify_spec(params: ScoreParams) -> SelfVerifySpec | None:
-    """The verification template the base learned in SFT (``laser base --verify-batch``), from its laser.json
-    ``extra``; None when it learned none. The demo's evaluation then runs the two-template baseline with it."""
-    from laser_rl.evaluation.self_verify import SelfVerifySpec
-
-    template, words = params.extra.get("verify_template"), params.extra.get("verify_words")
-    if not template or not words:
-        return None
-    return SelfVerifySpec(str(template), (str(words[0]), str(words[1])))
-
-
 def _evaluate(name: str, model_dir: Path, out: Path, seed: int, problems: int, n: int, data: str,
               spec: SelfVerifySpec | None = None) -> dict[str, Any]:
     """Evaluate (or reuse) one model on the held-out split; returns its metrics (samples stay in eval/NAME).
@@ -363,6 +352,7 @@ def _run_demo(out: Path, seed: int, setup: str, settings: dict[str, Any], eval_p
               base_overrides: dict[str, Any], train_overrides: list[str], jobs: int, rebuild_base: bool,
               threads: int | None) -> dict[str, Any]:
     from laser_rl.evaluation.report import plot_accuracy_vs_k, plot_reliability, plot_score_histograms
+    from laser_rl.evaluation.self_verify import SelfVerifySpec
 
     t0, clock0 = time.perf_counter(), time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -391,7 +381,7 @@ def _run_demo(out: Path, seed: int, setup: str, settings: dict[str, Any], eval_p
             _say(f"{name}: reusing the finished run in {out / name}")
             train_seconds[name] = finished
     scheduled = {t.name for t in tasks}
-    spec = verify_spec(params)
+    spec = SelfVerifySpec.from_extra(params.extra)  # the template the base learned, if any: the second pass
     tasks += [Task(f"eval {name}", _evaluate, (name, dirs[name], out, seed, eval_problems, eval_n, data, spec),
                    tuple({f"train {name}"} & scheduled)) for name in MODELS]
     if jobs > 1:

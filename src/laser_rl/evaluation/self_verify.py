@@ -52,6 +52,19 @@ class SelfVerifySpec:
     template: str
     words: tuple[str, str] = ("yes", "no")
 
+    def as_extra(self) -> dict[str, Any]:
+        """How a base model records the template it learned in SFT (its laser.json ``extra``)."""
+        return {"verify_template": self.template, "verify_words": list(self.words)}
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any]) -> SelfVerifySpec | None:
+        """The template a base model learned in SFT (``laser base --verify-batch``), read back from its laser.json
+        ``extra``; None when it learned none."""
+        template, words = extra.get("verify_template"), extra.get("verify_words")
+        if not template or not words:
+            return None
+        return cls(str(template), (str(words[0]), str(words[1])))
+
 
 @dataclass
 class SelfVerifyResult:

@@ -433,6 +433,7 @@ def _train(
 ) -> dict[str, Any]:
     import torch
 
+    from laser_rl.evaluation.self_verify import SelfVerifySpec
     from laser_rl.score_params import ScoreParams
     from laser_rl.tasks.char_tokenizer import Z_TOKEN, build_char_tokenizer, z_token_id
     from laser_rl.tasks.tiny_model import build_tiny_model
@@ -472,8 +473,8 @@ def _train(
             "stop_ids": [tokenizer.eos_token_id], "max_new_tokens": max_new_tokens, "c_ref_samples": c_ref_n,
             "target_logprob": cfg.target_logprob, "beta_v_fallback": fallback, "sft_steps": run.steps,
             "sft_reached_target": run.reached, "sft_stop_accuracy": run.stop_accuracy, "sft_seed": seed,
-            **({"verify_template": cfg.verify_template, "verify_words": list(cfg.verify_words),
-                "verify_batch": cfg.verify_batch} if cfg.verify_batch else {}),
+            **({**SelfVerifySpec(cfg.verify_template, cfg.verify_words).as_extra(), "verify_batch": cfg.verify_batch}
+               if cfg.verify_batch else {}),
         },
     )
     _save_base_model(out, model, tokenizer, task, params)
