@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer.train()
     print(f"[trl_laser] trained {args.steps} steps in {time.perf_counter() - start:.1f} s", flush=True)
     trainer.save_model(str(out / "final"))  # weights + tokenizer + laser.json + task.json
+    trainer.finish()  # under torchrun: release the DDP wrapper and leave the process group
     return laser(["eval", "--model", str(out / "final"), "--data", "arith", "--n", str(args.eval_n),
                   "--limit", str(args.eval_limit), "--seed", str(args.seed), "--out", str(out / "eval")])
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(2)
+
+
+def free_port() -> int:
+    """A port nobody listens on now, for a test's ``torchrun --master_port``: other test runs on this
+    machine start their own process groups, so a fixed port can collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_tiny_model_dir(folder: Path, *, seed: int = 0, hidden: int = 32, layers: int = 2, task: object = None) -> Path:

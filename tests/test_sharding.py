@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,18 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from laser_rl.errors import LaserError
 from laser_rl.training import sharding
 
 ROOT = Path(__file__).resolve().parents[1]
 REL = 1e-4
 
-
-def free_port() -> int:
-    """A port nobody listens on now: other test runs on this machine start their own process groups."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -303,11 +297,11 @@ def test_laser_train_fsdp2_equals_ddp_resumes_exactly_after_sigkill_and_saves_a_
 def test_laser_train_leaves_its_process_group_on_success():
     import torch.distributed as dist
 
-    from laser_rl.commands.train import _leave_process_group
+    from laser_rl.training.sharding import leave_process_group
 
     if dist.is_initialized():
         pytest.skip("a process group already exists in this process")
     assert sharding.ensure_process_group(torch.device("cpu"))
-    _leave_process_group()
+    leave_process_group()
     assert not dist.is_initialized()
-    _leave_process_group()  # no group: nothing to do
+    leave_process_group()  # no group: nothing to do

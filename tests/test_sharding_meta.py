@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +18,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batch(vocab: int, rows: int, seed: int, length: int = 9) -> tuple[torch.Tensor, ...]:
@@ -206,6 +200,8 @@ def worker(model_dir: Path, tied_dir: Path, out_dir: Path) -> None:
 def ranks(tiny_model_dir, tmp_path_factory) -> list[dict]:
     """One 2-process gloo run of :func:`worker` (≈ 15 s on 2 cores); every test below reads it."""
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import free_port  # here: this file is also a torchrun worker
 
     out = tmp_path_factory.mktemp("meta")
     tied = out / "tied"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = str(ROOT / "configs" / "demo" / "laser-arith.yaml")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def launch(mode: str, model_dir: Path, out: Path, *args: str, timeout: float = 180) -> list[dict]:
     """Start the two ranks; wait (at most ``timeout`` s, then kill them); return their reports."""
+    from conftest import free_port  # here: this file is also a torchrun worker
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     procs = []

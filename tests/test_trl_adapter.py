@@ -16,6 +16,7 @@ import torch
 
 trl = pytest.importorskip("trl")
 
+from conftest import free_port  # noqa: E402
 from laser_rl.core import laser as core  # noqa: E402
 from laser_rl.errors import LaserError  # noqa: E402
 from laser_rl.integrations import trl as adapter  # noqa: E402
@@ -354,9 +355,12 @@ trainer.train()
 if rank == 0:
     json.dump(trainer.state.log_history, open(f"{out}/log.json", "w"))
 trainer.save_model(f"{out}/final")
-# leave together: a rank that exits while the other still saves can abort in gloo's teardown
-trainer.accelerator.wait_for_everyone()
-torch.distributed.destroy_process_group()
+trainer.finish()
+import gc
+from torch.nn.parallel import DistributedDataParallel
+gc.collect()
+left = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+json.dump([left, torch.distributed.is_initialized()], open(f"{out}/left{rank}.json", "w"))
 """
 
 
@@ -369,7 +373,7 @@ def test_two_processes_share_c_ref_and_train(tiny_model_dir, tmp_path):
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "out"
     out.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(script), str(tiny_model_dir), str(out)]
     res = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -378,6 +382,8 @@ def test_two_processes_share_c_ref_and_train(tiny_model_dir, tmp_path):
     logs = [h for h in json.loads((out / "log.json").read_text()) if "laser/sr_loss" in h]
     assert len(logs) == 2 and all(h["laser/phase_integration"] == 1.0 for h in logs)
     assert json.loads((out / "final" / "laser.json").read_text())["c_ref"] == ranks[0][1]
+    # finish() released the DDP wrapper (it holds the gloo group) and destroyed the group before shutdown
+    assert [json.loads((out / f"left{r}.json").read_text()) for r in (0, 1)] == [[0, False], [0, False]]
 
 
 def test_example_script_trains_and_evaluates(tiny_model_dir, tmp_path, one_thread):

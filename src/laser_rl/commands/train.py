@@ -76,21 +76,12 @@ def run_argv(argv: list[str]) -> int:
     if flags["print_config"]:
         print(config_to_yaml(cfg), end="")
         return 0
+    from laser_rl.training.sharding import leave_process_group
     from laser_rl.training.trainer import train
 
-    train(cfg, resume=flags["resume"])
-    _leave_process_group()
+    train(cfg, resume=flags["resume"])  # its Trainer, and so the DDP/FSDP wrapper, is local
+    leave_process_group()
     return 0
-
-
-def _leave_process_group() -> None:
-    """After a successful multi-process run, ranks leave together and close the group: a rank that
-    exits while another is still saving can abort in gloo's teardown (seen once in the TRL test)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def run(args: argparse.Namespace) -> int:  # only reached through argparse, e.g. for --help

@@ -503,7 +503,23 @@ class LaserGRPOTrainer(GRPOTrainer):
         m["laser/phase_mse"].append(float(phase.mse))
         m["laser/phase_integration"].append(max(integration) if integration else float(phase.integration))
 
-    # ------------------------------------------------------------------ saving
+    # ------------------------------------------------------------------ saving and leaving
+
+    def finish(self) -> None:
+        """End a multi-process run (torchrun / accelerate launch) after the last ``save_model``, on every rank.
+
+        Releases the accelerator's DDP wrapper, which holds its own reference to the process group,
+        then every rank waits for the others and the group is destroyed while Python is still up. Left to
+        interpreter shutdown, a gloo group's teardown can abort a rank (SIGABRT, "terminate called without
+        an active exception") after the run has succeeded. The trainer cannot train again afterwards.
+        A no-op beyond releasing the wrapper in a single process.
+        """
+        from laser_rl.training.sharding import leave_process_group
+
+        self.accelerator.free_memory()
+        self.model_wrapped = self.model
+        leave_process_group()
+
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """TRL's save, plus ``laser.json`` (and the embedded task's ``task.json``) so ``laser eval`` reads the score."""

@@ -195,6 +195,20 @@ def ensure_process_group(device: torch.device) -> bool:
     return True
 
 
+def leave_process_group() -> None:
+    """End a multi-process run: every rank waits at a barrier, then the default group is destroyed.
+
+    Call it once nothing else holds the DDP/FSDP wrapper: a wrapper keeps its own reference to the
+    group, and a gloo group first freed during interpreter shutdown can abort the rank (SIGABRT,
+    "terminate called without an active exception") after the run has succeeded. A no-op without a group.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard_model(root: nn.Module, *, compute_dtype: torch.dtype = torch.float32, mesh: Any = None) -> nn.Module:
     """Apply FSDP2 to ``root`` in place: each decoder layer inside it, then ``root`` itself.
 
