@@ -46,10 +46,10 @@ from transformers import DynamicCache
 
 from laser_rl.core.laser import find_eos
 from laser_rl.errors import LaserError
+from laser_rl.rollout.kv_cache import growing_cache
 
 # Drop finished rows from the batch (and the KV cache) once at least this fraction of the current
-# batch is finished. Compaction costs about one KV-cache copy, which DynamicCache pays every step
-# anyway (it grows by concatenation), so a small threshold is cheap.
+# batch is finished. Compaction costs one KV-cache copy; every later step then runs on fewer rows.
 COMPACT_FRACTION = 0.125
 
 
@@ -467,9 +467,10 @@ class _Live:
 
 
 def _prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
-    """The prompts' forward pass: last-position logits [B, V] and the filled KV cache."""
+    """The prompts' forward pass: last-position logits [B, V] and the filled KV cache, which has room
+    to grow to ``mask``'s width (prompt + every token the loop can feed)."""
     P = ids.shape[1]
-    cache = DynamicCache(config=model.config)
+    cache = growing_cache(model, mask.shape[1])
     positions = (mask[:, :P].long().cumsum(dim=1) - 1).clamp_(min=0)
     kwargs = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
     out = model(input_ids=ids, attention_mask=mask[:, :P], position_ids=positions, past_key_values=cache,
