@@ -82,5 +82,8 @@ def test_growth_is_geometric_capped_and_views_match_concatenation() -> None:
     assert torch.equal(layer.keys, reference.keys) and layer.length == 290
     k, v = torch.randn(1, 3, 1, 4), torch.randn(1, 3, 1, 5)
     assert torch.equal(layer.update(k, v)[1], reference.update(k, v)[1]) and layer.length == 291
+    layer.batch_repeat_interleave(2)
+    reference.batch_repeat_interleave(2)
+    assert torch.equal(layer.keys, reference.keys) and torch.equal(layer.values, reference.values)
     layer.reset()
     assert layer.get_seq_length() == 0 and torch.equal(layer.update(k, v)[0], k)
