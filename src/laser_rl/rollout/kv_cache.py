@@ -5,8 +5,8 @@ layer's whole cache every step: O(L²) bytes copied per response, and 36 % of th
 ``laser bench``'s tiny model (torch profiler, 64 tokens). :class:`GrowingLayer` keeps a buffer with
 spare room, writes each step into it and hands attention a view of the filled part, so a step copies
 only its own keys and values. The buffer grows geometrically, capped at the most the sampler can
-need, so memory stays that of the live sequence plus at most a quarter (a buffer sized for
-``max_new_tokens`` up front would hold memory for responses that stop early). The stored values
+need, so memory stays that of the live sequence plus the larger of 64 positions and a quarter (a
+buffer sized for ``max_new_tokens`` up front would hold memory for responses that stop early). The stored values
 are the same, so tokens, log-probs and lp_z are bit-identical to ``DynamicCache`` (tested).
 
 Sliding-window, chunked and linear-attention layers keep transformers' own classes.
