@@ -89,16 +89,20 @@ class SFTConfig:
                 raise LaserError(f"--verify-words: expected two single characters YES,NO, got {list(words)!r}")
             if words[0] == words[1]:
                 raise LaserError(f"--verify-words: the yes and no words are the same ({words[0]!r})")
-            if any(c.isspace() or c in "<>" for c in self.verify_template.replace(EOS_TOKEN, "")):
+            if any(c.isspace() or c in "<>" for c in self.template_chars):
                 raise LaserError(f"--verify-template: no spaces or '<', '>' (character tokenizer) except in the stop "
                                  f"token {EOS_TOKEN}, got {self.verify_template!r}")
 
     @property
+    def template_chars(self) -> str:
+        """The verification template's characters: the stop token text ``<eos>`` in a template is the
+        tokenizer's own special token, not characters."""
+        return self.verify_template.replace(EOS_TOKEN, "")
+
+    @property
     def verify_chars(self) -> str:
-        """Characters the verification examples write (template and words), in first-use order; the stop token
-        text ``<eos>`` in a template is the tokenizer's own special token, not characters."""
-        text = self.verify_template.replace(EOS_TOKEN, "") + "".join(self.verify_words)
-        return "".join(dict.fromkeys(text)) if self.verify_batch else ""
+        """Characters the verification examples write (template and words), in first-use order."""
+        return "".join(dict.fromkeys(self.template_chars + "".join(self.verify_words))) if self.verify_batch else ""
 
 
 # ----------------------------------------------------------------------------------------- batches
